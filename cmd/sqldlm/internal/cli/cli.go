@@ -1,0 +1,134 @@
+// Package cli implements the sqldlm command. Each command is a function of
+// a context, its arguments and its output streams, so tests run it without a
+// terminal.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/sqldlm/sqldlm/internal/dsn"
+)
+
+// Exit codes shared by every command.
+const (
+	ExitOK    = 0 // success
+	ExitError = 1 // the command failed (database error, schema problem)
+	ExitUsage = 2 // bad command line: unknown command or flag, missing --dsn
+)
+
+// usageError marks an error as the caller's command-line mistake.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// command is one sqldlm subcommand.
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+var commands = map[string]command{
+	"demo":    {"run a self-contained demonstration on a temporary SQLite database", runDemo},
+	"migrate": {"apply, roll back or show sqldlm's schema migrations (up | down | status)", runMigrate},
+}
+
+// Main runs the command line args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		if len(args) > 1 {
+			if _, ok := commands[args[1]]; ok {
+				return Main(ctx, []string{args[1], "--help"}, stdout, stderr)
+			}
+		}
+		printUsage(stdout)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "sqldlm: unknown command %q\n\n", args[0])
+		printUsage(stderr)
+		return ExitUsage
+	}
+	err := cmd.run(ctx, args[1:], stdout, stderr)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "sqldlm %s: %v\n", args[0], err)
+		return ExitUsage
+	default:
+		fmt.Fprintf(stderr, "sqldlm %s: %v\n", args[0], err)
+		return ExitError
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "sqldlm: a distributed lock manager inside your PostgreSQL, MySQL/MariaDB or SQLite database.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Usage: sqldlm COMMAND [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'sqldlm COMMAND --help' for a command's flags.")
+	fmt.Fprintln(w, "DSNs name the dialect by their scheme: "+dsn.Schemes+"; --dsn defaults to $SQLDLM_DSN.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit codes: 0 success, 1 the command failed, 2 bad command line.")
+}
+
+// newFlagSet returns a flag set whose errors and help go to stderr and are
+// reported as usage errors.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("sqldlm "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: sqldlm %s %s\n\nFlags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args, turning flag errors into usage errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{err.Error()}
+	}
+	return nil
+}
+
+// dsnFlag registers --dsn, defaulting to $SQLDLM_DSN.
+func dsnFlag(fs *flag.FlagSet) *string {
+	return fs.String("dsn", os.Getenv("SQLDLM_DSN"), "database `URL`: "+dsn.Schemes+" (default $SQLDLM_DSN)")
+}
+
+func requireDSN(raw string) error {
+	if strings.TrimSpace(raw) == "" {
+		return usagef("no database given: pass --dsn URL or set SQLDLM_DSN (schemes: %s)", dsn.Schemes)
+	}
+	return nil
+}

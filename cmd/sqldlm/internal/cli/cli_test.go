@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/internal/testdb"
+	"github.com/sqldlm/sqldlm/migrations"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = Main(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestMigrateUpStatusDown(t *testing.T) {
+	t.Parallel()
+	for _, kind := range testdb.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			db := testdb.Open(t, kind)
+			latest, err := migrations.Latest(db.Dialect)
+			require.NoError(t, err)
+
+			code, out, errOut := run(t, "migrate", "up", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code, errOut)
+			require.Contains(t, out, "00001_create_lock_tables.sql")
+			require.Contains(t, out, "the schema is at version 1")
+
+			code, out, _ = run(t, "migrate", "up", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			require.Contains(t, out, "nothing applied: the schema is at version 1")
+
+			code, out, _ = run(t, "migrate", "status", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			require.Regexp(t, `1\s+00001_create_lock_tables.sql\s+applied\s+\d{4}-`, out)
+
+			code, _, errOut = run(t, "migrate", "down", "--dsn", db.DSN)
+			require.Equal(t, ExitUsage, code, "down without --yes is refused")
+			require.Contains(t, errOut, "add --yes")
+			v, err := migrations.Current(context.Background(), db, db.Dialect)
+			require.NoError(t, err)
+			require.Equal(t, latest, v, "a refused down changed nothing")
+
+			code, out, errOut = run(t, "migrate", "down", "--yes", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code, errOut)
+			require.Contains(t, out, "the schema is at version 0")
+
+			code, out, _ = run(t, "migrate", "status", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			require.Regexp(t, `1\s+00001_create_lock_tables.sql\s+pending\s+-`, out)
+		})
+	}
+}
+
+func TestMigrateDSNFromEnvironment(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	t.Setenv("SQLDLM_DSN", db.DSN)
+	code, out, errOut := run(t, "migrate", "up")
+	require.Equal(t, ExitOK, code, errOut)
+	require.Contains(t, out, "the schema is at version 1")
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"UnknownCommand", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"MissingAction", []string{"migrate", "--dsn", "sqlite:///tmp/x.db"}, "missing action: use up, down or status"},
+		{"UnknownAction", []string{"migrate", "sideways", "--dsn", "sqlite:///tmp/x.db"}, `unknown action "sideways"`},
+		{"MissingDSN", []string{"migrate", "up", "--dsn", ""}, "pass --dsn URL or set SQLDLM_DSN"},
+		{"UnknownSchemeListsValidOnes", []string{"migrate", "status", "--dsn", "redis://localhost"}, `unknown DSN scheme "redis": use postgres:// (or postgresql://), mysql://, sqlite://`},
+		{"UnknownFlag", []string{"migrate", "up", "--nope"}, "flag provided but not defined: -nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, _, errOut := run(t, tt.args...)
+			require.Equal(t, ExitUsage, code)
+			require.Contains(t, errOut, tt.want)
+		})
+	}
+}
+
+func TestUnreachableDatabaseFails(t *testing.T) {
+	t.Parallel()
+	code, _, errOut := run(t, "migrate", "status", "--timeout", "300ms", "--dsn", "postgres://u@192.0.2.1:5432/db")
+	require.Equal(t, ExitError, code)
+	require.Contains(t, errOut, "192.0.2.1")
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	code, out, _ := run(t, "help")
+	require.Equal(t, ExitOK, code)
+	for name := range commands {
+		require.Contains(t, out, "  "+name+" ")
+	}
+	code, _, errOut := run(t, "migrate", "--help")
+	require.Equal(t, ExitOK, code)
+	require.Contains(t, errOut, "Usage: sqldlm migrate up|down|status")
+}
+
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := run(t, "demo")
+	require.Equal(t, ExitOK, code, errOut)
+	require.Contains(t, out, "demo finished")
+	require.True(t, strings.Contains(out, "sqldlm migrate up"), "shows the schema check before migrating")
+}

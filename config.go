@@ -1,0 +1,109 @@
+package sqldlm
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// Defaults and limits of [Config].
+const (
+	// TTLDefault is the lease time-to-live when Config.TTL is zero.
+	TTLDefault = 15 * time.Second
+	// TTLMin is the shortest lease time-to-live accepted: below it, one slow
+	// round trip to the database would cost a client all its locks.
+	TTLMin = time.Second
+	// ConnectTimeoutDefault bounds how long [New] waits for the database when
+	// Config.ConnectTimeout is zero.
+	ConnectTimeoutDefault = 15 * time.Second
+	// OwnerMaxBytes is the longest owner string accepted.
+	OwnerMaxBytes = 255
+)
+
+// Config configures a [Client]. The zero value of every field selects its
+// default.
+type Config struct {
+	// Dialect is the database's dialect: postgres.Dialect(), mysql.Dialect()
+	// or sqlite.Dialect(). When nil it is detected from db.Driver(); set it
+	// when you use a driver sqldlm does not recognise.
+	Dialect dialect.Dialect
+
+	// Owner names this client in introspection and logs, for example
+	// "conductor-3". At most 255 bytes of valid UTF-8, without NUL bytes.
+	// Defaults to "hostname/pid".
+	Owner string
+
+	// TTL is the lease time-to-live: how long after the client's last
+	// successful renewal its locks stay held if it stops renewing (crashes,
+	// pauses, loses the network). The heartbeat renews about every TTL/3.
+	// Must be at least TTLMin (1s). Defaults to TTLDefault (15s).
+	TTL time.Duration
+
+	// ConnectTimeout bounds how long New waits for the database to answer
+	// its schema check. Defaults to ConnectTimeoutDefault (15s).
+	ConnectTimeout time.Duration
+
+	// Logger receives the client's log records. Defaults to discarding them:
+	// the library prints nothing by itself.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with defaults filled in, or an error
+// naming the first invalid field.
+func (c Config) withDefaults() (Config, error) {
+	if c.TTL < 0 {
+		return c, fmt.Errorf("sqldlm: Config.TTL is negative (%s): use a duration of at least %s, or 0 for the default %s", c.TTL, TTLMin, TTLDefault)
+	}
+	if c.TTL != 0 && c.TTL < TTLMin {
+		return c, fmt.Errorf("sqldlm: Config.TTL %s is below the minimum %s: one slow round trip would lose every lock", c.TTL, TTLMin)
+	}
+	if c.ConnectTimeout < 0 {
+		return c, fmt.Errorf("sqldlm: Config.ConnectTimeout is negative (%s)", c.ConnectTimeout)
+	}
+	c.TTL = cmp.Or(c.TTL, TTLDefault)
+	c.ConnectTimeout = cmp.Or(c.ConnectTimeout, ConnectTimeoutDefault)
+	if c.Owner == "" {
+		c.Owner = defaultOwner()
+	}
+	if err := validateOwner(c.Owner); err != nil {
+		return c, err
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c, nil
+}
+
+func defaultOwner() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	owner := host + "/" + strconv.Itoa(os.Getpid())
+	if len(owner) > OwnerMaxBytes {
+		owner = owner[len(owner)-OwnerMaxBytes:]
+	}
+	return owner
+}
+
+func validateOwner(owner string) error {
+	switch {
+	case len(owner) > OwnerMaxBytes:
+		return fmt.Errorf("sqldlm: Config.Owner is %d bytes long: the limit is %d", len(owner), OwnerMaxBytes)
+	case !utf8.ValidString(owner):
+		return fmt.Errorf("sqldlm: Config.Owner %q is not valid UTF-8", owner)
+	}
+	for i := 0; i < len(owner); i++ {
+		if owner[i] == 0 {
+			return fmt.Errorf("sqldlm: Config.Owner %q contains a NUL byte at %d", owner, i)
+		}
+	}
+	return nil
+}

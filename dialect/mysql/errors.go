@@ -1,0 +1,44 @@
+package mysql
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// errorKinds maps MySQL/MariaDB error numbers onto the dialect sentinels.
+var errorKinds = map[uint16]error{
+	1062: dialect.ErrUniqueViolation, // ER_DUP_ENTRY
+	1213: dialect.ErrDeadlock,        // ER_LOCK_DEADLOCK (also Galera certification failures)
+	1205: dialect.ErrLockTimeout,     // ER_LOCK_WAIT_TIMEOUT: only the statement was rolled back
+	1146: dialect.ErrUndefinedTable,  // ER_NO_SUCH_TABLE
+	1305: dialect.ErrUndefinedTable,  // ER_SP_DOES_NOT_EXIST: a procedure of a missing migration
+	1927: dialect.ErrConnection,      // ER_CONNECTION_KILLED (MariaDB)
+	1053: dialect.ErrConnection,      // ER_SERVER_SHUTDOWN
+	4031: dialect.ErrConnection,      // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+)
+}
+
+// ClassifyError is the one place that looks inside go-sql-driver's error types.
+func (mysqlDialect) ClassifyError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var de *dialect.Error
+	if errors.As(err, &de) {
+		return err
+	}
+	var myErr *mysql.MySQLError
+	if errors.As(err, &myErr) {
+		if kind, ok := errorKinds[myErr.Number]; ok {
+			return dialect.NewError(kind, strconv.Itoa(int(myErr.Number)), err)
+		}
+		return err
+	}
+	if errors.Is(err, mysql.ErrInvalidConn) || dialect.IsConnectionError(err) {
+		return dialect.NewError(dialect.ErrConnection, "", err)
+	}
+	return err
+}

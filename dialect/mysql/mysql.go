@@ -1,0 +1,107 @@
+// Package mysql is sqldlm's dialect for MySQL 8 and MariaDB 10.6 and later,
+// through github.com/go-sql-driver/mysql.
+//
+// It works with the DSN a service already has: parseTime and
+// multiStatements are not needed and loc does not matter, because every
+// timestamp crosses the wire as an integer count of microseconds since the
+// Unix epoch, computed on the server in UTC. Each operation is one CALL of a
+// stored procedure (created by the migrations) so that it costs one round
+// trip; the procedures set time_zone to UTC and READ COMMITTED for their own
+// work and restore the session's settings before they return.
+//
+// sqldlm's tables live in the connection's current database (the one named
+// in the DSN).
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// Dialect returns the MySQL/MariaDB dialect. The value is stateless and safe
+// for concurrent use.
+func Dialect() dialect.Dialect { return mysqlDialect{} }
+
+type mysqlDialect struct{}
+
+var _ dialect.Dialect = mysqlDialect{}
+
+func (mysqlDialect) Name() string { return "mysql" }
+
+func (mysqlDialect) TimePrecision() time.Duration { return time.Microsecond }
+
+// Now calls sqldlm_now(), which reads SYSDATE(6) under time_zone '+00:00'.
+// SYSDATE is the time the function runs; NOW() is the statement's start and
+// follows a session's SET timestamp, so it is never used for expiry.
+func (d mysqlDialect) Now(ctx context.Context, q dialect.Querier) (time.Time, error) {
+	var us int64
+	if err := q.QueryRowContext(ctx, `CALL sqldlm_now()`).Scan(&us); err != nil {
+		return time.Time{}, fmt.Errorf("read server clock: %w", d.ClassifyError(err))
+	}
+	return time.UnixMicro(us).UTC(), nil
+}
+
+// migrationLockWait is how long one GET_LOCK call waits in the server before
+// LockMigrations checks its context again.
+const migrationLockWait = 1
+
+// LockMigrations takes GET_LOCK on a name derived from the current database,
+// so migrators of different databases on one server do not wait on each
+// other. (GET_LOCK is local to one server: on a Galera cluster, run
+// migrations against one node.)
+func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(context.Context) error, error) {
+	var database sql.NullString
+	if err := conn.QueryRowContext(ctx, `SELECT DATABASE()`).Scan(&database); err != nil {
+		return nil, fmt.Errorf("read current database: %w", d.ClassifyError(err))
+	}
+	if !database.Valid {
+		return nil, errors.New("no database selected: name one in the DSN (mysql://user@host:3306/DATABASE)")
+	}
+	const lockName = `CONCAT('sqldlm:migrate:', SHA1(DATABASE()))` // 55 characters, under the limit of 64
+	for {
+		var got sql.NullInt64
+		err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(`+lockName+`, ?)`, migrationLockWait).Scan(&got)
+		if err != nil {
+			discard(conn)
+			return nil, fmt.Errorf("lock database %q for migration: %w", database.String, d.ClassifyError(err))
+		}
+		if got.Valid && got.Int64 == 1 {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("lock database %q for migration: %w", database.String, err)
+		}
+	}
+	return func(ctx context.Context) error {
+		var released sql.NullInt64
+		err := conn.QueryRowContext(ctx, `SELECT RELEASE_LOCK(`+lockName+`)`).Scan(&released)
+		if err == nil && (!released.Valid || released.Int64 != 1) {
+			err = errors.New("migration lock was not held")
+		}
+		if err != nil {
+			discard(conn)
+			return fmt.Errorf("unlock database %q after migration: %w", database.String, d.ClassifyError(err))
+		}
+		return nil
+	}, nil
+}
+
+// discard makes database/sql close conn's physical connection instead of
+// returning it to the pool, so no session state (a GET_LOCK) leaks.
+func discard(conn *sql.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+}
+
+func (mysqlDialect) QuoteIdentifier(name string) (string, error) {
+	if err := dialect.ValidateIdentifier(name); err != nil {
+		return "", err
+	}
+	return "`" + strings.ReplaceAll(name, "`", "``") + "`", nil
+}

@@ -1,0 +1,21 @@
+package mysql_test
+
+import (
+	"database/sql"
+	"testing"
+
+	"github.com/sqldlm/sqldlm/dialect/dialecttest"
+	"github.com/sqldlm/sqldlm/dialect/mysql"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	dialecttest.Exercise(t, dialecttest.Harness{
+		Dialect: mysql.Dialect(),
+		Open: func(t testing.TB) (*sql.DB, func(testing.TB) *sql.DB) {
+			db := testdb.Open(t, testdb.MySQL)
+			return db.DB, func(t testing.TB) *sql.DB { return testdb.Reopen(t, db.Kind, db.DSN).DB }
+		},
+	})
+}

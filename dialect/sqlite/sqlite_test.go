@@ -1,0 +1,21 @@
+package sqlite_test
+
+import (
+	"database/sql"
+	"testing"
+
+	"github.com/sqldlm/sqldlm/dialect/dialecttest"
+	"github.com/sqldlm/sqldlm/dialect/sqlite"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	dialecttest.Exercise(t, dialecttest.Harness{
+		Dialect: sqlite.Dialect(),
+		Open: func(t testing.TB) (*sql.DB, func(testing.TB) *sql.DB) {
+			db := testdb.Open(t, testdb.SQLite)
+			return db.DB, func(t testing.TB) *sql.DB { return testdb.Reopen(t, db.Kind, db.DSN).DB }
+		},
+	})
+}

@@ -4,23 +4,41 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/reaper"
 )
 
 // Client is a process's handle on sqldlm in one database. It is safe for
-// concurrent use by many goroutines; a service normally has one.
+// concurrent use by many goroutines; a service normally has one, shared by
+// all its workers (locks are held by handles, not by the client).
+//
+// A Client holds one lease in the database, created on first use and
+// renewed by one heartbeat goroutine about every TTL/3. Every lock it grants
+// hangs off that lease: if the lease is lost, all of them are.
 type Client struct {
 	db      *sql.DB
 	dialect dialect.Dialect
 	cfg     Config
 	logger  *slog.Logger
 
-	closeOnce sync.Once
-	closed    chan struct{}
+	waiters  *waiters
+	janitor  *janitor
+	reaper   *reaper.Reaper
+	listener atomic.Bool // a notification listener is up (PostgreSQL)
+
+	mu    sync.Mutex
+	lease *lease // current lease; nil before first use and after a loss
+
+	goroutines sync.WaitGroup // heartbeats and the listener
+	stopBG     context.CancelFunc
+	closeOnce  sync.Once
+	closed     chan struct{}
 }
 
 // New returns a Client for db. It checks, within Config.ConnectTimeout, that
@@ -47,20 +65,156 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	if err := checkSchema(ctx, db, d); err != nil {
 		return nil, err
 	}
-	return &Client{
+	c := &Client{
 		db:      db,
 		dialect: d,
 		cfg:     cfg,
 		logger:  cfg.Logger.With("owner", cfg.Owner),
+		waiters: newWaiters(),
 		closed:  make(chan struct{}),
-	}, nil
+	}
+	c.janitor = newJanitor(c)
+	go c.janitor.run()
+	bgCtx, stopBG := context.WithCancel(context.Background())
+	c.stopBG = stopBG
+	if n, ok := d.(dialect.Notifier); ok {
+		c.goroutines.Add(1)
+		go c.listen(bgCtx, n)
+	}
+	if cfg.ReapInterval > 0 {
+		c.reaper = reaper.New(db, d, reaper.Config{
+			Interval: cfg.ReapInterval,
+			Logger:   c.logger,
+			OnFreed: func(names []string) {
+				for _, n := range names {
+					c.waiters.wake(n)
+				}
+			},
+		})
+		c.reaper.Start()
+	}
+	return c, nil
 }
 
-// Close stops the client. It is idempotent; methods called after it return
-// ErrClosed. It does not close the *sql.DB given to New.
+// Close releases every lock the client holds (deleting its lease), makes
+// its blocked Lock calls return ErrClosed, stops its goroutines and waits
+// for them. Locks it held report ErrReleased. It is idempotent; methods
+// called after it return ErrClosed. It does not close the *sql.DB given to
+// New. If the database cannot be reached, the lease expires by itself
+// within the TTL.
 func (c *Client) Close() error {
-	c.closeOnce.Do(func() { close(c.closed) })
-	return nil
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		if c.reaper != nil {
+			c.reaper.Stop()
+		}
+		c.mu.Lock()
+		l := c.lease
+		c.mu.Unlock()
+		if l != nil {
+			l.end(ErrClosed, "client closed")
+			ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL, 5*time.Second))
+			names, delErr := c.dialect.DeleteLease(ctx, c.db, l.id)
+			cancel()
+			if delErr != nil {
+				err = fmt.Errorf("sqldlm: close: delete lease (it expires by itself within %s): %w", c.cfg.TTL, delErr)
+			}
+			for _, n := range names {
+				c.waiters.wake(n)
+			}
+		}
+		c.stopBG()
+		close(c.janitor.stop)
+		<-c.janitor.exited
+		c.goroutines.Wait()
+	})
+	return err
+}
+
+func (c *Client) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// currentLease returns the client's live lease, creating one if needed.
+func (c *Client) currentLease(ctx context.Context) (*lease, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	if c.lease != nil && c.lease.live() {
+		return c.lease, nil
+	}
+	l, err := c.newLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.lease = l
+	return l, nil
+}
+
+// dropLease forgets l if it is the current lease.
+func (c *Client) dropLease(l *lease) {
+	c.mu.Lock()
+	if c.lease == l {
+		c.lease = nil
+	}
+	c.mu.Unlock()
+}
+
+// abandon withdraws request id of lease l: at once if the database answers
+// within a short timeout, else in the background. A withdrawn request
+// leaves no waiter row and no hold behind.
+func (c *Client) abandon(l *lease, id int64) {
+	if !l.live() {
+		return // the lease's deletion covers it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/2, 5*time.Second))
+	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
+	cancel()
+	if err != nil {
+		c.janitor.abandon(l, id)
+		return
+	}
+	for _, n := range names {
+		c.waiters.wake(n)
+	}
+}
+
+// notified reports whether releases currently arrive as notifications.
+func (c *Client) notified() bool { return c.listener.Load() }
+
+// listen keeps a notification listener up (PostgreSQL), reconnecting with
+// backoff; while it is down, waiters poll at the short interval.
+func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
+	defer c.goroutines.Done()
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := n.Listen(ctx, c.db, func() {
+			c.listener.Store(true)
+			c.waiters.wakeAll() // releases may have been missed while down
+			wait = 100 * time.Millisecond
+		}, c.waiters.wake)
+		c.listener.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		c.logger.Debug("sqldlm: notification listener down, polling", "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
 }
 
 // Dialect returns the client's dialect.

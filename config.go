@@ -25,6 +25,8 @@ const (
 	ConnectTimeoutDefault = 15 * time.Second
 	// OwnerMaxBytes is the longest owner string accepted.
 	OwnerMaxBytes = 255
+	// ReapDisabled as Config.ReapInterval turns the client's reaper off.
+	ReapDisabled time.Duration = -1
 )
 
 // Config configures a [Client]. The zero value of every field selects its
@@ -50,6 +52,13 @@ type Config struct {
 	// its schema check. Defaults to ConnectTimeoutDefault (15s).
 	ConnectTimeout time.Duration
 
+	// ReapInterval is how often the client's reaper deletes dead leases
+	// (with their holds and waiters) and idle lock rows. Defaults to the TTL.
+	// ReapDisabled (-1) turns the client's reaper off: run `sqldlm reap`
+	// somewhere instead, or rely on waiters, which take over expired holders
+	// themselves.
+	ReapInterval time.Duration
+
 	// Logger receives the client's log records. Defaults to discarding them:
 	// the library prints nothing by itself.
 	Logger *slog.Logger
@@ -67,7 +76,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ConnectTimeout < 0 {
 		return c, fmt.Errorf("sqldlm: Config.ConnectTimeout is negative (%s)", c.ConnectTimeout)
 	}
+	if c.ReapInterval < 0 && c.ReapInterval != ReapDisabled {
+		return c, fmt.Errorf("sqldlm: Config.ReapInterval is negative (%s): use sqldlm.ReapDisabled to turn the reaper off", c.ReapInterval)
+	}
 	c.TTL = cmp.Or(c.TTL, TTLDefault)
+	c.ReapInterval = cmp.Or(c.ReapInterval, c.TTL)
 	c.ConnectTimeout = cmp.Or(c.ConnectTimeout, ConnectTimeoutDefault)
 	if c.Owner == "" {
 		c.Owner = defaultOwner()

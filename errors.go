@@ -1,15 +1,72 @@
 package sqldlm
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Sentinel errors. Match them with errors.Is.
 var (
+	// ErrLocked is returned by [Client.TryLock] when the lock conflicts with
+	// a current holder or an earlier waiter. The error is a *LockedError
+	// that says who holds it.
+	ErrLocked = errors.New("sqldlm: locked")
+
+	// ErrLost means the lock is no longer held although it was not released:
+	// the client's lease expired (renewals failed for longer than its TTL),
+	// or an operator broke it, or another client took it over. Work done
+	// under the lock since it was lost may have overlapped another holder's;
+	// [Lock.Fence] refuses it. Returned by [Lock.Err] after [Lock.Done] closed,
+	// by [Lock.Release], [Lock.Fence], [Lock.Upgrade] and [Client.Do].
+	ErrLost = errors.New("sqldlm: lock lost")
+
+	// ErrReleased is returned by [Lock.Err], [Lock.Fence], [Lock.Upgrade] and
+	// [Lock.Downgrade] after the lock was released.
+	ErrReleased = errors.New("sqldlm: lock released")
+
+	// ErrUpgradeConflict is returned by [Lock.Upgrade] when another holder of
+	// the name is already upgrading: of two shared holders upgrading at
+	// once, one waits and the other fails at once with this error (it should
+	// release its shared lock, or the first waits forever).
+	ErrUpgradeConflict = errors.New("sqldlm: another holder is upgrading")
+
+	// ErrClosed is returned by every method of a [Client] after
+	// [Client.Close], and by its blocked Lock calls when it closes.
+	ErrClosed = errors.New("sqldlm: client closed")
+
 	// ErrSchema is returned by [New] when sqldlm's tables are missing from
 	// the database or are at a schema version this build does not use. The
 	// message says which, and how to migrate.
 	ErrSchema = errors.New("sqldlm: schema not usable")
 
-	// ErrClosed is returned by every method of a [Client] after
-	// [Client.Close].
-	ErrClosed = errors.New("sqldlm: client closed")
+	// ErrInvalidName is returned for a lock name that is empty, longer than
+	// 255 bytes, not valid UTF-8 or contains a NUL byte.
+	ErrInvalidName = errors.New("sqldlm: invalid lock name")
 )
+
+// LockedError is the error of a [Client.TryLock] that could not be granted.
+// It wraps ErrLocked.
+type LockedError struct {
+	Name string
+	// Owner and Mode describe the conflicting holder (the one whose lease
+	// runs longest). Owner is empty when only earlier waiters are in the way.
+	Owner string
+	Mode  Mode
+	// ExpiresIn is how long, by the database's clock at the time of the
+	// attempt, until the holder's lease expires unless it is renewed.
+	ExpiresIn time.Duration
+	// WaitersAhead counts the waiters that would be served first.
+	WaitersAhead int
+}
+
+func (e *LockedError) Error() string {
+	if e.Owner == "" {
+		return fmt.Sprintf("sqldlm: %q is locked: %d waiter(s) queued first", e.Name, e.WaitersAhead)
+	}
+	return fmt.Sprintf("sqldlm: %q is locked: held %s by %q (lease expires in %s unless renewed; %d waiter(s) queued)",
+		e.Name, e.Mode, e.Owner, e.ExpiresIn.Round(time.Millisecond), e.WaitersAhead)
+}
+
+// Unwrap returns ErrLocked.
+func (e *LockedError) Unwrap() error { return ErrLocked }

@@ -57,6 +57,8 @@ type Dialect interface {
 	// QuoteIdentifier validates name with [ValidateIdentifier] and quotes it
 	// for use as a schema, database or table name in this dialect's SQL.
 	QuoteIdentifier(name string) (string, error)
+
+	Locker
 }
 
 // Querier is what [Dialect] methods need to run a statement: a *sql.DB,

@@ -29,7 +29,7 @@ import (
 // for concurrent use.
 func Dialect() dialect.Dialect { return mysqlDialect{} }
 
-type mysqlDialect struct{}
+type mysqlDialect struct{ dialect.UnimplementedLocker }
 
 var _ dialect.Dialect = mysqlDialect{}
 

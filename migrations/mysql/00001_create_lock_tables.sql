@@ -23,6 +23,7 @@ CREATE TABLE sqldlm_leases (
     created_at DATETIME(6)    NOT NULL,
     renewed_at DATETIME(6)    NOT NULL,
     expires_at DATETIME(6)    NOT NULL,
+    broken_at  DATETIME(6)    NULL,                  -- set when a takeover or an operator declared the lease dead
     KEY sqldlm_leases_expires_at (expires_at),
     CONSTRAINT sqldlm_leases_owner CHECK (LENGTH(owner) BETWEEN 1 AND 255),
     CONSTRAINT sqldlm_leases_ttl CHECK (ttl_us > 0)

@@ -17,7 +17,8 @@ CREATE TABLE sqldlm_leases (
     ttl_us     bigint      NOT NULL CHECK (ttl_us > 0), -- renewal extends expires_at by this
     created_at timestamptz NOT NULL,
     renewed_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    broken_at  timestamptz                            -- set when a takeover or an operator declared the lease dead
 );
 CREATE INDEX sqldlm_leases_expires_at ON sqldlm_leases (expires_at);
 

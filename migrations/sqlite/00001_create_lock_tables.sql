@@ -17,7 +17,8 @@ CREATE TABLE sqldlm_leases (
     ttl_us     INTEGER NOT NULL CHECK (ttl_us > 0),   -- renewal extends expires_at by this
     created_at INTEGER NOT NULL,
     renewed_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    broken_at  INTEGER                                -- set when a takeover or an operator declared the lease dead
 ) STRICT;
 CREATE INDEX sqldlm_leases_expires_at ON sqldlm_leases (expires_at);
 

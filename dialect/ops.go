@@ -1,0 +1,202 @@
+package dialect
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+)
+
+// ErrNotImplemented is returned by an operation a dialect does not offer.
+var ErrNotImplemented = errors.New("not implemented by this dialect")
+
+// Mode is the mode of a hold as stored in the database.
+type Mode byte
+
+// Modes.
+const (
+	Shared    Mode = 'S'
+	Exclusive Mode = 'X'
+)
+
+// Conflicts reports whether a hold of mode m and one of mode o exclude each
+// other: only two shared holds are compatible.
+func (m Mode) Conflicts(o Mode) bool { return m == Exclusive || o == Exclusive }
+
+// Locker is the storage side of sqldlm's locks. Every method is one
+// transaction at READ COMMITTED, one round trip where the dialect allows;
+// decisions about expiry use only the server's clock.
+//
+// The semantics, which every dialect must implement exactly and which
+// dialecttest checks:
+//
+//   - A lease is live while broken_at is NULL and expires_at is later than
+//     the server's clock. Renewing a lease that is not live fails: an
+//     expired lease stays expired.
+//   - A hold (a holder row) counts only while its lease is live. A grant that
+//     finds a conflicting hold of a dead lease takes it over: it marks that
+//     lease broken (so no late renewal can revive it) and deletes the lease's
+//     holds on the name, in the same transaction as the grant.
+//   - Every grant, and every upgrade, inserts a holder row and so draws a
+//     new token from a sequence that never goes back: tokens of a name
+//     strictly increase, whatever rows are deleted.
+//   - Waiters of a name are served in arrival order unless their modes are
+//     compatible: a request is granted only if no earlier live waiter
+//     conflicts with it. A pending upgrade goes before every waiter and keeps
+//     new shared requests out.
+//   - A request is identified by (lease, request id). Repeating it after an
+//     unknown outcome returns the hold it already obtained, if any.
+type Locker interface {
+	// CreateLease inserts a live lease expiring TTL after the server's now.
+	CreateLease(ctx context.Context, db *sql.DB, p *CreateLeaseParams) error
+	// RenewLease extends a live lease to the server's now plus its TTL. It
+	// returns false, and changes nothing, if the lease is not live.
+	RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error)
+	// DeleteLease deletes a lease with all its holds and waiters, and returns
+	// the names whose holds it deleted (to wake their waiters).
+	DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) ([]string, error)
+
+	// Acquire tries to grant a hold, or to upgrade one (p.UpgradeToken).
+	Acquire(ctx context.Context, db *sql.DB, p *AcquireParams) (*AcquireResult, error)
+	// Abandon withdraws a request: it deletes its waiter row and any hold it
+	// obtained, and returns the names of deleted holds.
+	Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error)
+	// Release deletes a hold. It returns false if the hold did not exist.
+	Release(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
+	// Downgrade turns an exclusive hold of a live lease into a shared one,
+	// keeping its token. It returns false if the hold does not exist or its
+	// lease is not live.
+	Downgrade(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
+	// Fence checks, inside the caller's transaction, that the hold exists
+	// and its lease is live by the server's clock, and locks the hold so no
+	// takeover or release can commit before tx ends. idleTimeout bounds how
+	// long tx may then sit idle before the server ends it, where the dialect
+	// can (PostgreSQL, MariaDB).
+	Fence(ctx context.Context, tx *sql.Tx, p *HoldRef, idleTimeout time.Duration) (bool, error)
+
+	// Reap deletes up to limit dead leases with their holds and waiters,
+	// and lock rows idle for longer than idleAfter with no holds or waiters.
+	Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (*ReapResult, error)
+}
+
+// Notifier is implemented by dialects that can wake waiters when a name is
+// released (PostgreSQL's LISTEN/NOTIFY). Others are polled.
+type Notifier interface {
+	// Listen blocks, calling onRelease with each released name, until ctx
+	// ends or the connection fails (it then returns the error). ready is
+	// called once listening has started.
+	Listen(ctx context.Context, db *sql.DB, ready func(), onRelease func(name string)) error
+}
+
+// CreateLeaseParams are the arguments of [Locker.CreateLease].
+type CreateLeaseParams struct {
+	ID    int64 // chosen by the client, random
+	Owner string
+	TTL   time.Duration
+}
+
+// HoldRef names one hold.
+type HoldRef struct {
+	Name    string
+	LeaseID int64
+	Token   int64
+}
+
+// AcquireParams are the arguments of [Locker.Acquire].
+type AcquireParams struct {
+	Name      string
+	LeaseID   int64
+	RequestID int64 // the client's id for this request, random
+	Mode      Mode
+	// Enqueue records the request as a waiter when it is not granted, so
+	// that it keeps its place in the queue on the next attempt.
+	Enqueue bool
+	// UpgradeToken, when not zero, asks to turn the caller's shared hold with
+	// this token into an exclusive hold (Mode must be Exclusive).
+	UpgradeToken int64
+}
+
+// AcquireStatus is the outcome of [Locker.Acquire].
+type AcquireStatus int
+
+// Outcomes of Acquire.
+const (
+	// Granted: Token is the new hold's token.
+	Granted AcquireStatus = iota + 1
+	// Blocked: a live hold or an earlier waiter conflicts (see Blocker).
+	Blocked
+	// LeaseLost: the requesting lease is not live.
+	LeaseLost
+	// NotHeld: an upgrade's shared hold does not exist any more.
+	NotHeld
+	// UpgradeConflict: another holder's upgrade of the name is pending.
+	UpgradeConflict
+)
+
+// AcquireResult is the outcome of [Locker.Acquire].
+type AcquireResult struct {
+	Status AcquireStatus
+	Token  int64
+	// Blocker is set when Status is Blocked.
+	Blocker *Blocker
+}
+
+// Blocker describes what keeps a request waiting.
+type Blocker struct {
+	// The conflicting hold, when a hold conflicts (Owner is empty when only
+	// earlier waiters do).
+	Owner string
+	Mode  Mode
+	// ExpiresIn is how long, by the server's clock, until the conflicting
+	// hold's lease expires unless renewed.
+	ExpiresIn time.Duration
+	// WaitersAhead counts live waiters queued before the request.
+	WaitersAhead int
+}
+
+// ReapResult reports what [Locker.Reap] deleted.
+type ReapResult struct {
+	Leases, Holds, Waiters, IdleLocks int
+	// Freed lists the names whose holds were deleted.
+	Freed []string
+}
+
+// UnimplementedLocker answers every [Locker] method with ErrNotImplemented.
+// It stands in for a dialect's lock operations while they are being built.
+type UnimplementedLocker struct{}
+
+func (UnimplementedLocker) CreateLease(context.Context, *sql.DB, *CreateLeaseParams) error {
+	return ErrNotImplemented
+}
+
+func (UnimplementedLocker) RenewLease(context.Context, *sql.DB, int64) (bool, error) {
+	return false, ErrNotImplemented
+}
+
+func (UnimplementedLocker) DeleteLease(context.Context, *sql.DB, int64) ([]string, error) {
+	return nil, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Acquire(context.Context, *sql.DB, *AcquireParams) (*AcquireResult, error) {
+	return nil, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Abandon(context.Context, *sql.DB, int64, int64) ([]string, error) {
+	return nil, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Release(context.Context, *sql.DB, *HoldRef) (bool, error) {
+	return false, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Downgrade(context.Context, *sql.DB, *HoldRef) (bool, error) {
+	return false, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Fence(context.Context, *sql.Tx, *HoldRef, time.Duration) (bool, error) {
+	return false, ErrNotImplemented
+}
+
+func (UnimplementedLocker) Reap(context.Context, *sql.DB, int, time.Duration) (*ReapResult, error) {
+	return nil, ErrNotImplemented
+}

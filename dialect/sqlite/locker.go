@@ -1,0 +1,394 @@
+package sqlite
+
+// SQLite's lock operations run in Go, inside BEGIN IMMEDIATE transactions:
+// SQLite has one writer at a time, so each operation sees and changes the
+// tables alone, and "now" is read once after the write lock is taken. There
+// is no server round trip to save. Statements per operation:
+//
+//	CreateLease  INSERT lease
+//	RenewLease   UPDATE lease WHERE live
+//	Acquire      SELECT own lease; SELECT hold of this request (idempotent
+//	             retry); [upgrade: SELECT own shared hold, SELECT other
+//	             upgraders]; SELECT holds of the name with their leases;
+//	             SELECT live waiters; then either [UPDATE dead leases, DELETE
+//	             their holds] INSERT hold, [DELETE upgraded hold], UPSERT lock
+//	             row, DELETE own waiter, or INSERT waiter
+//	Release      DELETE hold
+//	Downgrade    UPDATE hold WHERE lease live
+//	Fence        UPDATE hold SET mode = mode WHERE lease live (takes the
+//	             database's write lock, held until the caller's tx ends)
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// writeTx runs fn in a BEGIN IMMEDIATE transaction on one connection, with
+// the database's clock read after the write lock was taken.
+func (d sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) (err error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return d.ClassifyError(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); err != nil {
+		return d.ClassifyError(err)
+	}
+	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		return d.ClassifyError(err)
+	}
+	defer func() {
+		if err == nil {
+			if _, err = conn.ExecContext(ctx, `COMMIT`); err == nil {
+				return
+			}
+		}
+		// Roll back even if ctx ended, and drop the connection if that fails,
+		// so it never returns to the pool inside a transaction.
+		if _, rbErr := conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`); rbErr != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		err = d.ClassifyError(err)
+	}()
+	var now int64
+	if err := conn.QueryRowContext(ctx, `SELECT `+nowMicros).Scan(&now); err != nil {
+		return err
+	}
+	return fn(conn, now)
+}
+
+func (d sqliteDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
+	_, err := db.ExecContext(ctx, `INSERT INTO sqldlm_leases (id, owner, ttl_us, created_at, renewed_at, expires_at)
+		SELECT ?1, ?2, ?3, n, n, n + ?3 FROM (SELECT `+nowMicros+` AS n)`,
+		p.ID, p.Owner, p.TTL.Microseconds())
+	return d.ClassifyError(err)
+}
+
+func (d sqliteDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	res, err := db.ExecContext(ctx, `UPDATE sqldlm_leases SET renewed_at = n, expires_at = n + ttl_us
+		FROM (SELECT `+nowMicros+` AS n)
+		WHERE id = ? AND broken_at IS NULL AND expires_at > n`, leaseID)
+	return affected(res, err, d)
+}
+
+func (d sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) (names []string, err error) {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
+		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? RETURNING name`, leaseID)
+		if err != nil {
+			return err
+		}
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ?`, leaseID); err != nil {
+			return err
+		}
+		_, err = conn.ExecContext(ctx, `DELETE FROM sqldlm_leases WHERE id = ?`, leaseID)
+		return err
+	})
+	return dedupe(names), err
+}
+
+// hold is a holder row of the requested name with its lease's state.
+type hold struct {
+	token, leaseID int64
+	mode           dialect.Mode
+	owner          string
+	expiresAt      int64
+	live           bool
+}
+
+func (d sqliteDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (res *dialect.AcquireResult, err error) {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		res, err = d.acquire(ctx, conn, now, p)
+		return err
+	})
+	return res, err
+}
+
+func (d sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	var live bool
+	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ? FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
+		return &dialect.AcquireResult{Status: dialect.LeaseLost}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	// A repeated request returns the hold it already obtained.
+	var token int64
+	err = conn.QueryRowContext(ctx, `SELECT token FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`, p.LeaseID, p.RequestID).Scan(&token)
+	if err == nil {
+		return &dialect.AcquireResult{Status: dialect.Granted, Token: token}, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+
+	upgrade := p.UpgradeToken != 0
+	if upgrade {
+		var mode string
+		err := conn.QueryRowContext(ctx, `SELECT mode FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`,
+			p.UpgradeToken, p.LeaseID, p.Name).Scan(&mode)
+		if errors.Is(err, sql.ErrNoRows) {
+			return &dialect.AcquireResult{Status: dialect.NotHeld}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		var others int
+		if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_waiters w JOIN sqldlm_leases l ON l.id = w.lease_id
+			WHERE w.name = ? AND w.upgrade_token IS NOT NULL AND w.upgrade_token <> ?
+			  AND l.broken_at IS NULL AND l.expires_at > ?`, p.Name, p.UpgradeToken, now).Scan(&others); err != nil {
+			return nil, err
+		}
+		if others > 0 {
+			return &dialect.AcquireResult{Status: dialect.UpgradeConflict}, nil
+		}
+	}
+
+	holds, err := d.holds(ctx, conn, p.Name, now)
+	if err != nil {
+		return nil, err
+	}
+	var blocker *dialect.Blocker
+	var dead []int64
+	for _, h := range holds {
+		if h.token == p.UpgradeToken || !p.Mode.Conflicts(h.mode) {
+			continue
+		}
+		if !h.live {
+			dead = append(dead, h.leaseID)
+			continue
+		}
+		if blocker == nil || h.expiresAt > now+blocker.ExpiresIn.Microseconds() {
+			blocker = &dialect.Blocker{Owner: h.owner, Mode: h.mode, ExpiresIn: time.Duration(h.expiresAt-now) * time.Microsecond}
+		}
+	}
+
+	ahead, err := d.waitersAhead(ctx, conn, p, now)
+	if err != nil {
+		return nil, err
+	}
+	if blocker != nil || ahead > 0 {
+		if blocker == nil {
+			blocker = &dialect.Blocker{}
+		}
+		blocker.WaitersAhead = ahead
+		if p.Enqueue {
+			var upgradeToken any
+			if upgrade {
+				upgradeToken = p.UpgradeToken
+			}
+			if _, err := conn.ExecContext(ctx, `INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
+				VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (lease_id, request_id) DO NOTHING`,
+				p.Name, p.LeaseID, p.RequestID, string(p.Mode), upgradeToken, now); err != nil {
+				return nil, err
+			}
+		}
+		return &dialect.AcquireResult{Status: dialect.Blocked, Blocker: blocker}, nil
+	}
+
+	// Granted. Take over the holds of dead leases first: mark those leases
+	// broken, so that no late renewal revives them, and delete their holds.
+	for _, leaseID := range dedupeIDs(dead) {
+		if _, err := conn.ExecContext(ctx, `UPDATE sqldlm_leases SET broken_at = ? WHERE id = ? AND broken_at IS NULL`, now, leaseID); err != nil {
+			return nil, err
+		}
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE name = ? AND lease_id = ?`, p.Name, leaseID); err != nil {
+			return nil, err
+		}
+	}
+	if err := conn.QueryRowContext(ctx, `INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
+		VALUES (?, ?, ?, ?, ?) RETURNING token`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), now).Scan(&token); err != nil {
+		return nil, err
+	}
+	if upgrade {
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ?`, p.UpgradeToken); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := conn.ExecContext(ctx, `INSERT INTO sqldlm_locks (name, token, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at`, p.Name, token, now); err != nil {
+		return nil, err
+	}
+	if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, p.LeaseID, p.RequestID); err != nil {
+		return nil, err
+	}
+	return &dialect.AcquireResult{Status: dialect.Granted, Token: token}, nil
+}
+
+// holds returns the holds of name with the state of their leases; a hold
+// whose lease row is missing counts as dead.
+func (d sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
+	rows, err := conn.QueryContext(ctx, `SELECT h.token, h.lease_id, h.mode, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0),
+			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0)
+		FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
+		WHERE h.name = ?`, now, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var holds []hold
+	for rows.Next() {
+		var h hold
+		var mode string
+		if err := rows.Scan(&h.token, &h.leaseID, &mode, &h.owner, &h.expiresAt, &h.live); err != nil {
+			return nil, err
+		}
+		h.mode = dialect.Mode(mode[0])
+		holds = append(holds, h)
+	}
+	return holds, rows.Err()
+}
+
+// waitersAhead counts the live waiters that must be served before p: for an
+// upgrade none (upgrades go first; a competing upgrade was refused earlier),
+// otherwise any pending upgrade, and earlier waiters whose mode conflicts.
+func (d sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dialect.AcquireParams, now int64) (int, error) {
+	if p.UpgradeToken != 0 {
+		return 0, nil
+	}
+	var ahead int
+	err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_waiters w JOIN sqldlm_leases l ON l.id = w.lease_id
+		WHERE w.name = ?1 AND l.broken_at IS NULL AND l.expires_at > ?2
+		  AND NOT (w.lease_id = ?3 AND w.request_id = ?4)
+		  AND (w.upgrade_token IS NOT NULL
+		       OR ((?5 = 'X' OR w.mode = 'X')
+		           AND w.id < COALESCE((SELECT id FROM sqldlm_waiters WHERE lease_id = ?3 AND request_id = ?4), 9223372036854775807)))`,
+		p.Name, now, p.LeaseID, p.RequestID, string(p.Mode)).Scan(&ahead)
+	return ahead, err
+}
+
+func (d sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, requestID); err != nil {
+			return err
+		}
+		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? AND request_id = ? RETURNING name`, leaseID, requestID)
+		return err
+	})
+	return names, err
+}
+
+func (d sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	res, err := db.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
+	return affected(res, err, d)
+}
+
+// liveHold is the condition that the hold (?1 token, ?2 lease, ?3 name)
+// belongs to a live lease.
+const liveHold = `token = ?1 AND lease_id = ?2 AND name = ?3 AND EXISTS (SELECT 1 FROM sqldlm_leases
+	WHERE id = ?2 AND broken_at IS NULL AND expires_at > ` + nowMicros + `)`
+
+func (d sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	res, err := db.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
+	return affected(res, err, d)
+}
+
+// Fence writes the hold's row (changing nothing) inside the caller's
+// transaction: that takes SQLite's database-wide write lock, so no other
+// connection can commit a takeover or release until the transaction ends.
+// SQLite has no server to end an idle transaction: idleTimeout is ignored,
+// and a holder paused inside a fenced transaction blocks every writer.
+func (d sqliteDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, _ time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = mode WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
+	return affected(res, err, d)
+}
+
+func (d sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (res *dialect.ReapResult, err error) {
+	res = &dialect.ReapResult{}
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		const dead = `SELECT id FROM sqldlm_leases WHERE broken_at IS NOT NULL OR expires_at <= ?1 ORDER BY expires_at LIMIT ?2`
+		names, err := queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id IN (`+dead+`) RETURNING name`, now, limit)
+		if err != nil {
+			return err
+		}
+		res.Holds, res.Freed = len(names), dedupe(names)
+		steps := []struct {
+			n     *int
+			query string
+			args  []any
+		}{
+			{&res.Waiters, `DELETE FROM sqldlm_waiters WHERE lease_id IN (` + dead + `)`, []any{now, limit}},
+			{&res.Leases, `DELETE FROM sqldlm_leases WHERE id IN (` + dead + `)`, []any{now, limit}},
+			{&res.IdleLocks, `DELETE FROM sqldlm_locks WHERE name IN (SELECT name FROM sqldlm_locks l
+				WHERE updated_at < ?1 - ?2
+				  AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = l.name)
+				  AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = l.name)
+				LIMIT ?3)`, []any{now, idleAfter.Microseconds(), limit}},
+		}
+		for _, s := range steps {
+			r, err := conn.ExecContext(ctx, s.query, s.args...)
+			if err != nil {
+				return err
+			}
+			n, err := r.RowsAffected()
+			if err != nil {
+				return err
+			}
+			*s.n = int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func affected(res sql.Result, err error, d sqliteDialect) (bool, error) {
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	return n > 0, nil
+}
+
+func queryStrings(ctx context.Context, conn *sql.Conn, query string, args ...any) ([]string, error) {
+	rows, err := conn.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+func dedupe(names []string) []string {
+	seen := make(map[string]bool, len(names))
+	out := names[:0]
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func dedupeIDs(ids []int64) []int64 {
+	seen := make(map[int64]bool, len(ids))
+	out := ids[:0]
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -1,0 +1,57 @@
+package sqldlm
+
+import (
+	"context"
+	"time"
+)
+
+// heartbeat renews the lease about every TTL/3 with one statement, however
+// many locks it holds, until the lease ends. A renewal that fails is retried
+// sooner; the lease is declared lost when the database says it is no longer
+// live, or when the local deadline passes without a successful renewal (the
+// deadline timer fires independently of a renewal in flight).
+func (l *lease) heartbeat() {
+	defer l.c.goroutines.Done()
+	ttl := l.c.cfg.TTL
+	interval := ttl / 3
+	retry := min(interval/4, 250*time.Millisecond)
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-l.ended:
+			return
+		case <-timer.C:
+		case <-l.kick:
+		}
+		l.mu.Lock()
+		deadline := l.deadline
+		l.mu.Unlock()
+		sent := time.Now()
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		renewed, err := l.c.dialect.RenewLease(ctx, l.c.db, l.id)
+		cancel()
+		switch {
+		case err != nil:
+			l.c.logger.Debug("sqldlm: lease renewal failed", "lease_id", l.id, "error", err)
+			timer.Reset(retry)
+		case !renewed:
+			l.end(ErrLost, "the database no longer holds the lease (expired, broken or reaped)")
+			return
+		default:
+			if !l.extend(sent) {
+				return
+			}
+			timer.Reset(interval)
+		}
+	}
+}
+
+// renewNow asks the heartbeat for an immediate renewal (to find out at once
+// whether a lease the database disowned is lost).
+func (l *lease) renewNow() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}

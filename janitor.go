@@ -1,0 +1,145 @@
+package sqldlm
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// janitor retries, in the background, the cleanups that could not reach the
+// database when they were due: a release, a withdrawn request, the row of a
+// lease the client gave up. Callers never wait for it (Release cannot fail
+// the caller); the lease's expiry is the backstop for all of them.
+type janitor struct {
+	c      *Client
+	mu     sync.Mutex
+	tasks  []*task
+	kick   chan struct{}
+	stop   chan struct{}
+	exited chan struct{}
+}
+
+type task struct {
+	what string
+	run  func(ctx context.Context) error
+	// until reports whether the task is still worth doing.
+	until func() bool
+}
+
+func newJanitor(c *Client) *janitor {
+	return &janitor{c: c, kick: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{})}
+}
+
+func (j *janitor) add(t *task) {
+	j.mu.Lock()
+	j.tasks = append(j.tasks, t)
+	j.mu.Unlock()
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
+}
+
+// release deletes a hold, for as long as its lease lives: once the lease
+// has ended, deleting the lease covers the hold.
+func (j *janitor) release(l *lease, ref *dialect.HoldRef) {
+	j.add(&task{
+		what: "release",
+		run: func(ctx context.Context) error {
+			_, err := j.c.dialect.Release(ctx, j.c.db, ref)
+			if err == nil {
+				j.c.waiters.wake(ref.Name)
+			}
+			return err
+		},
+		until: l.live,
+	})
+}
+
+// abandon withdraws a request (its waiter row, and a grant it may have
+// obtained unseen) while its lease lives.
+func (j *janitor) abandon(l *lease, requestID int64) {
+	j.add(&task{
+		what: "withdraw request",
+		run: func(ctx context.Context) error {
+			names, err := j.c.dialect.Abandon(ctx, j.c.db, l.id, requestID)
+			for _, n := range names {
+				j.c.waiters.wake(n)
+			}
+			return err
+		},
+		until: l.live,
+	})
+}
+
+// deleteLease deletes a lease the client gave up, until deadline: after it
+// the lease has expired in the database anyway, and the reaper or the next
+// grant frees what it held.
+func (j *janitor) deleteLease(id int64, deadline time.Time) {
+	j.add(&task{
+		what: "delete lease",
+		run: func(ctx context.Context) error {
+			names, err := j.c.dialect.DeleteLease(ctx, j.c.db, id)
+			for _, n := range names {
+				j.c.waiters.wake(n)
+			}
+			return err
+		},
+		until: func() bool { return time.Now().Before(deadline) },
+	})
+}
+
+// run works through the tasks, retrying failures with backoff, until stop.
+func (j *janitor) run() {
+	defer close(j.exited)
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	wait := 50 * time.Millisecond
+	for {
+		select {
+		case <-j.stop:
+			j.pass(true)
+			return
+		case <-j.kick:
+		case <-retry.C:
+		}
+		if j.pass(false) {
+			wait = 50 * time.Millisecond
+			continue
+		}
+		retry.Reset(wait)
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+// pass tries every pending task once; it reports whether none is left.
+// On the final pass (the client closing) tasks get one short attempt.
+func (j *janitor) pass(final bool) bool {
+	j.mu.Lock()
+	tasks := j.tasks
+	j.tasks = nil
+	j.mu.Unlock()
+	var failed []*task
+	for _, t := range tasks {
+		if !t.until() && !final {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), min(j.c.cfg.TTL/2, 5*time.Second))
+		err := t.run(ctx)
+		cancel()
+		if err != nil {
+			j.c.logger.Debug("sqldlm: background cleanup failed", "task", t.what, "error", err)
+			failed = append(failed, t)
+		}
+	}
+	if final {
+		return true
+	}
+	j.mu.Lock()
+	j.tasks = append(failed, j.tasks...)
+	empty := len(j.tasks) == 0
+	j.mu.Unlock()
+	return empty
+}

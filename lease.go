@@ -1,0 +1,158 @@
+package sqldlm
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// A lease is the client's session in the database: one row, renewed by one
+// heartbeat, that every lock the client holds hangs off. The database
+// decides when the lease expires (its clock, its row); the client trusts
+// the lease only until its local deadline: the monotonic time at which the
+// last successful renewal was sent, plus the TTL, minus a safety margin. A
+// renewal is executed by the server after it was sent, so the server's
+// expiry is never earlier than the local deadline (clock rates agreeing to
+// within the margin): the holder learns of a loss before anyone else can be
+// granted its locks.
+//
+// A lost lease is never revived: the client opens a new one for later locks.
+type lease struct {
+	c  *Client
+	id int64
+
+	mu       sync.Mutex
+	deadline time.Time // local monotonic trust deadline
+	locks    map[*Lock]struct{}
+	err      error // why the lease ended: ErrLost or ErrClosed; nil while live
+	ended    chan struct{}
+	expiry   *time.Timer // fires at deadline
+	kick     chan struct{}
+}
+
+// margin is how much earlier than the server the client gives up a lease:
+// a tenth of the TTL covers clock rate differences and scheduling delays.
+func margin(ttl time.Duration) time.Duration { return ttl / 10 }
+
+// newLease creates a lease row in the database and starts its heartbeat.
+func (c *Client) newLease(ctx context.Context) (*lease, error) {
+	l := &lease{
+		c:     c,
+		id:    rand.Int64(),
+		locks: map[*Lock]struct{}{},
+		ended: make(chan struct{}),
+		kick:  make(chan struct{}, 1),
+	}
+	sent := time.Now()
+	err := c.dialect.CreateLease(ctx, c.db, &dialect.CreateLeaseParams{ID: l.id, Owner: c.cfg.Owner, TTL: c.cfg.TTL})
+	if err != nil {
+		// The row may exist if only the answer was lost: delete it later.
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		return nil, fmt.Errorf("sqldlm: create lease: %w", err)
+	}
+	l.deadline = sent.Add(c.cfg.TTL - margin(c.cfg.TTL))
+	if time.Now().After(l.deadline) {
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		return nil, fmt.Errorf("sqldlm: create lease: the database answered after the lease's TTL (%s)", c.cfg.TTL)
+	}
+	l.expiry = time.AfterFunc(time.Until(l.deadline), l.checkDeadline)
+	c.logger.Debug("sqldlm: lease created", "lease_id", l.id)
+	c.goroutines.Add(1)
+	go l.heartbeat()
+	return l, nil
+}
+
+// checkDeadline runs when the local deadline may have passed.
+func (l *lease) checkDeadline() {
+	l.mu.Lock()
+	remaining := time.Until(l.deadline)
+	l.mu.Unlock()
+	if remaining > 0 {
+		l.mu.Lock()
+		if l.err == nil {
+			l.expiry.Reset(remaining)
+		}
+		l.mu.Unlock()
+		return
+	}
+	l.end(ErrLost, "no renewal succeeded within the TTL")
+}
+
+// extend moves the local deadline after a renewal sent at sent succeeded.
+// It reports false if the lease had already ended: a renewal that succeeds
+// after the deadline revives nothing.
+func (l *lease) extend(sent time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return false
+	}
+	if d := sent.Add(l.c.cfg.TTL - margin(l.c.cfg.TTL)); d.After(l.deadline) {
+		l.deadline = d
+	}
+	return true
+}
+
+// add attaches a granted lock to the lease, unless the lease has ended (or
+// its deadline passed while the grant was in flight).
+func (l *lease) add(lk *Lock) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil || !time.Now().Before(l.deadline) {
+		return false
+	}
+	l.locks[lk] = struct{}{}
+	return true
+}
+
+func (l *lease) remove(lk *Lock) {
+	l.mu.Lock()
+	delete(l.locks, lk)
+	l.mu.Unlock()
+}
+
+// live reports whether the lease has not ended.
+func (l *lease) live() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err == nil
+}
+
+// end ends the lease once: every lock on it becomes lost (or, when the
+// client closes, released), the heartbeat stops, and the client will open a
+// new lease for later locks. When the lease was lost, its row is deleted in
+// the background: the database may still consider it live (the renewals may
+// have succeeded without the client hearing of it).
+func (l *lease) end(err error, why string) {
+	l.mu.Lock()
+	if l.err != nil {
+		l.mu.Unlock()
+		return
+	}
+	l.err = err
+	l.expiry.Stop()
+	locks := make([]*Lock, 0, len(l.locks))
+	for lk := range l.locks {
+		locks = append(locks, lk)
+	}
+	clear(l.locks)
+	close(l.ended)
+	l.mu.Unlock()
+
+	l.c.dropLease(l)
+	lockErr := ErrLost
+	if err == ErrClosed {
+		lockErr = ErrReleased
+	}
+	for _, lk := range locks {
+		lk.finish(lockErr)
+	}
+	if err == ErrLost {
+		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
+		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
+	}
+}

@@ -1,0 +1,438 @@
+package sqldlm
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// Mode is the mode of a lock.
+type Mode int
+
+// Modes. A name can have one exclusive holder, or any number of shared
+// holders, never both.
+const (
+	Shared    Mode = 1
+	Exclusive Mode = 2
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Shared:
+		return "shared"
+	case Exclusive:
+		return "exclusive"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+func (m Mode) stored() dialect.Mode {
+	if m == Shared {
+		return dialect.Shared
+	}
+	return dialect.Exclusive
+}
+
+func modeOf(m dialect.Mode) Mode {
+	if m == dialect.Shared {
+		return Shared
+	}
+	return Exclusive
+}
+
+// Lock is a held lock: the handle [Client.Lock] and [Client.TryLock] return.
+// A lock is held by its handle, not by the client: two handles of one client
+// conflict as handles of two processes do. Its methods are safe for
+// concurrent use.
+//
+// Holding a handle does not prove the lock is still held: the lease behind
+// it can be lost (a pause, a network cut). Watch [Lock.Done], and make the
+// writes that matter with [Lock.Fence] or pass [Lock.Token] to a resource
+// that rejects older tokens.
+type Lock struct {
+	c     *Client
+	lease *lease
+	name  string
+
+	mu      sync.Mutex
+	mode    Mode
+	token   int64
+	err     error // nil while held; ErrLost or ErrReleased after
+	relErr  error // what Release returns, once it has run
+	done    chan struct{}
+	dropped bool // Release has run (or the client closed)
+}
+
+// Name returns the lock's name.
+func (l *Lock) Name() string { return l.name }
+
+// Mode returns the lock's current mode (it changes with Upgrade and Downgrade).
+func (l *Lock) Mode() Mode {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mode
+}
+
+// Token returns the lock's fencing token: strictly greater than the token of
+// every earlier grant of the name, in either mode, across restarts and
+// garbage collection. An upgrade gets a new token. Pass it to systems that
+// can reject stale writers.
+func (l *Lock) Token() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.token
+}
+
+// Done returns a channel closed when the lock is released or lost.
+func (l *Lock) Done() <-chan struct{} { return l.done }
+
+// Err returns nil while the lock is held, ErrLost once it was lost and
+// ErrReleased once it was released.
+func (l *Lock) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// finish ends the lock with err (ErrLost or ErrReleased) once.
+func (l *Lock) finish(err error) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return false
+	}
+	l.err = err
+	close(l.done)
+	return true
+}
+
+func (l *Lock) ref() *dialect.HoldRef {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &dialect.HoldRef{Name: l.name, LeaseID: l.lease.id, Token: l.token}
+}
+
+// Lock acquires name in mode, waiting until it is granted or ctx ends. ctx
+// bounds the wait only, not how long the lock is then held. Waiters of a
+// name are served in arrival order, except that compatible (shared)
+// requests go together; a waiting exclusive request keeps later shared
+// requests out. A waiter that gives up (ctx ended) leaves nothing behind.
+//
+// It returns ErrInvalidName for a bad name, ctx's error when ctx ends first,
+// and ErrClosed when the client is closed.
+func (c *Client) Lock(ctx context.Context, name string, mode Mode) (*Lock, error) {
+	return c.acquire(ctx, name, mode, true)
+}
+
+// TryLock acquires name in mode if that is possible at once. Otherwise it
+// returns a *LockedError (matching ErrLocked) that says who holds it.
+//
+// As with sync.Mutex.TryLock, a program that polls with TryLock usually
+// wants Lock with a deadline instead: it keeps its place in the queue.
+func (c *Client) TryLock(ctx context.Context, name string, mode Mode) (*Lock, error) {
+	return c.acquire(ctx, name, mode, false)
+}
+
+// Do acquires name in mode (waiting as Lock does), runs fn, and releases the
+// lock, whatever fn returns. The ctx given to fn is cancelled when the lock
+// is lost, so fn can stop work that is no longer protected. ctx bounds the
+// wait and is fn's parent; the release after fn is not cancelled by ctx.
+//
+// Do returns fn's error; if the lock was lost while fn ran, the error also
+// matches ErrLost, since fn's work may have overlapped another holder's.
+func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx context.Context) error) error {
+	l, err := c.Lock(ctx, name, mode)
+	if err != nil {
+		return err
+	}
+	fnCtx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-l.Done():
+			cancel(ErrLost)
+		case <-fnCtx.Done():
+		}
+	}()
+	fnErr := fn(fnCtx)
+	cancel(nil)
+	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.TTL)
+	defer relCancel()
+	relErr := l.Release(relCtx)
+	if errors.Is(relErr, ErrLost) {
+		return errors.Join(fnErr, fmt.Errorf("sqldlm: %q was lost while fn ran: %w", name, ErrLost))
+	}
+	return fnErr
+}
+
+func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool) (*Lock, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if mode != Shared && mode != Exclusive {
+		return nil, fmt.Errorf("sqldlm: invalid mode %v: use sqldlm.Shared or sqldlm.Exclusive", mode)
+	}
+	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait}
+	token, l, err := req.run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{})}
+	if !l.add(lk) {
+		// The lease ended while the grant was in flight: the grant is
+		// worthless, and is released with the lease.
+		return nil, fmt.Errorf("sqldlm: lock %q: the lease ended as it was granted: %w", name, ErrLost)
+	}
+	c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id)
+	return lk, nil
+}
+
+// request is one Lock, TryLock or Upgrade call in progress.
+type request struct {
+	c            *Client
+	name         string
+	mode         Mode
+	id           int64
+	wait         bool
+	upgradeToken int64  // for Upgrade
+	lease        *lease // for Upgrade: the lock's lease (never replaced)
+}
+
+// run retries the acquire statement until it is granted, refused, or ctx
+// ends. It returns the token and the lease the grant belongs to.
+func (r *request) run(ctx context.Context) (int64, *lease, error) {
+	c := r.c
+	wake, unregister := c.waiters.register(r.name)
+	defer unregister()
+	backoff := newBackoff(c)
+	var enqueuedOn *lease // the lease a waiter row of this request may exist under
+	abandon := func(cause error) (int64, *lease, error) {
+		if enqueuedOn != nil {
+			c.abandon(enqueuedOn, r.id)
+		}
+		return 0, nil, cause
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return abandon(err)
+		}
+		if c.isClosed() {
+			return abandon(ErrClosed)
+		}
+		l := r.lease
+		if l == nil {
+			var err error
+			if l, err = c.currentLease(ctx); err != nil {
+				return abandon(err)
+			}
+		}
+		if enqueuedOn != nil && enqueuedOn != l {
+			c.abandon(enqueuedOn, r.id) // the old lease's waiter row is void
+			enqueuedOn = nil
+		}
+		if r.wait {
+			enqueuedOn = l // any attempt may leave a waiter row or an unseen grant
+		}
+		res, err := c.dialect.Acquire(ctx, c.db, &dialect.AcquireParams{
+			Name: r.name, LeaseID: l.id, RequestID: r.id, Mode: r.mode.stored(),
+			Enqueue: r.wait, UpgradeToken: r.upgradeToken,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				enqueuedOn = l // the outcome is unknown: withdraw whatever it did
+				return abandon(ctx.Err())
+			}
+			if dialect.IsRetryable(err) || errors.Is(err, dialect.ErrConnection) {
+				// Same request id: a retry returns a grant the lost answer carried.
+				enqueuedOn = l
+				c.logger.Debug("sqldlm: acquire failed, retrying", "lock_name", r.name, "error", err)
+				if err := backoff.sleep(ctx, wake, 0); err != nil {
+					return abandon(err)
+				}
+				continue
+			}
+			enqueuedOn = l
+			return abandon(fmt.Errorf("sqldlm: acquire %q: %w", r.name, err))
+		}
+		switch res.Status {
+		case dialect.Granted:
+			return res.Token, l, nil
+		case dialect.LeaseLost:
+			l.end(ErrLost, "the database no longer holds the lease")
+			if r.lease != nil { // an upgrade cannot move to a new lease
+				return 0, nil, ErrLost
+			}
+			enqueuedOn = nil
+			continue
+		case dialect.NotHeld:
+			return abandon(ErrLost)
+		case dialect.UpgradeConflict:
+			return abandon(ErrUpgradeConflict)
+		}
+		b := res.Blocker
+		if !r.wait {
+			return 0, nil, &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
+		}
+		// Wake up when the name is released (in this process, or by a
+		// notification), when the holder's lease would expire if not
+		// renewed, or at the next poll.
+		var expiry time.Duration
+		if b.Owner != "" {
+			expiry = b.ExpiresIn + time.Millisecond
+		}
+		select {
+		case <-l.ended:
+			continue
+		default:
+		}
+		if err := backoff.sleep(ctx, wake, expiry); err != nil {
+			return abandon(err)
+		}
+	}
+}
+
+// Release releases the lock. It is idempotent and returns what it returned
+// the first time.
+//
+// It returns ErrLost if the lock had been lost before Release was called:
+// the critical section may not have been exclusive. Otherwise it returns
+// nil, even when the database cannot be reached: the lock is then dropped
+// locally and released in the background, and the lease's expiry frees it
+// at the latest. ctx bounds how long Release waits for the database.
+//
+// Commit or roll back a transaction fenced with [Lock.Fence] before
+// releasing: the release waits for it.
+func (l *Lock) Release(ctx context.Context) error {
+	l.mu.Lock()
+	if l.dropped {
+		defer l.mu.Unlock()
+		return l.relErr
+	}
+	l.dropped = true
+	lostBefore := l.err == ErrLost
+	l.mu.Unlock()
+	c := l.c
+	ref := l.ref()
+	l.lease.remove(l)
+	if lostBefore {
+		l.setRelErr(ErrLost)
+		return ErrLost
+	}
+	l.finish(ErrReleased)
+	released, err := c.dialect.Release(ctx, c.db, ref)
+	switch {
+	case err != nil:
+		c.logger.Info("sqldlm: release failed, retrying in the background", "lock_name", l.name, "token", ref.Token, "error", err)
+		c.janitor.release(l.lease, ref)
+	case !released:
+		// The hold was gone: taken over or reaped after the lease died.
+		l.setRelErr(ErrLost)
+		l.lease.renewNow()
+		return ErrLost
+	default:
+		c.waiters.wake(l.name)
+	}
+	return nil
+}
+
+func (l *Lock) setRelErr(err error) {
+	l.mu.Lock()
+	l.relErr = err
+	l.mu.Unlock()
+}
+
+// Upgrade turns a shared lock into an exclusive one, waiting until the
+// caller is the only holder or ctx ends; the lock then has a new, greater
+// token. A pending upgrade goes before every waiter. If another holder is
+// already upgrading, Upgrade fails at once with ErrUpgradeConflict (instead
+// of the two waiting for each other forever). If ctx ends first, the lock
+// stays shared. Upgrading an exclusive lock does nothing.
+func (l *Lock) Upgrade(ctx context.Context) error {
+	l.mu.Lock()
+	err, mode, token := l.err, l.mode, l.token
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if mode == Exclusive {
+		return nil
+	}
+	r := request{c: l.c, name: l.name, mode: Exclusive, id: rand.Int64(), wait: true, upgradeToken: token, lease: l.lease}
+	newToken, _, err := r.run(ctx)
+	if errors.Is(err, ErrLost) {
+		l.finish(ErrLost)
+	}
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err // lost while the upgrade was granted; the lease's end releases it
+	}
+	l.mode, l.token = Exclusive, newToken
+	return nil
+}
+
+// Downgrade turns an exclusive lock into a shared one, keeping its token,
+// and lets waiting shared requests in. It never waits for other holders.
+// Downgrading a shared lock does nothing.
+func (l *Lock) Downgrade(ctx context.Context) error {
+	l.mu.Lock()
+	err, mode := l.err, l.mode
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if mode == Shared {
+		return nil
+	}
+	ok, err := l.c.dialect.Downgrade(ctx, l.c.db, l.ref())
+	if err != nil {
+		return fmt.Errorf("sqldlm: downgrade %q: %w", l.name, err)
+	}
+	if !ok {
+		l.finish(ErrLost)
+		l.lease.renewNow()
+		return ErrLost
+	}
+	l.mu.Lock()
+	l.mode = Shared
+	l.mu.Unlock()
+	l.c.waiters.wake(l.name)
+	return nil
+}
+
+// Fence proves, inside the caller's own transaction tx, that the lock is
+// still held with its token and that its lease is live by the database's
+// clock; it returns ErrLost (or ErrReleased) otherwise. Once Fence returns
+// nil, no other client can be granted the lock, and the lock cannot be
+// released, until tx commits or rolls back: writes in tx after Fence are
+// made under the lock or not at all. Call it right before the writes that
+// matter, and treat ErrLost as "roll back, and do not retry under this
+// lock".
+//
+// On PostgreSQL and MariaDB, tx is ended by the server if it then sits idle
+// for longer than the TTL, so that a paused holder cannot block a takeover
+// forever. At REPEATABLE READ or SERIALIZABLE, Fence may fail with a
+// serialization error: retry the whole transaction.
+func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	ok, err := l.c.dialect.Fence(ctx, tx, l.ref(), l.c.cfg.TTL)
+	if err != nil {
+		return fmt.Errorf("sqldlm: fence %q: %w", l.name, err)
+	}
+	if !ok {
+		l.finish(ErrLost)
+		l.lease.renewNow()
+		return ErrLost
+	}
+	return nil
+}

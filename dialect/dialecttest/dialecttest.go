@@ -34,6 +34,7 @@ func Exercise(t *testing.T, h Harness) {
 	t.Run("Migrate", func(t *testing.T) { t.Parallel(); testMigrate(t, h) })
 	t.Run("MigrateConcurrently", func(t *testing.T) { t.Parallel(); testMigrateConcurrently(t, h) })
 	t.Run("Now", func(t *testing.T) { t.Parallel(); testNow(t, h) })
+	t.Run("Locker", func(t *testing.T) { t.Parallel(); exerciseLocker(t, h) })
 }
 
 func ctxFor(t testing.TB) context.Context {

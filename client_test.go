@@ -118,13 +118,16 @@ type fakeDriver struct{}
 
 func (fakeDriver) Open(string) (driver.Conn, error) { return nil, driver.ErrBadConn }
 
+type fakeConnector struct{}
+
+func (fakeConnector) Connect(context.Context) (driver.Conn, error) { return nil, driver.ErrBadConn }
+func (fakeConnector) Driver() driver.Driver                        { return fakeDriver{} }
+
 func TestNewUnknownDriverListsKnownOnes(t *testing.T) {
 	t.Parallel()
-	sql.Register("sqldlm-fake-driver", fakeDriver{})
-	db, err := sql.Open("sqldlm-fake-driver", "")
-	require.NoError(t, err)
+	db := sql.OpenDB(fakeConnector{})
 	defer db.Close()
-	_, err = New(db, Config{})
+	_, err := New(db, Config{})
 	require.ErrorContains(t, err, "cannot tell the dialect of database driver github.com/sqldlm/sqldlm.fakeDriver: set Config.Dialect")
 	require.ErrorContains(t, err, "github.com/go-sql-driver/mysql (mysql.Dialect())")
 

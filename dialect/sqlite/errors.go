@@ -25,7 +25,7 @@ const (
 )
 
 // ClassifyError is the one place that looks at SQLite result codes.
-func (sqliteDialect) ClassifyError(err error) error {
+func (*sqliteDialect) ClassifyError(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -31,7 +31,12 @@ import (
 
 // writeTx runs fn in a BEGIN IMMEDIATE transaction on one connection, with
 // the database's clock read after the write lock was taken.
-func (d sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) (err error) {
+func (d *sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) (err error) {
+	leave, err := d.enter(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return d.ClassifyError(err)
@@ -63,21 +68,31 @@ func (d sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sq
 	return fn(conn, now)
 }
 
-func (d sqliteDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
-	_, err := db.ExecContext(ctx, `INSERT INTO sqldlm_leases (id, owner, ttl_us, created_at, renewed_at, expires_at)
+// exec runs one writing statement through the write gate.
+func (d *sqliteDialect) exec(ctx context.Context, db *sql.DB, query string, args ...any) (sql.Result, error) {
+	leave, err := d.enter(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
+	return db.ExecContext(ctx, query, args...)
+}
+
+func (d *sqliteDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
+	_, err := d.exec(ctx, db, `INSERT INTO sqldlm_leases (id, owner, ttl_us, created_at, renewed_at, expires_at)
 		SELECT ?1, ?2, ?3, n, n, n + ?3 FROM (SELECT `+nowMicros+` AS n)`,
 		p.ID, p.Owner, p.TTL.Microseconds())
 	return d.ClassifyError(err)
 }
 
-func (d sqliteDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
-	res, err := db.ExecContext(ctx, `UPDATE sqldlm_leases SET renewed_at = n, expires_at = n + ttl_us
+func (d *sqliteDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	res, err := d.exec(ctx, db, `UPDATE sqldlm_leases SET renewed_at = n, expires_at = n + ttl_us
 		FROM (SELECT `+nowMicros+` AS n)
 		WHERE id = ? AND broken_at IS NULL AND expires_at > n`, leaseID)
 	return affected(res, err, d)
 }
 
-func (d sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) (names []string, err error) {
+func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) (names []string, err error) {
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
 		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? RETURNING name`, leaseID)
 		if err != nil {
@@ -101,7 +116,7 @@ type hold struct {
 	live           bool
 }
 
-func (d sqliteDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (res *dialect.AcquireResult, err error) {
+func (d *sqliteDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (res *dialect.AcquireResult, err error) {
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
 		res, err = d.acquire(ctx, conn, now, p)
 		return err
@@ -109,7 +124,7 @@ func (d sqliteDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acqui
 	return res, err
 }
 
-func (d sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
 	var live bool
 	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ? FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
@@ -224,7 +239,7 @@ func (d sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p
 
 // holds returns the holds of name with the state of their leases; a hold
 // whose lease row is missing counts as dead.
-func (d sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
+func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
 	rows, err := conn.QueryContext(ctx, `SELECT h.token, h.lease_id, h.mode, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0),
 			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0)
 		FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
@@ -249,7 +264,7 @@ func (d sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, n
 // waitersAhead counts the live waiters that must be served before p: for an
 // upgrade none (upgrades go first; a competing upgrade was refused earlier),
 // otherwise any pending upgrade, and earlier waiters whose mode conflicts.
-func (d sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dialect.AcquireParams, now int64) (int, error) {
+func (d *sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dialect.AcquireParams, now int64) (int, error) {
 	if p.UpgradeToken != 0 {
 		return 0, nil
 	}
@@ -264,7 +279,7 @@ func (d sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dial
 	return ahead, err
 }
 
-func (d sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
+func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
 		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, requestID); err != nil {
 			return err
@@ -275,8 +290,8 @@ func (d sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, request
 	return names, err
 }
 
-func (d sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
-	res, err := db.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
+func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	res, err := d.exec(ctx, db, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
 	return affected(res, err, d)
 }
 
@@ -285,8 +300,8 @@ func (d sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldR
 const liveHold = `token = ?1 AND lease_id = ?2 AND name = ?3 AND EXISTS (SELECT 1 FROM sqldlm_leases
 	WHERE id = ?2 AND broken_at IS NULL AND expires_at > ` + nowMicros + `)`
 
-func (d sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
-	res, err := db.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
+func (d *sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	res, err := d.exec(ctx, db, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
 	return affected(res, err, d)
 }
 
@@ -295,12 +310,12 @@ func (d sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.Hol
 // connection can commit a takeover or release until the transaction ends.
 // SQLite has no server to end an idle transaction: idleTimeout is ignored,
 // and a holder paused inside a fenced transaction blocks every writer.
-func (d sqliteDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, _ time.Duration) (bool, error) {
+func (d *sqliteDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, _ time.Duration) (bool, error) {
 	res, err := tx.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = mode WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
 	return affected(res, err, d)
 }
 
-func (d sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (res *dialect.ReapResult, err error) {
+func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (res *dialect.ReapResult, err error) {
 	res = &dialect.ReapResult{}
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
 		const dead = `SELECT id FROM sqldlm_leases WHERE broken_at IS NOT NULL OR expires_at <= ?1 ORDER BY expires_at LIMIT ?2`
@@ -341,7 +356,7 @@ func (d sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfte
 	return res, nil
 }
 
-func affected(res sql.Result, err error, d sqliteDialect) (bool, error) {
+func affected(res sql.Result, err error, d *sqliteDialect) (bool, error) {
 	if err != nil {
 		return false, d.ClassifyError(err)
 	}

@@ -14,30 +14,51 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
 )
 
-// Dialect returns the SQLite dialect. The value is stateless and safe for
-// concurrent use.
-func Dialect() dialect.Dialect { return sqliteDialect{} }
+// Dialect returns an SQLite dialect. It is safe for concurrent use.
+//
+// SQLite lets one connection write at a time, and a connection that finds
+// the database busy sleeps and retries: a steady stream of writers can starve
+// one of them (a lease renewal, say) for seconds. The dialect therefore
+// queues its own writes to each database in the process on a gate that
+// honours contexts; writers in other processes still meet SQLite's busy
+// handler, which is why SQLite suits a few processes of one host.
+func Dialect() dialect.Dialect { return &sqliteDialect{} }
 
-type sqliteDialect struct{}
+type sqliteDialect struct {
+	gates sync.Map // *sql.DB → chan struct{} (capacity 1): the write gate
+}
 
-var _ dialect.Dialect = sqliteDialect{}
+var _ dialect.Dialect = (*sqliteDialect)(nil)
 
-func (sqliteDialect) Name() string { return "sqlite" }
+// enter waits for db's write gate and returns the function that leaves it.
+func (d *sqliteDialect) enter(ctx context.Context, db *sql.DB) (func(), error) {
+	g, _ := d.gates.LoadOrStore(db, make(chan struct{}, 1))
+	gate := g.(chan struct{})
+	select {
+	case gate <- struct{}{}:
+		return func() { <-gate }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (*sqliteDialect) Name() string { return "sqlite" }
 
 // TimePrecision is a millisecond: SQLite's clock ('now') has no finer
 // resolution.
-func (sqliteDialect) TimePrecision() time.Duration { return time.Millisecond }
+func (*sqliteDialect) TimePrecision() time.Duration { return time.Millisecond }
 
 // nowMicros is SQLite's clock in microseconds since the Unix epoch, the unit
 // of every timestamp column (rounded to SQLite's millisecond resolution).
 const nowMicros = `(CAST(ROUND(unixepoch('subsec') * 1000) AS INTEGER) * 1000)`
 
-func (d sqliteDialect) Now(ctx context.Context, q dialect.Querier) (time.Time, error) {
+func (d *sqliteDialect) Now(ctx context.Context, q dialect.Querier) (time.Time, error) {
 	var us int64
 	if err := q.QueryRowContext(ctx, `SELECT `+nowMicros).Scan(&us); err != nil {
 		return time.Time{}, fmt.Errorf("read clock: %w", d.ClassifyError(err))
@@ -52,7 +73,7 @@ const busyTimeout = 10 * time.Second
 // LockMigrations takes an exclusive advisory lock (flock on Unix, LockFileEx
 // on Windows) on a file beside the database file, so migrators in several
 // processes of one host take turns. An in-memory database needs no lock.
-func (d sqliteDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(context.Context) error, error) {
+func (d *sqliteDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(context.Context) error, error) {
 	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); err != nil {
 		return nil, fmt.Errorf("set busy_timeout: %w", d.ClassifyError(err))
 	}
@@ -66,7 +87,7 @@ func (d sqliteDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func
 	return lockFile(ctx, file+".sqldlm-migrate.lock")
 }
 
-func (sqliteDialect) QuoteIdentifier(name string) (string, error) {
+func (*sqliteDialect) QuoteIdentifier(name string) (string, error) {
 	if err := dialect.ValidateIdentifier(name); err != nil {
 		return "", err
 	}

@@ -41,6 +41,11 @@ var commands = map[string]command{
 	"migrate": {"apply, roll back or show sqldlm's schema migrations (up | down | status)", runMigrate},
 }
 
+// hidden commands are not listed in the help.
+var hidden = map[string]command{
+	"demo-worker": {"a worker process of the demo", runDemoWorker},
+}
+
 // Main runs the command line args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
@@ -56,6 +61,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	cmd, ok := commands[args[0]]
+	if !ok {
+		cmd, ok = hidden[args[0]]
+	}
 	if !ok {
 		fmt.Fprintf(stderr, "sqldlm: unknown command %q\n\n", args[0])
 		printUsage(stderr)

@@ -114,6 +114,8 @@ func TestDemo(t *testing.T) {
 	t.Parallel()
 	code, out, errOut := run(t, "demo")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Contains(t, out, "demo finished")
-	require.True(t, strings.Contains(out, "sqldlm migrate up"), "shows the schema check before migrating")
+	require.Contains(t, out, "summary: 3 workers")
+	require.Contains(t, out, " 0 overlapping exclusive sections")
+	require.Contains(t, out, "killed holder's lock was taken over")
+	require.True(t, strings.Contains(out, "took over volume/1 from the killed holder"), out)
 }

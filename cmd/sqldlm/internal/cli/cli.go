@@ -39,6 +39,7 @@ type command struct {
 var commands = map[string]command{
 	"demo":    {"run a self-contained demonstration on a temporary SQLite database", runDemo},
 	"migrate": {"apply, roll back or show sqldlm's schema migrations (up | down | status)", runMigrate},
+	"reap":    {"delete dead clients' leases, holds and waiters (once, or --every interval)", runReap},
 }
 
 // hidden commands are not listed in the help.

@@ -3,11 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 	"github.com/sqldlm/sqldlm/migrations"
 )
@@ -118,4 +121,35 @@ func TestDemo(t *testing.T) {
 	require.Contains(t, out, " 0 overlapping exclusive sections")
 	require.Contains(t, out, "killed holder's lock was taken over")
 	require.True(t, strings.Contains(out, "took over volume/1 from the killed holder"), out)
+}
+
+func TestReapFreesDeadLeases(t *testing.T) {
+	t.Parallel()
+	for _, kind := range testdb.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := testdb.OpenMigrated(t, kind)
+			err := db.Dialect.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: 7, Owner: "dead", TTL: time.Millisecond})
+			if errors.Is(err, dialect.ErrNotImplemented) {
+				t.Skipf("%s: lock operations not implemented yet", kind)
+			}
+			require.NoError(t, err)
+			res, err := db.Dialect.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: "node/1", LeaseID: 7, RequestID: 1, Mode: dialect.Exclusive})
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				var n int
+				require.NoError(t, db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders`).Scan(&n))
+				if n == 0 {
+					return true
+				}
+				code, out, errOut := run(t, "reap", "--dsn", db.DSN)
+				require.Equal(t, ExitOK, code, errOut)
+				return strings.Contains(out, "reaped 1 dead lease(s), 1 hold(s)") && strings.Contains(out, `freed ["node/1"]`)
+			}, 10*time.Second, 10*time.Millisecond, "granted %v", res.Status)
+			code, out, _ := run(t, "reap", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			require.Contains(t, out, "reaped 0 dead lease(s)")
+		})
+	}
 }

@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sqldlm/sqldlm/reaper"
+)
+
+const reapSynopsis = `--dsn URL [--every DURATION] [flags]
+
+Deletes leases that expired (or were broken) with their holds and waiters,
+and lock rows idle for longer than --idle-after, then prints what it freed.
+With --every it repeats until interrupted. Clients run this by themselves
+unless they set Config.ReapInterval to sqldlm.ReapDisabled; waiters never
+depend on it (they take over expired holders themselves).`
+
+func runReap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("reap", reapSynopsis, stderr)
+	dsnURL := dsnFlag(fs)
+	every := fs.Duration("every", 0, "repeat at this interval until interrupted (0: one pass)")
+	idleAfter := fs.Duration("idle-after", reaper.IdleAfterDefault, "delete lock rows with no holder or waiter idle for this long")
+	batch := fs.Int("batch", reaper.BatchSizeDefault, "leases deleted per statement")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if *every < 0 || *idleAfter < 0 || *batch <= 0 {
+		return usagef("--every and --idle-after must not be negative, --batch must be positive")
+	}
+	db, d, err := openDSN(ctx, *dsnURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	r := reaper.New(db, d, reaper.Config{BatchSize: *batch, IdleAfter: *idleAfter})
+	for {
+		res, err := r.RunOnce(ctx)
+		if err != nil {
+			if errors.Is(err, context.Canceled) && *every > 0 {
+				return nil
+			}
+			return fmt.Errorf("reap: %w", err)
+		}
+		fmt.Fprintf(stdout, "%s reaped %d dead lease(s), %d hold(s), %d waiter(s), %d idle lock row(s)",
+			time.Now().UTC().Format(time.RFC3339), res.Leases, res.Holds, res.Waiters, res.IdleLocks)
+		if len(res.Freed) > 0 {
+			fmt.Fprintf(stdout, "; freed %q", res.Freed)
+		}
+		fmt.Fprintln(stdout)
+		if *every == 0 {
+			return nil
+		}
+		t := time.NewTimer(*every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}

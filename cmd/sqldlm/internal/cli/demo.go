@@ -88,13 +88,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		worker, verb, name string
 		token              int64
 	}
+	childErr := &lockedWriter{w: stderr}
 	events := make(chan event, 64)
 	procs := make([]*exec.Cmd, demoWorkers)
 	var readers sync.WaitGroup
 	for i := range procs {
 		cmd := exec.CommandContext(ctx, self, "demo-worker", "--dsn="+dsnURL, "--id="+strconv.Itoa(i),
 			"--run="+demoRun.String(), "--victim="+strconv.FormatBool(i == 0))
-		cmd.Stderr = stderr
+		cmd.Stderr = childErr
 		pipe, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -245,4 +246,16 @@ func demoWrite(ctx context.Context, db *sql.DB, l *sqldlm.Lock, id int) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// lockedWriter serialises writes from several child processes' pipes.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -1,0 +1,138 @@
+package sqldlm_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/sqldlm/sqldlm"
+)
+
+// openExampleDB opens a fresh SQLite database in a temporary folder.
+func openExampleDB() (*sql.DB, func()) {
+	dir, err := os.MkdirTemp("", "sqldlm-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "locks.db")+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := sqldlm.Migrate(context.Background(), db, nil); err != nil {
+		log.Fatal(err)
+	}
+	return db, func() { db.Close(); os.RemoveAll(dir) }
+}
+
+func ExampleClient_Lock() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	c, err := sqldlm.New(db, sqldlm.Config{Owner: "conductor-3"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	l, err := c.Lock(ctx, "node/42", sqldlm.Exclusive)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("holding", l.Name(), l.Mode())
+
+	_, err = c.TryLock(ctx, "node/42", sqldlm.Shared)
+	var locked *sqldlm.LockedError
+	if errors.As(err, &locked) {
+		fmt.Println("try-lock refused: held by", locked.Owner, locked.Mode)
+	}
+	if err := l.Release(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("released:", l.Err())
+	// Output:
+	// holding node/42 exclusive
+	// try-lock refused: held by conductor-3 exclusive
+	// released: sqldlm: lock released
+}
+
+func ExampleLock_Fence() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE volumes (id TEXT PRIMARY KEY, size INTEGER, written_by_token INTEGER)`); err != nil {
+		log.Fatal(err)
+	}
+	c, err := sqldlm.New(db, sqldlm.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	l, err := c.Lock(ctx, "volume/7", sqldlm.Exclusive)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Release(ctx)
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := l.Fence(ctx, tx); err != nil {
+		tx.Rollback() // lost: do not write, do not retry under this lock
+		log.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volumes VALUES ('7', 100, ?)`, l.Token()); err != nil {
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("resized under the lock")
+	// Output: resized under the lock
+}
+
+func ExampleLock_Upgrade() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	c, err := sqldlm.New(db, sqldlm.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	l, err := c.Lock(ctx, "stack/7", sqldlm.Shared)
+	if err != nil {
+		log.Fatal(err)
+	}
+	before := l.Token()
+	if err := l.Upgrade(ctx); err != nil { // ErrUpgradeConflict if another holder is upgrading
+		log.Fatal(err)
+	}
+	fmt.Println(l.Mode(), "with a new token:", l.Token() > before)
+	// Output: exclusive with a new token: true
+}
+
+func ExampleClient_Do() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	c, err := sqldlm.New(db, sqldlm.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Do(context.Background(), "stack/7", sqldlm.Exclusive, func(ctx context.Context) error {
+		// ctx is cancelled if the lock is lost.
+		fmt.Println("updating the stack")
+		return nil
+	})
+	fmt.Println("done:", err)
+	// Output:
+	// updating the stack
+	// done: <nil>
+}

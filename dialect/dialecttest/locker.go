@@ -122,6 +122,7 @@ func exerciseLocker(t *testing.T, h Harness) {
 		"Reap":                           testReap,
 		"NamesCompareByteWise":           testByteWiseNames,
 		"ConcurrentGrantsExclude":        testConcurrentGrants,
+		"RenewalAndTakeoverSerialize":    testRenewTakeoverRace,
 	}
 	names := make([]string, 0, len(tests))
 	for name := range tests {

@@ -29,7 +29,7 @@ import (
 // for concurrent use.
 func Dialect() dialect.Dialect { return mysqlDialect{} }
 
-type mysqlDialect struct{ dialect.UnimplementedLocker }
+type mysqlDialect struct{}
 
 var _ dialect.Dialect = mysqlDialect{}
 

@@ -7,7 +7,8 @@ package sqlite
 //
 //	CreateLease  INSERT lease
 //	RenewLease   UPDATE lease WHERE live
-//	Acquire      SELECT own lease; SELECT hold of this request (idempotent
+//	Acquire      read-only first (below), then in a write transaction:
+//	             SELECT own lease; SELECT hold of this request (idempotent
 //	             retry); [upgrade: SELECT own shared hold, SELECT other
 //	             upgraders]; SELECT holds of the name with their leases;
 //	             SELECT live waiters; then either [UPDATE dead leases, DELETE
@@ -116,15 +117,60 @@ type hold struct {
 	live           bool
 }
 
+// errNeedsWrite is returned by a read-only acquire that would have to write.
+var errNeedsWrite = errors.New("needs the write lock")
+
+// Acquire first looks in a read-only transaction, which never takes SQLite's
+// write lock (WAL readers do not block the writer): a blocked attempt that
+// has nothing to write, the common case of a polling waiter, ends there.
+// Only an attempt that may be granted, or must record its waiter row, runs
+// again in a write transaction, which decides from scratch.
 func (d *sqliteDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (res *dialect.AcquireResult, err error) {
+	err = d.readTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		res, err = d.acquire(ctx, conn, now, p, true)
+		return err
+	})
+	if err == nil {
+		return res, nil
+	}
+	if !errors.Is(err, errNeedsWrite) {
+		return nil, err
+	}
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
-		res, err = d.acquire(ctx, conn, now, p)
+		res, err = d.acquire(ctx, conn, now, p, false)
 		return err
 	})
 	return res, err
 }
 
-func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+// readTx runs fn in a read-only (deferred) transaction.
+func (d *sqliteDialect) readTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) (err error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return d.ClassifyError(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `BEGIN DEFERRED`); err != nil {
+		return d.ClassifyError(err)
+	}
+	defer func() {
+		if _, rbErr := conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`); rbErr != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		if !errors.Is(err, errNeedsWrite) {
+			err = d.ClassifyError(err)
+		}
+	}()
+	var now int64
+	if err := conn.QueryRowContext(ctx, `SELECT `+nowMicros).Scan(&now); err != nil {
+		return err
+	}
+	return fn(conn, now)
+}
+
+// acquire decides one attempt. With readOnly it returns errNeedsWrite
+// instead of writing anything.
+func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams, readOnly bool) (*dialect.AcquireResult, error) {
 	var live bool
 	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ? FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
@@ -194,7 +240,16 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 			blocker = &dialect.Blocker{}
 		}
 		blocker.WaitersAhead = ahead
-		if p.Enqueue {
+		if p.Enqueue && readOnly {
+			var queued int
+			if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`,
+				p.LeaseID, p.RequestID).Scan(&queued); err != nil {
+				return nil, err
+			}
+			if queued == 0 {
+				return nil, errNeedsWrite
+			}
+		} else if p.Enqueue {
 			var upgradeToken any
 			if upgrade {
 				upgradeToken = p.UpgradeToken
@@ -208,6 +263,9 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 		return &dialect.AcquireResult{Status: dialect.Blocked, Blocker: blocker}, nil
 	}
 
+	if readOnly {
+		return nil, errNeedsWrite
+	}
 	// Granted. Take over the holds of dead leases first: mark those leases
 	// broken, so that no late renewal revives them, and delete their holds.
 	for _, leaseID := range dedupeIDs(dead) {

@@ -1,0 +1,430 @@
+package mysql_test
+
+// MySQL/MariaDB hazards that the cross-dialect conformance suite does not
+// reach: poisoned session settings, lock wait timeouts in the middle of a
+// procedure, fenced transactions (idle bound, old snapshots, pinned holds),
+// and concurrent retries of one request.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"math/rand/v2"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/dialect/mysql"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+	"github.com/sqldlm/sqldlm/migrations"
+)
+
+var d = mysql.Dialect()
+
+type env struct {
+	t   *testing.T
+	ctx context.Context
+	db  *testdb.DB
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return &env{t: t, ctx: ctx, db: testdb.OpenMigrated(t, testdb.MySQL)}
+}
+
+// pool opens another pool on the test's database with extra DSN parameters
+// (go-sql-driver sends unknown ones as SET name = value on every connection).
+func (e *env) pool(params url.Values) *sql.DB {
+	e.t.Helper()
+	return reopen(e.t, e.db, params)
+}
+
+func reopen(t *testing.T, db *testdb.DB, params url.Values) *sql.DB {
+	t.Helper()
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	q := u.Query()
+	for k, vs := range params {
+		q[k] = vs
+	}
+	u.RawQuery = q.Encode()
+	return testdb.Reopen(t, db.Kind, u.String()).DB
+}
+
+func (e *env) lease(db *sql.DB, owner string, ttl time.Duration) int64 {
+	e.t.Helper()
+	id := rand.Int64()
+	require.NoError(e.t, d.CreateLease(e.ctx, db, &dialect.CreateLeaseParams{ID: id, Owner: owner, TTL: ttl}))
+	return id
+}
+
+func (e *env) acquire(db *sql.DB, p dialect.AcquireParams) *dialect.AcquireResult {
+	e.t.Helper()
+	if p.RequestID == 0 {
+		p.RequestID = rand.Int64()
+	}
+	res, err := d.Acquire(e.ctx, db, &p)
+	require.NoError(e.t, err)
+	return res
+}
+
+func (e *env) grant(db *sql.DB, name string, leaseID int64, mode dialect.Mode) int64 {
+	e.t.Helper()
+	res := e.acquire(db, dialect.AcquireParams{Name: name, LeaseID: leaseID, Mode: mode})
+	require.Equal(e.t, dialect.Granted, res.Status, "grant %s to %d: %+v", name, leaseID, res.Blocker)
+	return res.Token
+}
+
+// expire waits, by the server's clock, until ttl has passed.
+func (e *env) expire(ttl time.Duration) {
+	e.t.Helper()
+	start, err := d.Now(e.ctx, e.db.DB)
+	require.NoError(e.t, err)
+	require.Eventually(e.t, func() bool {
+		now, err := d.Now(e.ctx, e.db.DB)
+		return err == nil && now.Sub(start) > ttl
+	}, 10*time.Second, 5*time.Millisecond)
+}
+
+func (e *env) count(db *sql.DB, query string, args ...any) int {
+	e.t.Helper()
+	var n int
+	require.NoError(e.t, db.QueryRowContext(e.ctx, query, args...).Scan(&n))
+	return n
+}
+
+// session reports the time zone of db's only connection and whether that
+// connection has a transaction open in InnoDB.
+func (e *env) session(db *sql.DB) (tz string, inTx bool) {
+	e.t.Helper()
+	var n int
+	require.NoError(e.t, db.QueryRowContext(e.ctx, `SELECT @@session.time_zone,
+		(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID())`).Scan(&tz, &n))
+	return tz, n > 0
+}
+
+// TestSessionSettingsDoNotMatter: a pooled connection poisoned with a frozen
+// SET timestamp (NOW() in 2001), autocommit off and an odd time zone still
+// gets expiry by the real clock; every procedure puts the time zone back and
+// leaves no transaction open.
+func TestSessionSettingsDoNotMatter(t *testing.T) {
+	e := newEnv(t)
+	poisoned := e.pool(url.Values{
+		"timestamp":  {"1000000000"},
+		"autocommit": {"0"},
+		"time_zone":  {"'-07:00'"},
+		"sql_mode":   {"'ANSI_QUOTES,PIPES_AS_CONCAT,NO_BACKSLASH_ESCAPES'"},
+	})
+	poisoned.SetMaxOpenConns(1)
+	check := func(step string) {
+		t.Helper()
+		tz, inTx := e.session(poisoned)
+		require.Equal(t, "-07:00", tz, "%s: time zone restored", step)
+		require.False(t, inTx, "%s: no transaction left open", step)
+	}
+
+	a := e.lease(poisoned, "a", time.Minute) // by NOW() it would have expired in 2001
+	check("create lease")
+	c := e.lease(e.db.DB, "c", time.Minute)
+	tok := e.grant(poisoned, "n", a, dialect.Exclusive)
+	check("grant")
+	bl := e.acquire(poisoned, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Shared, Enqueue: true})
+	require.Equal(t, dialect.Blocked, bl.Status)
+	require.Greater(t, bl.Blocker.ExpiresIn, 50*time.Second)
+	check("blocked")
+	ok, err := d.RenewLease(e.ctx, poisoned, a)
+	require.NoError(t, err)
+	require.True(t, ok)
+	check("renew")
+	ok, err = d.Downgrade(e.ctx, poisoned, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+	require.NoError(t, err)
+	require.True(t, ok)
+	check("downgrade")
+	tx, err := poisoned.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	ok, err = d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, tx.Commit())
+	check("fence")
+	ok, err = d.Release(e.ctx, poisoned, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+	require.NoError(t, err)
+	require.True(t, ok)
+	check("release")
+	names, err := d.Abandon(e.ctx, poisoned, c, rand.Int64())
+	require.NoError(t, err)
+	require.Empty(t, names)
+	check("abandon")
+	_, err = d.Reap(e.ctx, poisoned, 10, time.Hour)
+	require.NoError(t, err)
+	check("reap")
+	_, err = d.DeleteLease(e.ctx, poisoned, a)
+	require.NoError(t, err)
+	check("delete lease")
+
+	// The error path restores the time zone too: a duplicate lease id.
+	err = d.CreateLease(e.ctx, poisoned, &dialect.CreateLeaseParams{ID: c, Owner: "dup", TTL: time.Minute})
+	require.ErrorIs(t, err, dialect.ErrUniqueViolation)
+	check("failed create lease")
+
+	// A session whose NOW() is in the future does not make leases live.
+	future := e.pool(url.Values{"timestamp": {"2000000000"}})
+	dead := e.lease(future, "dead", 100*time.Millisecond)
+	held := e.grant(future, "m", dead, dialect.Exclusive)
+	e.expire(100 * time.Millisecond)
+	ok, err = d.RenewLease(e.ctx, future, dead)
+	require.NoError(t, err)
+	require.False(t, ok, "expired by the real clock")
+	require.Greater(t, e.grant(future, "m", c, dialect.Exclusive), held, "taken over")
+}
+
+// TestMigrateUnderOddSQLMode: the migration fixes sql_mode for the routines
+// it creates, so a migrator session with ANSI_QUOTES and friends works and
+// the routines behave the same.
+func TestMigrateUnderOddSQLMode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	raw := testdb.Open(t, testdb.MySQL)
+	odd := reopen(t, raw, url.Values{"sql_mode": {"'ANSI,NO_BACKSLASH_ESCAPES'"}})
+	odd.SetMaxOpenConns(1)
+	_, err := migrations.Up(ctx, odd, d)
+	require.NoError(t, err)
+	var mode string
+	require.NoError(t, odd.QueryRowContext(ctx, `SELECT @@session.sql_mode`).Scan(&mode))
+	require.Contains(t, mode, "ANSI_QUOTES", "the migrator's session gets its sql_mode back")
+	id := rand.Int64()
+	require.NoError(t, d.CreateLease(ctx, odd, &dialect.CreateLeaseParams{ID: id, Owner: "o", TTL: time.Minute}))
+	res, err := d.Acquire(ctx, odd, &dialect.AcquireParams{Name: "n", LeaseID: id, RequestID: 1, Mode: dialect.Exclusive})
+	require.NoError(t, err)
+	require.Equal(t, dialect.Granted, res.Status)
+	// The session is not strict, so arguments are truncated to the
+	// parameters' 1024 bytes; the routines' statements run in strict mode, so
+	// an overlong owner or name is an error, never truncated into another.
+	err = d.CreateLease(ctx, odd, &dialect.CreateLeaseParams{ID: rand.Int64(), Owner: string(make([]byte, 300)), TTL: time.Minute})
+	require.Error(t, err)
+	long := string(make([]byte, 255))
+	res, err = d.Acquire(ctx, odd, &dialect.AcquireParams{Name: long, LeaseID: id, RequestID: 2, Mode: dialect.Exclusive})
+	require.NoError(t, err)
+	require.Equal(t, dialect.Granted, res.Status)
+	_, err = d.Acquire(ctx, odd, &dialect.AcquireParams{Name: long + "x", LeaseID: id, RequestID: 3, Mode: dialect.Shared, Enqueue: true})
+	require.Error(t, err, "blocked by the 255-byte name's hold if it were truncated")
+	ok, err := d.Release(ctx, odd, &dialect.HoldRef{Name: long + string(make([]byte, 2000)), LeaseID: id, Token: res.Token})
+	require.NoError(t, err)
+	require.False(t, ok, "an overlong name matches no hold")
+}
+
+// TestLockWaitTimeoutRollsBack: a 1205 in the middle of a grant (after the
+// name's row was inserted) rolls back the whole transaction, not only the
+// statement, and the error is retryable.
+func TestLockWaitTimeoutRollsBack(t *testing.T) {
+	e := newEnv(t)
+	impatient := e.pool(url.Values{"innodb_lock_wait_timeout": {"1"}, "time_zone": {"'+03:00'"}})
+	impatient.SetMaxOpenConns(1)
+	a := e.lease(e.db.DB, "a", time.Minute)
+
+	// Another transaction holds the lease row exclusively: the grant's
+	// shared lock on it (phase 2, after the name's row was created) times out.
+	blocker, err := e.db.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	defer blocker.Rollback()
+	var n int
+	require.NoError(t, blocker.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ? FOR UPDATE`, a).Scan(&n))
+
+	_, err = d.Acquire(e.ctx, impatient, &dialect.AcquireParams{Name: "fresh", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+	require.ErrorIs(t, err, dialect.ErrLockTimeout)
+	require.True(t, dialect.IsRetryable(err))
+	tz, inTx := e.session(impatient)
+	require.Equal(t, "+03:00", tz)
+	require.False(t, inTx, "the procedure rolled its transaction back")
+	require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_locks`), "the name's row was rolled back with the rest")
+	require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders`))
+
+	require.NoError(t, blocker.Rollback())
+	e.grant(impatient, "fresh", a, dialect.Exclusive)
+}
+
+// TestBlockedAttemptTakesNoLocks: while a live hold conflicts, an attempt
+// answers Blocked from consistent reads, without waiting for rows that other
+// transactions have locked.
+func TestBlockedAttemptTakesNoLocks(t *testing.T) {
+	e := newEnv(t)
+	a, c := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "c", time.Minute)
+	e.grant(e.db.DB, "n", a, dialect.Exclusive)
+	other, err := e.db.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	defer other.Rollback()
+	var n int
+	require.NoError(t, other.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM sqldlm_locks WHERE name = 'n' FOR UPDATE`).Scan(&n))
+	require.NoError(t, other.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM sqldlm_leases WHERE id IN (?, ?) FOR UPDATE`, a, c).Scan(&n))
+
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	for _, enqueue := range []bool{false, true} {
+		res, err := d.Acquire(ctx, e.db.DB, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: 7, Mode: dialect.Exclusive, Enqueue: enqueue})
+		require.NoError(t, err)
+		require.Equal(t, dialect.Blocked, res.Status)
+		require.Equal(t, "a", res.Blocker.Owner)
+	}
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters`))
+}
+
+// TestFenceBoundsIdleTransaction: a fenced transaction that then sits idle is
+// ended by the server after the idle timeout (MariaDB idle_transaction_timeout,
+// MySQL wait_timeout), which lets a takeover through.
+func TestFenceBoundsIdleTransaction(t *testing.T) {
+	e := newEnv(t)
+	a, c := e.lease(e.db.DB, "a", 200*time.Millisecond), e.lease(e.db.DB, "c", time.Minute)
+	tok := e.grant(e.db.DB, "n", a, dialect.Exclusive)
+	fenced := e.pool(nil)
+	tx, err := fenced.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	ok, err := d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, 1500*time.Millisecond) // rounded up to 2s
+	require.NoError(t, err)
+	require.True(t, ok)
+	e.expire(200 * time.Millisecond)
+
+	res := e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Blocked, res.Status, "pinned while the fenced transaction is open")
+	require.Eventually(t, func() bool {
+		res, err := d.Acquire(e.ctx, e.db.DB, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+		return err == nil && res.Status == dialect.Granted
+	}, 15*time.Second, 50*time.Millisecond, "the server ended the idle fenced transaction")
+	require.Error(t, tx.Commit(), "the fenced transaction was ended by the server")
+}
+
+// TestFenceOldSnapshot: at REPEATABLE READ the lease read sees the snapshot
+// of the transaction's first read. A lease that was renewed since and only
+// looks expired in that snapshot gives a retryable error, not a lost lock.
+func TestFenceOldSnapshot(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 300 * time.Millisecond
+	a := e.lease(e.db.DB, "a", ttl)
+	tok := e.grant(e.db.DB, "n", a, dialect.Exclusive)
+	ref := &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}
+
+	tx, err := e.db.BeginTx(e.ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	require.NoError(t, err)
+	defer tx.Rollback()
+	var snapshotExpiry int64
+	require.NoError(t, tx.QueryRowContext(e.ctx, `SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', expires_at)
+		FROM sqldlm_leases WHERE id = ?`, a).Scan(&snapshotExpiry))
+	for { // keep the lease alive past the expiry the snapshot shows
+		ok, err := d.RenewLease(e.ctx, e.db.DB, a)
+		require.NoError(t, err)
+		require.True(t, ok)
+		now, err := d.Now(e.ctx, e.db.DB)
+		require.NoError(t, err)
+		if now.UnixMicro() > snapshotExpiry+20_000 {
+			break
+		}
+	}
+	_, err = d.Fence(e.ctx, tx, ref, time.Minute)
+	require.ErrorIs(t, err, dialect.ErrSerialization)
+	require.True(t, dialect.IsRetryable(err))
+	require.NoError(t, tx.Rollback())
+
+	_, err = d.RenewLease(e.ctx, e.db.DB, a)
+	require.NoError(t, err)
+	tx, err = e.db.BeginTx(e.ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	require.NoError(t, err)
+	defer tx.Rollback()
+	ok, err := d.Fence(e.ctx, tx, ref, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok, "a fresh transaction fences")
+}
+
+// TestPinnedHoldsAreNotWaitedFor: a fenced hold is not deleted by the reaper
+// (which leaves the lease for a later pass instead of waiting), and the
+// holder's own upgrade answers Blocked until the fenced transaction ends.
+func TestPinnedHoldsAreNotWaitedFor(t *testing.T) {
+	e := newEnv(t)
+	dead, a := e.lease(e.db.DB, "dead", 200*time.Millisecond), e.lease(e.db.DB, "a", time.Minute)
+	td := e.grant(e.db.DB, "d", dead, dialect.Exclusive)
+	ta := e.grant(e.db.DB, "s", a, dialect.Shared)
+	tx, err := e.db.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	for _, ref := range []*dialect.HoldRef{{Name: "d", LeaseID: dead, Token: td}, {Name: "s", LeaseID: a, Token: ta}} {
+		ok, err := d.Fence(e.ctx, tx, ref, time.Minute)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	e.expire(200 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	res, err := d.Reap(ctx, e.db.DB, 100, time.Hour)
+	require.NoError(t, err)
+	require.Zero(t, res.Leases, "the pinned dead lease waits")
+	require.Empty(t, res.Freed)
+	up := dialect.AcquireParams{Name: "s", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive, UpgradeToken: ta}
+	got, err := d.Acquire(ctx, e.db.DB, &up)
+	require.NoError(t, err)
+	require.Equal(t, dialect.Blocked, got.Status)
+
+	require.NoError(t, tx.Commit())
+	res, err = d.Reap(ctx, e.db.DB, 100, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Leases)
+	require.Equal(t, []string{"d"}, res.Freed)
+	require.Equal(t, dialect.Granted, e.acquire(e.db.DB, up).Status)
+}
+
+// TestConcurrentRetriesOfOneRequest: attempts of one request racing on
+// several connections (a retry while the first attempt still runs) end with
+// one hold, and every attempt that is granted reports its token.
+func TestConcurrentRetriesOfOneRequest(t *testing.T) {
+	e := newEnv(t)
+	a := e.lease(e.db.DB, "a", time.Minute)
+	for round := range 5 {
+		p := dialect.AcquireParams{Name: "n" + string(rune('0'+round)), LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive}
+		var wg sync.WaitGroup
+		tokens := make([]int64, 4)
+		for i := range tokens {
+			db := e.pool(nil)
+			wg.Go(func() {
+				for {
+					res, err := d.Acquire(e.ctx, db, &p)
+					if err != nil && dialect.IsRetryable(err) {
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if res.Status == dialect.Granted {
+						tokens[i] = res.Token
+					}
+					return
+				}
+			})
+		}
+		wg.Wait()
+		for _, tok := range tokens {
+			require.Equal(t, tokens[0], tok, "round %d: %v", round, tokens)
+		}
+		require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`, p.Name))
+	}
+}
+
+// TestOverlongNameIsRejected: the routines run in strict mode, so a name over
+// 255 bytes is an error rather than truncated into another name.
+func TestOverlongNameIsRejected(t *testing.T) {
+	e := newEnv(t)
+	a := e.lease(e.db.DB, "a", time.Minute)
+	long := string(make([]byte, 255)) + "x"
+	e.grant(e.db.DB, long[:255], a, dialect.Exclusive)
+	_, err := d.Acquire(e.ctx, e.db.DB, &dialect.AcquireParams{Name: long, LeaseID: a, RequestID: 1, Mode: dialect.Exclusive})
+	require.Error(t, err)
+	var de *dialect.Error
+	require.False(t, errors.As(err, &de) && dialect.IsRetryable(err))
+}

@@ -170,16 +170,22 @@ func (c *Client) dropLease(l *lease) {
 
 // abandon withdraws request id of lease l: at once if the database answers
 // within a short timeout, else in the background. A withdrawn request
-// leaves no waiter row and no hold behind.
-func (c *Client) abandon(l *lease, id int64) {
+// leaves no waiter row and no hold behind. If the request's last statement
+// was cut off (uncertain), it may still commit in the server: it is
+// withdrawn again after a second and after a TTL.
+func (c *Client) abandon(l *lease, id int64, uncertain bool) {
 	if !l.live() {
 		return // the lease's deletion covers it
+	}
+	if uncertain {
+		c.janitor.abandon(l, id, time.Second)
+		c.janitor.abandon(l, id, c.cfg.TTL)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/2, 5*time.Second))
 	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
 	cancel()
 	if err != nil {
-		c.janitor.abandon(l, id)
+		c.janitor.abandon(l, id, 0)
 		return
 	}
 	for _, n := range names {

@@ -26,6 +26,8 @@ type task struct {
 	run  func(ctx context.Context) error
 	// until reports whether the task is still worth doing.
 	until func() bool
+	// notBefore delays the first attempt.
+	notBefore time.Time
 }
 
 func newJanitor(c *Client) *janitor {
@@ -59,10 +61,16 @@ func (j *janitor) release(l *lease, ref *dialect.HoldRef) {
 }
 
 // abandon withdraws a request (its waiter row, and a grant it may have
-// obtained unseen) while its lease lives.
-func (j *janitor) abandon(l *lease, requestID int64) {
+// obtained unseen) while its lease lives, first after delay.
+//
+// A request whose last statement was cut off (its context ended, or the
+// connection failed) may still be running in the server and commit after
+// the client withdrew it: the client withdraws it again later, so that such
+// a grant cannot stay attached to the live, renewed lease.
+func (j *janitor) abandon(l *lease, requestID int64, delay time.Duration) {
 	j.add(&task{
-		what: "withdraw request",
+		notBefore: time.Now().Add(delay),
+		what:      "withdraw request",
 		run: func(ctx context.Context) error {
 			names, err := j.c.dialect.Abandon(ctx, j.c.db, l.id, requestID)
 			for _, n := range names {
@@ -105,25 +113,34 @@ func (j *janitor) run() {
 		case <-j.kick:
 		case <-retry.C:
 		}
-		if j.pass(false) {
+		failed, next := j.pass(false)
+		if !failed {
 			wait = 50 * time.Millisecond
-			continue
+		} else {
+			next = min(next, wait)
+			wait = min(wait*2, 2*time.Second)
 		}
-		retry.Reset(wait)
-		wait = min(wait*2, 2*time.Second)
+		retry.Reset(next)
 	}
 }
 
-// pass tries every pending task once; it reports whether none is left.
-// On the final pass (the client closing) tasks get one short attempt.
-func (j *janitor) pass(final bool) bool {
+// pass tries every pending task that is due once. It reports whether one
+// failed, and how long until the next delayed task is due (an hour if none).
+// On the final pass (the client closing) every task gets one short attempt.
+func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	j.mu.Lock()
 	tasks := j.tasks
 	j.tasks = nil
 	j.mu.Unlock()
+	next = time.Hour
 	var failed []*task
 	for _, t := range tasks {
 		if !t.until() && !final {
+			continue
+		}
+		if wait := time.Until(t.notBefore); wait > 0 && !final {
+			failed = append(failed, t) // not due yet: keep it
+			next = min(next, wait)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), min(j.c.cfg.TTL/2, 5*time.Second))
@@ -132,14 +149,14 @@ func (j *janitor) pass(final bool) bool {
 		if err != nil {
 			j.c.logger.Debug("sqldlm: background cleanup failed", "task", t.what, "error", err)
 			failed = append(failed, t)
+			failedAny = true
 		}
 	}
 	if final {
-		return true
+		return false, next
 	}
 	j.mu.Lock()
 	j.tasks = append(failed, j.tasks...)
-	empty := len(j.tasks) == 0
 	j.mu.Unlock()
-	return empty
+	return failedAny, next
 }

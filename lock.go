@@ -211,9 +211,10 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 	defer unregister()
 	backoff := newBackoff(c)
 	var enqueuedOn *lease // the lease a waiter row of this request may exist under
+	uncertain := false    // the last statement was cut off: its outcome is unknown
 	abandon := func(cause error) (int64, *lease, error) {
 		if enqueuedOn != nil {
-			c.abandon(enqueuedOn, r.id)
+			c.abandon(enqueuedOn, r.id, uncertain)
 		}
 		return 0, nil, cause
 	}
@@ -232,7 +233,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 			}
 		}
 		if enqueuedOn != nil && enqueuedOn != l {
-			c.abandon(enqueuedOn, r.id) // the old lease's waiter row is void
+			c.abandon(enqueuedOn, r.id, uncertain) // the old lease's waiter row is void
 			enqueuedOn = nil
 		}
 		if r.wait {
@@ -242,6 +243,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 			Name: r.name, LeaseID: l.id, RequestID: r.id, Mode: r.mode.stored(),
 			Enqueue: r.wait, UpgradeToken: r.upgradeToken,
 		})
+		uncertain = err != nil
 		if err != nil {
 			if ctx.Err() != nil {
 				enqueuedOn = l // the outcome is unknown: withdraw whatever it did

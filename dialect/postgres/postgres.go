@@ -23,7 +23,7 @@ import (
 // for concurrent use.
 func Dialect() dialect.Dialect { return postgresDialect{} }
 
-type postgresDialect struct{ dialect.UnimplementedLocker }
+type postgresDialect struct{}
 
 var _ dialect.Dialect = postgresDialect{}
 

@@ -1,0 +1,59 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+var _ dialect.Notifier = postgresDialect{}
+
+// channelQuery names the notification channel of the connection's current
+// schema; the lock functions notify sqldlm_channel(), which computes the same.
+// Schemas in one database get different channels, so they do not wake each
+// other's waiters.
+const channelQuery = `SELECT 'sqldlm_' || substr(md5(current_schema()), 1, 16)`
+
+// Listen takes a connection of its own from db, LISTENs on the schema's
+// channel, calls ready, then calls onRelease with each released name until
+// ctx ends or the connection fails. The connection never goes back to the
+// pool: it is closed, so that no pooled connection is left listening.
+func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), onRelease func(name string)) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("listen: %w", d.ClassifyError(err))
+	}
+	defer conn.Close()
+	defer discard(conn)
+	err = conn.Raw(func(driverConn any) error {
+		sc, ok := driverConn.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("driver connection is %T, not pgx's *stdlib.Conn", driverConn)
+		}
+		pc := sc.Conn()
+		var channel sql.NullString
+		if err := pc.QueryRow(ctx, channelQuery).Scan(&channel); err != nil {
+			return err
+		}
+		if !channel.Valid {
+			return fmt.Errorf("no current schema: search_path names no existing schema")
+		}
+		if _, err := pc.Exec(ctx, "LISTEN "+pgx.Identifier{channel.String}.Sanitize()); err != nil {
+			return err
+		}
+		ready()
+		for {
+			n, err := pc.WaitForNotification(ctx)
+			if err != nil {
+				return err
+			}
+			onRelease(n.Payload)
+		}
+	})
+	return fmt.Errorf("listen: %w", d.ClassifyError(err))
+}

@@ -1,0 +1,192 @@
+package postgres
+
+// PostgreSQL's lock operations run in the server, as PL/pgSQL functions
+// created by the migration (migrations/postgres/00001_create_lock_tables.sql,
+// which explains the lock order and the checks). Each method is one statement,
+// so one round trip and, in autocommit mode, one transaction and one commit.
+// Every expiry decision uses clock_timestamp(), read after the row locks it
+// depends on. Statements per operation:
+//
+//	CreateLease  INSERT lease (expiry from clock_timestamp())
+//	RenewLease   UPDATE lease WHERE live (a renewal that waited for a row
+//	             lock re-checks the condition, with a fresh clock, on the
+//	             row's newest version)
+//	DeleteLease  SELECT sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE
+//	             its holds and waiters, DELETE it, NOTIFY the names
+//	Acquire      SELECT sqldlm_acquire. Phase 1, no row locks: one SELECT
+//	             (sqldlm_evaluate) of own lease, hold of this request
+//	             (idempotent retry), own waiter, [upgrade: own shared hold,
+//	             other upgraders], conflicting live holds, live waiters ahead;
+//	             if blocked: [first enqueue: lock own lease FOR KEY SHARE,
+//	             INSERT waiter], return. Phase 2: lock the name's row FOR
+//	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
+//	             evaluate again; lock the leases of dead conflicting holds FOR
+//	             NO KEY UPDATE and evaluate again, until stable; [lock their
+//	             holds of the name FOR UPDATE SKIP LOCKED: blocked if a fence
+//	             pins one]; then [DELETE upgraded hold], [UPDATE dead leases
+//	             SET broken_at], DELETE their (and orphaned) holds of the name,
+//	             INSERT hold RETURNING token, UPDATE the name's row, DELETE own
+//	             waiter; or, if blocked after all, [INSERT waiter]
+//	Abandon      SELECT sqldlm_abandon: DELETE waiter, DELETE hold, NOTIFY
+//	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
+//	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
+//	Fence        SELECT sqldlm_fence, in the caller's tx: SET LOCAL
+//	             idle_in_transaction_session_timeout; lock lease, then hold,
+//	             FOR KEY SHARE; SELECT lease live
+//	Reap         SELECT sqldlm_reap: lock up to limit dead leases FOR UPDATE
+//	             SKIP LOCKED, re-check, DELETE their holds, waiters, leases;
+//	             lock up to limit idle lock rows FOR UPDATE SKIP LOCKED,
+//	             DELETE those still idle; NOTIFY the names
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+var _ dialect.Locker = postgresDialect{}
+
+func (d postgresDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
+	_, err := db.ExecContext(ctx, `INSERT INTO sqldlm_leases (id, owner, ttl_us, created_at, renewed_at, expires_at)
+		SELECT $1, $2, $3::bigint, n, n, n + $3::bigint * interval '1 microsecond'
+		FROM (SELECT clock_timestamp() AS n) s`,
+		p.ID, p.Owner, p.TTL.Microseconds())
+	return d.ClassifyError(err)
+}
+
+func (d postgresDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	res, err := db.ExecContext(ctx, `UPDATE sqldlm_leases
+		SET renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ttl_us * interval '1 microsecond'
+		WHERE id = $1 AND broken_at IS NULL AND expires_at > clock_timestamp()`, leaseID)
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	return n > 0, nil
+}
+
+func (d postgresDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) ([]string, error) {
+	return d.names(ctx, db, `SELECT sqldlm_delete_lease($1)`, leaseID)
+}
+
+// acquireStatus maps sqldlm_acquire's o_status onto the dialect's outcomes.
+var acquireStatus = map[string]dialect.AcquireStatus{
+	"granted":          dialect.Granted,
+	"blocked":          dialect.Blocked,
+	"lease_lost":       dialect.LeaseLost,
+	"not_held":         dialect.NotHeld,
+	"upgrade_conflict": dialect.UpgradeConflict,
+}
+
+func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	var (
+		status    string
+		token     sql.NullInt64
+		owner     sql.NullString
+		mode      sql.NullString
+		expiresUs sql.NullInt64
+		ahead     sql.NullInt64
+	)
+	err := db.QueryRowContext(ctx, `SELECT o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead
+		FROM sqldlm_acquire($1, $2, $3, $4, $5, $6)`,
+		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Enqueue, p.UpgradeToken,
+	).Scan(&status, &token, &owner, &mode, &expiresUs, &ahead)
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	st, ok := acquireStatus[status]
+	if !ok {
+		return nil, fmt.Errorf("sqldlm_acquire: unexpected status %q", status)
+	}
+	res := &dialect.AcquireResult{Status: st}
+	switch st {
+	case dialect.Granted:
+		if !token.Valid {
+			return nil, fmt.Errorf("sqldlm_acquire: granted without a token")
+		}
+		res.Token = token.Int64
+	case dialect.Blocked:
+		b := &dialect.Blocker{WaitersAhead: int(ahead.Int64)}
+		if owner.Valid {
+			b.Owner = owner.String
+			if mode.Valid && len(mode.String) == 1 {
+				b.Mode = dialect.Mode(mode.String[0])
+			}
+			b.ExpiresIn = time.Duration(expiresUs.Int64) * time.Microsecond
+		}
+		res.Blocker = b
+	}
+	return res, nil
+}
+
+func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
+	return d.names(ctx, db, `SELECT sqldlm_abandon($1, $2)`, leaseID, requestID)
+}
+
+func (d postgresDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
+func (d postgresDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT sqldlm_downgrade($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
+// Fence locks the hold FOR KEY SHARE in tx: a release deletes the hold's row
+// and so waits until tx ends, a takeover (which would delete it too) is
+// answered Blocked until then, and renewals of the lease go on. It also sets idle_in_transaction_session_timeout for the rest of tx, so
+// that the server ends tx (and its connection) if the holder pauses inside it.
+func (d postgresDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+	var ok bool
+	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4)`,
+		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
+// idleMillis rounds d up to whole milliseconds within PostgreSQL's integer
+// range; 0 (d not positive) leaves the setting alone.
+func idleMillis(d time.Duration) int32 {
+	if d <= 0 {
+		return 0
+	}
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	return int32(min(ms, math.MaxInt32))
+}
+
+func (d postgresDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (*dialect.ReapResult, error) {
+	var (
+		res   dialect.ReapResult
+		freed []string
+	)
+	m := pgtype.NewMap()
+	err := db.QueryRowContext(ctx, `SELECT o_leases, o_holds, o_waiters, o_idle_locks, o_freed FROM sqldlm_reap($1, $2)`,
+		int32(min(max(limit, 0), math.MaxInt32)), idleAfter.Microseconds(),
+	).Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks, m.SQLScanner(&freed))
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	res.Freed = freed
+	return &res, nil
+}
+
+// names runs a statement whose one value is a text[] of lock names.
+func (d postgresDialect) names(ctx context.Context, db *sql.DB, query string, args ...any) ([]string, error) {
+	var names []string
+	m := pgtype.NewMap()
+	if err := db.QueryRowContext(ctx, query, args...).Scan(m.SQLScanner(&names)); err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	return names, nil
+}

@@ -100,13 +100,15 @@ func (e *env) count(db *sql.DB, query string, args ...any) int {
 	return n
 }
 
-// session reports the time zone of db's only connection and whether that
-// connection has a transaction open in InnoDB.
+// session reports the connection's time zone and whether it is inside a
+// transaction that holds locks or changed rows (the checking statement's own
+// read-only transaction can show in innodb_trx; it holds nothing).
 func (e *env) session(db *sql.DB) (tz string, inTx bool) {
 	e.t.Helper()
 	var n int
 	require.NoError(e.t, db.QueryRowContext(e.ctx, `SELECT @@session.time_zone,
-		(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID())`).Scan(&tz, &n))
+		(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()
+		    AND (trx_lock_structs > 0 OR trx_rows_modified > 0))`).Scan(&tz, &n))
 	return tz, n > 0
 }
 

@@ -74,6 +74,29 @@ func holder(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string
 			} else {
 				fmt.Println("ok")
 			}
+		case "fence-open":
+			// A fenced transaction with a write in it, left open until "commit".
+			tx, err := db.BeginTx(ctx, nil)
+			if err == nil {
+				err = l.Fence(ctx, tx)
+			}
+			if err == nil {
+				_, err = tx.ExecContext(ctx, q(kind, `INSERT INTO test_journal (name, seq, token, writer) VALUES (?, 0, ?, 'child-open-tx')`),
+					name, l.Token())
+			}
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			fmt.Println("fenced")
+			if !in.Scan() {
+				return 0
+			}
+			if err := tx.Commit(); err != nil {
+				fmt.Println("commit-failed", strings.ReplaceAll(err.Error(), " ", "_"))
+			} else {
+				fmt.Println("committed")
+			}
 		case "exit":
 			_ = l.Release(ctx)
 			return 0

@@ -211,3 +211,38 @@ func TestPausedHolderIsFenced(t *testing.T) {
 		})
 	}
 }
+
+// A holder paused inside a fenced transaction does not block a takeover
+// forever: the server ends the idle transaction after the TTL, the takeover
+// goes through, and the paused holder's write never commits. (On SQLite a
+// paused writer blocks the whole database: a documented limit.)
+func TestPausedInsideFencedTransaction(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{testdb.Postgres, testdb.MySQL} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			db := setup(t, kind)
+			holder := startChild(t, db, "holder", "vol/8", "paused-in-tx", childTTL, 0)
+			holder.expect("granted", 30*time.Second)
+			holder.send("fence-open")
+			holder.expect("fenced", 30*time.Second)
+			require.NoError(t, holder.cmd.Process.Signal(syscall.SIGSTOP))
+			paused := time.Now()
+
+			c := newClient(t, db, sqldlm.Config{TTL: childTTL})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			l, err := c.Lock(ctx, "vol/8", sqldlm.Exclusive)
+			require.NoError(t, err, "the takeover must not wait forever for the paused transaction")
+			t.Logf("%s: paused in a fenced transaction to takeover: %s (TTL %s)", kind, time.Since(paused).Round(time.Millisecond), childTTL)
+			require.NoError(t, fencedWrite(ctx, db.DB, kind, l, "parent"))
+
+			require.NoError(t, holder.cmd.Process.Signal(syscall.SIGCONT))
+			holder.send("commit")
+			holder.expect("commit-failed", 30*time.Second)
+			var n int
+			require.NoError(t, db.QueryRowContext(ctx, `SELECT COUNT(*) FROM test_journal WHERE writer = 'child-open-tx'`).Scan(&n))
+			require.Zero(t, n, "the paused holder's write never landed")
+		})
+	}
+}

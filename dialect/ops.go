@@ -200,3 +200,17 @@ func (UnimplementedLocker) Fence(context.Context, *sql.Tx, *HoldRef, time.Durati
 func (UnimplementedLocker) Reap(context.Context, *sql.DB, int, time.Duration) (*ReapResult, error) {
 	return nil, ErrNotImplemented
 }
+
+// Unique returns s without repeated elements, in first-seen order. It
+// reuses s's storage.
+func Unique[T comparable](s []T) []T {
+	seen := make(map[T]bool, len(s))
+	out := s[:0]
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -105,7 +105,7 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 	if err != nil {
 		return nil, err
 	}
-	return dedupe(names), nil
+	return dialect.Unique(names), nil
 }
 
 func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
@@ -160,7 +160,7 @@ func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestI
 	if err != nil {
 		return nil, err
 	}
-	return dedupe(names), nil
+	return dialect.Unique(names), nil
 }
 
 func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -236,7 +236,7 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 	if !counted {
 		return nil, errors.New("sqldlm_reap returned no counts")
 	}
-	res.Freed = dedupe(res.Freed)
+	res.Freed = dialect.Unique(res.Freed)
 	return res, nil
 }
 
@@ -278,16 +278,4 @@ func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.
 		return d.ClassifyError(err)
 	}
 	return d.ClassifyError(rows.Close())
-}
-
-func dedupe(names []string) []string {
-	seen := make(map[string]bool, len(names))
-	out := names[:0]
-	for _, n := range names {
-		if !seen[n] {
-			seen[n] = true
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -105,7 +105,7 @@ func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int
 		_, err = conn.ExecContext(ctx, `DELETE FROM sqldlm_leases WHERE id = ?`, leaseID)
 		return err
 	})
-	return dedupe(names), err
+	return dialect.Unique(names), err
 }
 
 // hold is a holder row of the requested name with its lease's state.
@@ -268,7 +268,7 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 	}
 	// Granted. Take over the holds of dead leases first: mark those leases
 	// broken, so that no late renewal revives them, and delete their holds.
-	for _, leaseID := range dedupeIDs(dead) {
+	for _, leaseID := range dialect.Unique(dead) {
 		if _, err := conn.ExecContext(ctx, `UPDATE sqldlm_leases SET broken_at = ? WHERE id = ? AND broken_at IS NULL`, now, leaseID); err != nil {
 			return nil, err
 		}
@@ -381,7 +381,7 @@ func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAft
 		if err != nil {
 			return err
 		}
-		res.Holds, res.Freed = len(names), dedupe(names)
+		res.Holds, res.Freed = len(names), dialect.Unique(names)
 		steps := []struct {
 			n     *int
 			query string
@@ -440,28 +440,4 @@ func queryStrings(ctx context.Context, conn *sql.Conn, query string, args ...any
 		out = append(out, s)
 	}
 	return out, rows.Err()
-}
-
-func dedupe(names []string) []string {
-	seen := make(map[string]bool, len(names))
-	out := names[:0]
-	for _, n := range names {
-		if !seen[n] {
-			seen[n] = true
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-func dedupeIDs(ids []int64) []int64 {
-	seen := make(map[int64]bool, len(ids))
-	out := ids[:0]
-	for _, id := range ids {
-		if !seen[id] {
-			seen[id] = true
-			out = append(out, id)
-		}
-	}
-	return out
 }

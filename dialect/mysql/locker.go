@@ -84,7 +84,11 @@ const maxIdleSeconds = 365 * 24 * 3600
 const maxIdleAfter = 100 * 365 * 24 * time.Hour
 
 func (d mysqlDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
-	_, err := db.ExecContext(ctx, `CALL sqldlm_create_lease(?, ?, ?)`, p.ID, p.Owner, p.TTL.Microseconds())
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_create_lease(?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	_, err = stmt.ExecContext(ctx, p.ID, p.Owner, p.TTL.Microseconds())
 	return d.ClassifyError(err)
 }
 
@@ -117,9 +121,12 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 		expiresUS sql.NullInt64
 		ahead     int
 	)
-	err := db.QueryRowContext(ctx, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?)`,
-		p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken,
-	).Scan(&status, &token, &owner, &mode, &expiresUS, &ahead)
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return nil, err
+	}
+	err = stmt.QueryRowContext(ctx, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken).
+		Scan(&status, &token, &owner, &mode, &expiresUS, &ahead)
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
@@ -243,8 +250,12 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 // callBool calls a procedure that returns one row of one number and reports
 // whether it is not zero.
 func (d mysqlDialect) callBool(ctx context.Context, db *sql.DB, query string, args ...any) (bool, error) {
+	stmt, err := d.prepared(ctx, db, query)
+	if err != nil {
+		return false, err
+	}
 	var n int64
-	if err := db.QueryRowContext(ctx, query, args...).Scan(&n); err != nil {
+	if err := stmt.QueryRowContext(ctx, args...).Scan(&n); err != nil {
 		return false, d.ClassifyError(err)
 	}
 	return n != 0, nil
@@ -255,7 +266,11 @@ func (d mysqlDialect) callBool(ctx context.Context, db *sql.DB, query string, ar
 // end, so an error the procedure raises after a result set (a failed COMMIT)
 // is returned, not lost.
 func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.Rows, columns int) error, query string, args ...any) error {
-	rows, err := db.QueryContext(ctx, query, args...)
+	stmt, err := d.prepared(ctx, db, query)
+	if err != nil {
+		return err
+	}
+	rows, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return d.ClassifyError(err)
 	}

@@ -20,16 +20,45 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
 )
 
-// Dialect returns the MySQL/MariaDB dialect. The value is stateless and safe
-// for concurrent use.
-func Dialect() dialect.Dialect { return mysqlDialect{} }
+// Dialect returns a MySQL/MariaDB dialect. It is safe for concurrent use.
+//
+// It keeps its procedure calls prepared per *sql.DB: go-sql-driver, unless
+// the DSN sets interpolateParams, prepares every statement with arguments
+// before running it, which would cost each operation a second round trip.
+func Dialect() dialect.Dialect { return mysqlDialect{stmts: &sync.Map{}} }
 
-type mysqlDialect struct{}
+type mysqlDialect struct {
+	stmts *sync.Map // stmtKey → *sql.Stmt
+}
+
+type stmtKey struct {
+	db    *sql.DB
+	query string
+}
+
+// prepared returns query prepared on db, preparing it on first use.
+// database/sql re-prepares it on each connection of the pool as needed.
+func (d mysqlDialect) prepared(ctx context.Context, db *sql.DB, query string) (*sql.Stmt, error) {
+	key := stmtKey{db, query}
+	if s, ok := d.stmts.Load(key); ok {
+		return s.(*sql.Stmt), nil
+	}
+	stmt, err := db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	if prev, loaded := d.stmts.LoadOrStore(key, stmt); loaded {
+		stmt.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return stmt, nil
+}
 
 var _ dialect.Dialect = mysqlDialect{}
 

@@ -59,6 +59,7 @@ type Dialect interface {
 	QuoteIdentifier(name string) (string, error)
 
 	Locker
+	Inspector
 }
 
 // Querier is what [Dialect] methods need to run a statement: a *sql.DB,

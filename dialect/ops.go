@@ -161,6 +161,22 @@ type ReapResult struct {
 	Freed []string
 }
 
+// UnimplementedInspector answers every [Inspector] method with
+// ErrNotImplemented. It stands in while a dialect's introspection is built.
+type UnimplementedInspector struct{}
+
+func (UnimplementedInspector) Locks(context.Context, *sql.DB, *LocksFilter) ([]LockState, error) {
+	return nil, ErrNotImplemented
+}
+
+func (UnimplementedInspector) Leases(context.Context, *sql.DB) ([]LeaseState, error) {
+	return nil, ErrNotImplemented
+}
+
+func (UnimplementedInspector) Break(context.Context, *sql.DB, string, string) ([]LeaseState, error) {
+	return nil, ErrNotImplemented
+}
+
 // UnimplementedLocker answers every [Locker] method with ErrNotImplemented.
 // It stands in for a dialect's lock operations while they are being built.
 type UnimplementedLocker struct{}

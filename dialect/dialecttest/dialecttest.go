@@ -35,6 +35,7 @@ func Exercise(t *testing.T, h Harness) {
 	t.Run("MigrateConcurrently", func(t *testing.T) { t.Parallel(); testMigrateConcurrently(t, h) })
 	t.Run("Now", func(t *testing.T) { t.Parallel(); testNow(t, h) })
 	t.Run("Locker", func(t *testing.T) { t.Parallel(); exerciseLocker(t, h) })
+	t.Run("Inspector", func(t *testing.T) { t.Parallel(); exerciseInspector(t, h) })
 }
 
 func ctxFor(t testing.TB) context.Context {

@@ -34,6 +34,7 @@ import (
 func Dialect() dialect.Dialect { return mysqlDialect{stmts: &sync.Map{}} }
 
 type mysqlDialect struct {
+	dialect.UnimplementedInspector
 	stmts *sync.Map // stmtKey → *sql.Stmt
 }
 

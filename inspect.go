@@ -1,0 +1,119 @@
+package sqldlm
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// Filter selects the names [Client.Locks] reports. Its zero value selects
+// every name that is held or awaited.
+type Filter struct {
+	// Prefix keeps names that start with these bytes (no wildcards: "node_"
+	// matches "node_1", not "nodeX1").
+	Prefix string
+	// Owner keeps names this owner holds or waits for.
+	Owner string
+}
+
+// LockInfo is one name's state: who holds it and who waits for it.
+type LockInfo struct {
+	Name string
+	// Mode is Exclusive if a live exclusive hold exists, Shared if only live
+	// shared holds do, and 0 if every hold belongs to a dead lease (about to
+	// be taken over or reaped).
+	Mode Mode
+	// Token is the highest fencing token granted for the name.
+	Token   int64
+	Holders []HolderInfo
+	Waiters []WaiterInfo
+}
+
+// HolderInfo is one hold of a name. Ages are measured by the database's
+// clock.
+type HolderInfo struct {
+	Owner     string
+	LeaseID   int64
+	Mode      Mode
+	Token     int64
+	Since     time.Time     // when it was granted
+	HeldFor   time.Duration // how long it has been held
+	ExpiresIn time.Duration // until its lease expires unless renewed; negative once expired
+	Live      bool          // false: its lease is dead; the hold is about to be taken over or reaped
+}
+
+// WaiterInfo is one client waiting for a name.
+type WaiterInfo struct {
+	Owner    string
+	LeaseID  int64
+	Mode     Mode
+	Upgrade  bool // waiting to upgrade its shared hold
+	Since    time.Time
+	Waited   time.Duration
+	Position int // 1 is next in line
+}
+
+// LeaseInfo is one client lease: live, or dead and not yet reaped.
+type LeaseInfo struct {
+	ID        int64
+	Owner     string
+	Created   time.Time
+	Renewed   time.Time     // last successful renewal
+	ExpiresIn time.Duration // negative once expired
+	Broken    bool          // ended by a takeover or by an operator (sqldlm break)
+	Live      bool
+	Holds     int // holds attached to the lease
+	Waits     int // requests it has queued
+}
+
+// Locks reports the names that are held or awaited, sorted by name, with
+// their holders and waiters. Ages and expiries come from the database's
+// clock. The same information is in the SQL views sqldlm_holders_view and
+// sqldlm_waiters_view.
+func (c *Client) Locks(ctx context.Context, f Filter) ([]LockInfo, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	states, err := c.dialect.Locks(ctx, c.db, &dialect.LocksFilter{Prefix: f.Prefix, Owner: f.Owner})
+	if err != nil {
+		return nil, fmt.Errorf("sqldlm: list locks: %w", err)
+	}
+	out := make([]LockInfo, 0, len(states))
+	for _, s := range states {
+		li := LockInfo{Name: s.Name, Token: s.Token}
+		for _, h := range s.Holders {
+			mode := modeOf(h.Mode)
+			li.Holders = append(li.Holders, HolderInfo{Owner: h.Owner, LeaseID: h.LeaseID, Mode: mode, Token: h.Token,
+				Since: h.Since, HeldFor: h.HeldFor, ExpiresIn: h.ExpiresIn, Live: h.Live})
+			if h.Live && mode > li.Mode {
+				li.Mode = mode
+			}
+		}
+		for _, w := range s.Waiters {
+			li.Waiters = append(li.Waiters, WaiterInfo{Owner: w.Owner, LeaseID: w.LeaseID, Mode: modeOf(w.Mode), Upgrade: w.Upgrade,
+				Since: w.Since, Waited: w.Waited, Position: w.Position})
+		}
+		out = append(out, li)
+	}
+	return out, nil
+}
+
+// Leases reports every client lease in the database, live or dead but not
+// yet reaped, sorted by owner. The same information is in the SQL view
+// sqldlm_leases_view.
+func (c *Client) Leases(ctx context.Context) ([]LeaseInfo, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	states, err := c.dialect.Leases(ctx, c.db)
+	if err != nil {
+		return nil, fmt.Errorf("sqldlm: list leases: %w", err)
+	}
+	out := make([]LeaseInfo, 0, len(states))
+	for _, s := range states {
+		out = append(out, LeaseInfo(s))
+	}
+	return out, nil
+}

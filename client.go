@@ -26,6 +26,7 @@ type Client struct {
 	dialect dialect.Dialect
 	cfg     Config
 	logger  *slog.Logger
+	hooks   Hooks
 
 	waiters  *waiters
 	janitor  *janitor
@@ -70,6 +71,7 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 		dialect: d,
 		cfg:     cfg,
 		logger:  cfg.Logger.With("owner", cfg.Owner),
+		hooks:   cfg.Hooks,
 		waiters: newWaiters(),
 		closed:  make(chan struct{}),
 	}
@@ -88,6 +90,11 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 			OnFreed: func(names []string) {
 				for _, n := range names {
 					c.waiters.wake(n)
+				}
+			},
+			OnPass: func(r reaper.Result) {
+				if r.Leases+r.IdleLocks > 0 {
+					c.hooks.ReaperPass(r.Leases, r.Holds, r.Waiters, r.IdleLocks)
 				}
 			},
 		})

@@ -59,6 +59,10 @@ type Config struct {
 	// themselves.
 	ReapInterval time.Duration
 
+	// Hooks receives the client's events for metrics (see package
+	// sqldlmprom). Defaults to none.
+	Hooks Hooks
+
 	// Logger receives the client's log records. Defaults to discarding them:
 	// the library prints nothing by itself.
 	Logger *slog.Logger
@@ -87,6 +91,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := validateOwner(c.Owner); err != nil {
 		return c, err
+	}
+	if c.Hooks == nil {
+		c.Hooks = NopHooks{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

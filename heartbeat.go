@@ -42,6 +42,7 @@ func (l *lease) heartbeat() {
 			if !l.extend(sent) {
 				return
 			}
+			l.c.hooks.LeaseRenewed(time.Since(sent))
 			timer.Reset(interval)
 		}
 	}

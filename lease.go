@@ -149,9 +149,12 @@ func (l *lease) end(err error, why string) {
 		lockErr = ErrReleased
 	}
 	for _, lk := range locks {
-		lk.finish(lockErr)
+		if lk.finish(lockErr) && lockErr == ErrLost {
+			l.c.hooks.LockLost(lk.name, lk.Mode(), time.Since(lk.granted))
+		}
 	}
 	if err == ErrLost {
+		l.c.hooks.LeaseLost(len(locks))
 		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
 		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
 	}

@@ -66,7 +66,8 @@ type Lock struct {
 	err     error // nil while held; ErrLost or ErrReleased after
 	relErr  error // what Release returns, once it has run
 	done    chan struct{}
-	dropped bool // Release has run (or the client closed)
+	dropped bool      // Release has run (or the client closed)
+	granted time.Time // when the current grant was made (for hooks)
 }
 
 // Name returns the lock's name.
@@ -110,6 +111,14 @@ func (l *Lock) finish(err error) bool {
 	l.err = err
 	close(l.done)
 	return true
+}
+
+// lost ends the lock with ErrLost (the database disowned it) and reports it.
+func (l *Lock) lost() {
+	if l.finish(ErrLost) {
+		l.c.hooks.LockLost(l.name, l.Mode(), time.Since(l.granted))
+	}
+	l.lease.renewNow()
 }
 
 func (l *Lock) ref() *dialect.HoldRef {
@@ -177,19 +186,24 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool)
 	if mode != Shared && mode != Exclusive {
 		return nil, fmt.Errorf("sqldlm: invalid mode %v: use sqldlm.Shared or sqldlm.Exclusive", mode)
 	}
+	start := time.Now()
+	c.hooks.AcquireStarted(name, mode)
 	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait}
 	token, l, err := req.run(ctx)
-	if err != nil {
-		return nil, err
-	}
-	lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{})}
-	if !l.add(lk) {
+	if err == nil {
+		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now()}
+		if l.add(lk) {
+			waited := time.Since(start)
+			c.hooks.AcquireGranted(name, mode, waited)
+			c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id, "waited", waited)
+			return lk, nil
+		}
 		// The lease ended while the grant was in flight: the grant is
 		// worthless, and is released with the lease.
-		return nil, fmt.Errorf("sqldlm: lock %q: the lease ended as it was granted: %w", name, ErrLost)
+		err = fmt.Errorf("sqldlm: lock %q: the lease ended as it was granted: %w", name, ErrLost)
 	}
-	c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id)
-	return lk, nil
+	c.hooks.AcquireFailed(name, mode, time.Since(start), err)
+	return nil, err
 }
 
 // request is one Lock, TryLock or Upgrade call in progress.
@@ -325,7 +339,9 @@ func (l *Lock) Release(ctx context.Context) error {
 		l.setRelErr(ErrLost)
 		return ErrLost
 	}
-	l.finish(ErrReleased)
+	if l.finish(ErrReleased) {
+		c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
+	}
 	released, err := c.dialect.Release(ctx, c.db, ref)
 	switch {
 	case err != nil:
@@ -367,7 +383,7 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 	r := request{c: l.c, name: l.name, mode: Exclusive, id: rand.Int64(), wait: true, upgradeToken: token, lease: l.lease}
 	newToken, _, err := r.run(ctx)
 	if errors.Is(err, ErrLost) {
-		l.finish(ErrLost)
+		l.lost()
 	}
 	if err != nil {
 		return err
@@ -399,8 +415,7 @@ func (l *Lock) Downgrade(ctx context.Context) error {
 		return fmt.Errorf("sqldlm: downgrade %q: %w", l.name, err)
 	}
 	if !ok {
-		l.finish(ErrLost)
-		l.lease.renewNow()
+		l.lost()
 		return ErrLost
 	}
 	l.mu.Lock()
@@ -432,8 +447,7 @@ func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
 		return fmt.Errorf("sqldlm: fence %q: %w", l.name, err)
 	}
 	if !ok {
-		l.finish(ErrLost)
-		l.lease.renewNow()
+		l.lost()
 		return ErrLost
 	}
 	return nil

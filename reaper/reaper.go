@@ -43,6 +43,9 @@ type Config struct {
 	// OnFreed, if set, is called with the names whose holds a pass deleted
 	// (sqldlm wakes its waiters for them).
 	OnFreed func(names []string)
+	// OnPass, if set, is called with the result of every pass of Start's
+	// loop (for metrics).
+	OnPass func(Result)
 }
 
 // Result sums what a pass deleted.
@@ -150,8 +153,12 @@ func (r *Reaper) loop(stop, done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if _, err := r.RunOnce(ctx); err != nil && ctx.Err() == nil {
+		res, err := r.RunOnce(ctx)
+		if err != nil && ctx.Err() == nil {
 			r.cfg.Logger.Debug("sqldlm: reaper pass failed", "error", err)
+		}
+		if r.cfg.OnPass != nil {
+			r.cfg.OnPass(res)
 		}
 		wait = r.cfg.Interval*4/5 + time.Duration(rand.Int64N(int64(r.cfg.Interval)*2/5+1))
 	}

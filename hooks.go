@@ -1,0 +1,46 @@
+package sqldlm
+
+import "time"
+
+// Hooks receives the client's events, for metrics or tracing (the package
+// sqldlmprom implements it for Prometheus). Every method is called
+// synchronously on the path it reports, so implementations must be fast and
+// must never block: update counters, or hand off without waiting. They may
+// be called from many goroutines at once.
+//
+// Embed NopHooks to implement only some methods.
+type Hooks interface {
+	// AcquireStarted: a Lock, TryLock or Upgrade call began.
+	AcquireStarted(name string, mode Mode)
+	// AcquireGranted: it was granted after waiting for waited.
+	AcquireGranted(name string, mode Mode, waited time.Duration)
+	// AcquireFailed: it ended without the lock (ErrLocked, a context
+	// error, ErrClosed, a database error) after waited.
+	AcquireFailed(name string, mode Mode, waited time.Duration, err error)
+	// Released: a held lock was released after being held for held.
+	Released(name string, mode Mode, held time.Duration)
+	// LockLost: a held lock was lost (its lease was lost, or the database
+	// disowned it) after being held for held.
+	LockLost(name string, mode Mode, held time.Duration)
+	// LeaseRenewed: a renewal succeeded; latency is its round trip.
+	LeaseRenewed(latency time.Duration)
+	// LeaseLost: the client's lease was lost, with locks locks on it.
+	LeaseLost(locks int)
+	// ReaperPass: the client's reaper deleted dead leases, their holds and
+	// waiters, and idle lock rows.
+	ReaperPass(leases, holds, waiters, idleLocks int)
+}
+
+// NopHooks implements Hooks by doing nothing.
+type NopHooks struct{}
+
+func (NopHooks) AcquireStarted(string, Mode)                      {}
+func (NopHooks) AcquireGranted(string, Mode, time.Duration)       {}
+func (NopHooks) AcquireFailed(string, Mode, time.Duration, error) {}
+func (NopHooks) Released(string, Mode, time.Duration)             {}
+func (NopHooks) LockLost(string, Mode, time.Duration)             {}
+func (NopHooks) LeaseRenewed(time.Duration)                       {}
+func (NopHooks) LeaseLost(int)                                    {}
+func (NopHooks) ReaperPass(int, int, int, int)                    {}
+
+var _ Hooks = NopHooks{}

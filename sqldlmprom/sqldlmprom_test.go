@@ -1,0 +1,68 @@
+package sqldlmprom_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+	"github.com/sqldlm/sqldlm/sqldlmprom"
+)
+
+func TestMetricsCountLocks(t *testing.T) {
+	t.Parallel()
+	for _, kind := range testdb.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			db := testdb.OpenMigrated(t, kind)
+			m := sqldlmprom.New(sqldlmprom.Options{ConstLabels: prometheus.Labels{"service": "test"}})
+			reg := prometheus.NewPedanticRegistry()
+			require.NoError(t, reg.Register(m))
+			c, err := sqldlm.New(db.DB, sqldlm.Config{Hooks: m, TTL: time.Second})
+			require.NoError(t, err)
+			defer c.Close()
+			ctx := context.Background()
+
+			for range 3 {
+				l, err := c.Lock(ctx, "node/1", sqldlm.Exclusive)
+				require.NoError(t, err)
+				require.NoError(t, l.Release(ctx))
+			}
+			held, err := c.Lock(ctx, "node/2", sqldlm.Shared)
+			require.NoError(t, err)
+			_, err = c.TryLock(ctx, "node/2", sqldlm.Exclusive)
+			require.ErrorIs(t, err, sqldlm.ErrLocked)
+
+			require.Equal(t, 3.0, testutil.ToFloat64(m.Collector("grants_total", "exclusive")))
+			require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("grants_total", "shared")))
+			require.Equal(t, 3.0, testutil.ToFloat64(m.Collector("releases_total", "exclusive")))
+			require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("locks_held", "shared")))
+			require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("acquire_failures_total", "exclusive", "locked")))
+			require.Eventually(t, func() bool {
+				n, err := testutil.GatherAndCount(reg, "sqldlm_lease_renewal_seconds")
+				return err == nil && n == 1 && histogramCount(t, reg, "sqldlm_lease_renewal_seconds") > 0
+			}, 5*time.Second, 20*time.Millisecond, "the heartbeat's renewals are observed")
+			require.NoError(t, held.Release(ctx))
+			require.Equal(t, 0.0, testutil.ToFloat64(m.Collector("locks_held", "shared")))
+			problems, err := testutil.GatherAndLint(reg)
+			require.NoError(t, err)
+			require.Empty(t, problems)
+		})
+	}
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}

@@ -30,16 +30,34 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
 
+// exitError makes Main exit with code; msg, if any, is printed.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+// streams are a command's standard input, output and error.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
 // command is one sqldlm subcommand.
 type command struct {
 	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	run     func(ctx context.Context, args []string, s streams) error
 }
 
 var commands = map[string]command{
 	"demo":    {"run a self-contained demonstration on a temporary SQLite database", runDemo},
 	"migrate": {"apply, roll back or show sqldlm's schema migrations (up | down | status)", runMigrate},
 	"reap":    {"delete dead clients' leases, holds and waiters (once, or --every interval)", runReap},
+	"locks":   {"show who holds and who waits for each lock (--watch to follow)", runLocks},
+	"leases":  {"show the clients' leases, live and dead", runLeases},
+	"break":   {"force-release a stuck holder by breaking its lease", runBreak},
+	"run":     {"run a command while holding a lock: a distributed flock(1)", runRun},
 }
 
 // hidden commands are not listed in the help.
@@ -48,11 +66,11 @@ var hidden = map[string]command{
 }
 
 // Main runs the command line args and returns the process exit code.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
 			if _, ok := commands[args[1]]; ok {
-				return Main(ctx, []string{args[1], "--help"}, stdout, stderr)
+				return Main(ctx, []string{args[1], "--help"}, stdin, stdout, stderr)
 			}
 		}
 		printUsage(stdout)
@@ -70,11 +88,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printUsage(stderr)
 		return ExitUsage
 	}
-	err := cmd.run(ctx, args[1:], stdout, stderr)
+	err := cmd.run(ctx, args[1:], streams{in: stdin, out: stdout, err: stderr})
 	var ue *usageError
+	var ee *exitError
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.As(err, &ee):
+		if ee.msg != "" {
+			fmt.Fprintf(stderr, "sqldlm %s: %s\n", args[0], ee.msg)
+		}
+		return ee.code
 	case errors.Is(err, flag.ErrHelp):
 		return ExitOK
 	case errors.As(err, &ue):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,7 @@ import (
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code = Main(context.Background(), args, &out, &errOut)
+	code = Main(context.Background(), args, strings.NewReader(""), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -31,14 +32,15 @@ func TestMigrateUpStatusDown(t *testing.T) {
 			latest, err := migrations.Latest(db.Dialect)
 			require.NoError(t, err)
 
+			atLatest := fmt.Sprintf("the schema is at version %d", latest)
 			code, out, errOut := run(t, "migrate", "up", "--dsn", db.DSN)
 			require.Equal(t, ExitOK, code, errOut)
 			require.Contains(t, out, "00001_create_lock_tables.sql")
-			require.Contains(t, out, "the schema is at version 1")
+			require.Contains(t, out, atLatest)
 
 			code, out, _ = run(t, "migrate", "up", "--dsn", db.DSN)
 			require.Equal(t, ExitOK, code)
-			require.Contains(t, out, "nothing applied: the schema is at version 1")
+			require.Contains(t, out, "nothing applied: "+atLatest)
 
 			code, out, _ = run(t, "migrate", "status", "--dsn", db.DSN)
 			require.Equal(t, ExitOK, code)
@@ -52,6 +54,10 @@ func TestMigrateUpStatusDown(t *testing.T) {
 			require.Equal(t, latest, v, "a refused down changed nothing")
 
 			code, out, errOut = run(t, "migrate", "down", "--yes", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code, errOut)
+			require.Contains(t, out, fmt.Sprintf("the schema is at version %d", latest-1), "down is one step")
+
+			code, out, errOut = run(t, "migrate", "down", "--yes", "--to", "0", "--dsn", db.DSN)
 			require.Equal(t, ExitOK, code, errOut)
 			require.Contains(t, out, "the schema is at version 0")
 
@@ -67,7 +73,7 @@ func TestMigrateDSNFromEnvironment(t *testing.T) {
 	t.Setenv("SQLDLM_DSN", db.DSN)
 	code, out, errOut := run(t, "migrate", "up")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Contains(t, out, "the schema is at version 1")
+	require.Contains(t, out, "applied")
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -38,7 +38,8 @@ const (
 	victimName  = "volume/1"
 )
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runDemo(ctx context.Context, args []string, s streams) error {
+	stdout, stderr := s.out, s.err
 	fs := newFlagSet("demo", demoSynopsis, stderr)
 	keep := fs.Bool("keep", false, "keep the temporary folder and print its path")
 	if err := parseFlags(fs, args); err != nil {
@@ -180,7 +181,8 @@ func demoOverlaps(ctx context.Context, db *sql.DB) (int, error) {
 }
 
 // runDemoWorker is one demo worker process (a hidden command).
-func runDemoWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runDemoWorker(ctx context.Context, args []string, s streams) error {
+	stdout, stderr := s.out, s.err
 	fs := newFlagSet("demo-worker", "(internal)", stderr)
 	dsnURL := fs.String("dsn", "", "")
 	id := fs.Int("id", 0, "")

@@ -25,7 +25,8 @@ const migrateSynopsis = `up|down|status --dsn URL [flags]
 The migrations are recorded in sqldlm_schema_version, never in the
 application's goose_db_version. Several processes may run "up" at once.`
 
-func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runMigrate(ctx context.Context, args []string, s streams) error {
+	stdout, stderr := s.out, s.err
 	fs := newFlagSet("migrate", migrateSynopsis, stderr)
 	dsnURL := dsnFlag(fs)
 	to := fs.Int64("to", -1, "with down: roll back to this `version` (0 removes everything); default one step")

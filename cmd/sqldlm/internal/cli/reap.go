@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/sqldlm/sqldlm/reaper"
@@ -18,7 +17,8 @@ With --every it repeats until interrupted. Clients run this by themselves
 unless they set Config.ReapInterval to sqldlm.ReapDisabled; waiters never
 depend on it (they take over expired holders themselves).`
 
-func runReap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runReap(ctx context.Context, args []string, s streams) error {
+	stdout, stderr := s.out, s.err
 	fs := newFlagSet("reap", reapSynopsis, stderr)
 	dsnURL := dsnFlag(fs)
 	every := fs.Duration("every", 0, "repeat at this interval until interrupted (0: one pass)")

@@ -1,0 +1,383 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// JSON output of `sqldlm locks --output json`. The field names are stable.
+type locksJSON struct {
+	Locks []lockJSON `json:"locks"`
+}
+
+type lockJSON struct {
+	Name    string       `json:"name"`
+	Mode    string       `json:"mode"` // "exclusive", "shared", or "" when only dead leases hold it
+	Token   int64        `json:"token"`
+	Holders []holderJSON `json:"holders"`
+	Waiters []waiterJSON `json:"waiters"`
+}
+
+type holderJSON struct {
+	Owner            string    `json:"owner"`
+	LeaseID          int64     `json:"lease_id"`
+	Mode             string    `json:"mode"`
+	Token            int64     `json:"token"`
+	Since            time.Time `json:"since"`
+	HeldSeconds      float64   `json:"held_seconds"`
+	ExpiresInSeconds float64   `json:"expires_in_seconds"`
+	Live             bool      `json:"live"`
+}
+
+type waiterJSON struct {
+	Owner         string    `json:"owner"`
+	LeaseID       int64     `json:"lease_id"`
+	Mode          string    `json:"mode"`
+	Upgrade       bool      `json:"upgrade"`
+	Since         time.Time `json:"since"`
+	WaitedSeconds float64   `json:"waited_seconds"`
+	Position      int       `json:"position"`
+}
+
+// JSON output of `sqldlm leases --output json`.
+type leasesJSON struct {
+	Leases []leaseJSON `json:"leases"`
+}
+
+type leaseJSON struct {
+	ID               int64     `json:"id"`
+	Owner            string    `json:"owner"`
+	Created          time.Time `json:"created"`
+	Renewed          time.Time `json:"renewed"`
+	ExpiresInSeconds float64   `json:"expires_in_seconds"`
+	Live             bool      `json:"live"`
+	Broken           bool      `json:"broken"`
+	Holds            int       `json:"holds"`
+	Waits            int       `json:"waits"`
+}
+
+func modeName(m dialect.Mode) string {
+	if m == dialect.Exclusive {
+		return "exclusive"
+	}
+	return "shared"
+}
+
+func toLocksJSON(states []dialect.LockState) locksJSON {
+	out := locksJSON{Locks: []lockJSON{}}
+	for _, s := range states {
+		l := lockJSON{Name: s.Name, Token: s.Token, Holders: []holderJSON{}, Waiters: []waiterJSON{}}
+		for _, h := range s.Holders {
+			l.Holders = append(l.Holders, holderJSON{h.Owner, h.LeaseID, modeName(h.Mode), h.Token, h.Since,
+				h.HeldFor.Seconds(), h.ExpiresIn.Seconds(), h.Live})
+			if h.Live && (l.Mode == "" || h.Mode == dialect.Exclusive) {
+				l.Mode = modeName(h.Mode)
+			}
+		}
+		for _, w := range s.Waiters {
+			l.Waiters = append(l.Waiters, waiterJSON{w.Owner, w.LeaseID, modeName(w.Mode), w.Upgrade, w.Since, w.Waited.Seconds(), w.Position})
+		}
+		out.Locks = append(out.Locks, l)
+	}
+	return out
+}
+
+func outputFlag(fs interface {
+	String(name, value, usage string) *string
+}) *string {
+	return fs.String("output", "table", "output format: table or json (json field names are stable)")
+}
+
+func checkOutput(output string) error {
+	if output != "table" && output != "json" {
+		return usagef("unknown --output %q: use table or json", output)
+	}
+	return nil
+}
+
+const locksSynopsis = `--dsn URL [--prefix P] [--owner O] [--watch] [--output table|json]
+
+Shows every lock that is held or awaited: its holders (owner, mode, fencing
+token, how long held, when the lease expires unless renewed) and its waiters
+(how many, the first one and how long it has waited). Ages come from the
+database's clock. A holder whose lease is dead is marked "dead": a waiter or
+the reaper will free it. With --watch the table refreshes in place.`
+
+func runLocks(ctx context.Context, args []string, s streams) error {
+	fs := newFlagSet("locks", locksSynopsis, s.err)
+	dsnURL := dsnFlag(fs)
+	prefix := fs.String("prefix", "", "only names starting with this (no wildcards)")
+	owner := fs.String("owner", "", "only names this owner holds or waits for")
+	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
+	interval := fs.Duration("interval", time.Second, "with --watch: refresh interval")
+	output := outputFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	if *watch && *interval <= 0 {
+		return usagef("--interval must be positive")
+	}
+	db, d, err := openDSN(ctx, *dsnURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for {
+		states, err := d.Locks(ctx, db, &dialect.LocksFilter{Prefix: *prefix, Owner: *owner})
+		if err != nil {
+			if *watch && ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("list locks: %w", err)
+		}
+		if *watch && *output == "table" {
+			fmt.Fprint(s.out, "\033[H\033[2J") // clear the screen, cursor home
+			fmt.Fprintf(s.out, "sqldlm locks  %s  (every %s, Ctrl-C to stop)\n\n", time.Now().Format("15:04:05"), *interval)
+		}
+		if *output == "json" {
+			enc := json.NewEncoder(s.out)
+			if err := enc.Encode(toLocksJSON(states)); err != nil {
+				return err
+			}
+		} else if err := printLocks(s.out, states); err != nil {
+			return err
+		}
+		if !*watch {
+			return nil
+		}
+		t := time.NewTimer(*interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// printLocks writes the locks table: one row per holder, sized for an
+// 80-column terminal (long names and owners are shortened with "…"). The
+// WAITING column shows how many wait, the first in line and how long it has
+// waited.
+func printLocks(w io.Writer, states []dialect.LockState) error {
+	if len(states) == 0 {
+		_, err := fmt.Fprintln(w, "no locks held or awaited")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tMODE\tTOKEN\tHOLDER\tHELD\tEXPIRES\tWAITING")
+	for _, s := range states {
+		waiting := "-"
+		if n := len(s.Waiters); n > 0 {
+			first := s.Waiters[0]
+			waiting = fmt.Sprintf("%d %s %s", n, short(first.Owner, 8), age(first.Waited))
+		}
+		for i, h := range s.Holders {
+			name, wait := short(s.Name, 18), waiting
+			if i > 0 {
+				name, wait = "", ""
+			}
+			mode := "X"
+			if h.Mode == dialect.Shared {
+				mode = "S"
+			}
+			expires := age(h.ExpiresIn)
+			if !h.Live {
+				expires = "dead"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", name, mode, h.Token, short(h.Owner, 12), age(h.HeldFor), expires, wait)
+		}
+		if len(s.Holders) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t%d\t-\t-\t-\t%s\n", short(s.Name, 18), s.Token, waiting)
+		}
+	}
+	return tw.Flush()
+}
+
+// short shortens s to at most n runes, ending with "…".
+func short(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// age formats a duration compactly: 850ms, 12s, 3m04s, 2h05m, 3d04h.
+func age(d time.Duration) string {
+	neg := ""
+	if d < 0 {
+		neg, d = "-", -d
+	}
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%s%dms", neg, d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%s%ds", neg, int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%s%dm%02ds", neg, int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%s%dh%02dm", neg, int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%s%dd%02dh", neg, int(d.Hours())/24, int(d.Hours())%24)
+}
+
+const leasesSynopsis = `--dsn URL [--output table|json]
+
+Shows every client lease: live ones, and dead ones the reaper has not
+deleted yet (expired, or broken by a takeover or by sqldlm break), with how
+many locks each holds and awaits.`
+
+func runLeases(ctx context.Context, args []string, s streams) error {
+	fs := newFlagSet("leases", leasesSynopsis, s.err)
+	dsnURL := dsnFlag(fs)
+	output := outputFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	db, d, err := openDSN(ctx, *dsnURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	leases, err := d.Leases(ctx, db)
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	if *output == "json" {
+		out := leasesJSON{Leases: []leaseJSON{}}
+		for _, l := range leases {
+			out.Leases = append(out.Leases, leaseJSON{l.ID, l.Owner, l.Created, l.Renewed, l.ExpiresIn.Seconds(), l.Live, l.Broken, l.Holds, l.Waits})
+		}
+		return json.NewEncoder(s.out).Encode(out)
+	}
+	if len(leases) == 0 {
+		_, err := fmt.Fprintln(s.out, "no leases")
+		return err
+	}
+	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OWNER\tLEASE\tSTATE\tAGE\tRENEWED\tEXPIRES\tHOLDS\tWAITS")
+	now := time.Now()
+	for _, l := range leases {
+		state := "live"
+		switch {
+		case l.Broken:
+			state = "broken"
+		case !l.Live:
+			state = "expired"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\t%s\t%d\t%d\n", short(l.Owner, 20), leaseShort(l.ID), state,
+			age(now.Sub(l.Created)), age(now.Sub(l.Renewed)), age(l.ExpiresIn), l.Holds, l.Waits)
+	}
+	return tw.Flush()
+}
+
+// leaseShort shows a lease id compactly (its last 8 hex digits).
+func leaseShort(id int64) string {
+	return fmt.Sprintf("…%08x", uint64(id)&0xffffffff)
+}
+
+const breakSynopsis = `NAME --dsn URL [--owner O] [--yes]
+
+An operator's forced release of a stuck holder: the leases holding NAME (only
+those of --owner, if given) are marked broken, which ends them at once. Their
+holders learn it at their next renewal, their Fence calls fail with ErrLost,
+and a waiter takes NAME over (a broken lease loses every lock it holds, not
+only NAME). Asks for confirmation unless --yes; each broken lease is logged
+to standard error.
+
+Exit codes: 0 broken (or nothing to break), 1 failure, 2 bad command line,
+3 not confirmed.`
+
+// ExitNotConfirmed is break's exit code when the operator does not confirm.
+const ExitNotConfirmed = 3
+
+func runBreak(ctx context.Context, args []string, s streams) error {
+	fs := newFlagSet("break", breakSynopsis, s.err)
+	dsnURL := dsnFlag(fs)
+	owner := fs.String("owner", "", "only break the leases of this owner")
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	name, rest := "", args
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, rest = args[0], args[1:]
+	}
+	if err := parseFlags(fs, rest); err != nil {
+		return err
+	}
+	if name == "" && fs.NArg() > 0 {
+		name = fs.Arg(0)
+	}
+	if name == "" {
+		return usagef("missing NAME: sqldlm break NAME --dsn URL")
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	db, d, err := openDSN(ctx, *dsnURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	states, err := d.Locks(ctx, db, &dialect.LocksFilter{Prefix: name, Owner: *owner})
+	if err != nil {
+		return fmt.Errorf("list holders: %w", err)
+	}
+	var victims []dialect.HolderState
+	for _, st := range states {
+		if st.Name != name {
+			continue
+		}
+		for _, h := range st.Holders {
+			if h.Live && (*owner == "" || h.Owner == *owner) {
+				victims = append(victims, h)
+			}
+		}
+	}
+	if len(victims) == 0 {
+		fmt.Fprintf(s.out, "nothing to break: no live holder of %q\n", name)
+		return nil
+	}
+	fmt.Fprintf(s.out, "holders of %q:\n", name)
+	for _, h := range victims {
+		fmt.Fprintf(s.out, "  %s  %s  token %d  held %s  lease %s\n", h.Owner, modeName(h.Mode), h.Token, age(h.HeldFor), leaseShort(h.LeaseID))
+	}
+	if !*yes {
+		fmt.Fprintf(s.out, "break these %d lease(s)? every lock they hold is lost [y/N] ", len(victims))
+		line, _ := bufio.NewReader(s.in).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+			fmt.Fprintln(s.out, "not broken")
+			return &exitError{code: ExitNotConfirmed, msg: "not confirmed"}
+		}
+	}
+	broken, err := d.Break(ctx, db, name, *owner)
+	if err != nil {
+		return fmt.Errorf("break %q: %w", name, err)
+	}
+	logger := slog.New(slog.NewTextHandler(s.err, nil))
+	for _, l := range broken {
+		logger.Info("sqldlm: lease broken by operator", "lock_name", name, "owner", l.Owner, "lease_id", l.ID, "locks", l.Holds)
+	}
+	fmt.Fprintf(s.out, "broke %d lease(s) holding %q\n", len(broken), name)
+	return nil
+}

@@ -168,7 +168,7 @@ func TestRunStopsCommandWhenLockIsLost(t *testing.T) {
 			t.Parallel()
 			db := migratedWithInspector(t, kind)
 			type result struct {
-				code          int
+				code           int
 				stdout, stderr string
 			}
 			done := make(chan result, 1)

@@ -1,0 +1,88 @@
+package sqldlm
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+// syncBuffer is a bytes.Buffer safe for the client's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) records(t *testing.T) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var r map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &r))
+		out = append(out, r)
+	}
+	return out
+}
+
+// At info level the client logs only what an operator acts on (here a lost
+// lease), with the fixed keys; grants are debug records.
+func TestLogging(t *testing.T) {
+	t.Parallel()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	var buf syncBuffer
+	f := &faultyDialect{Dialect: db.Dialect}
+	c, err := New(db.DB, Config{Dialect: f, TTL: time.Second, Owner: "logger-test",
+		Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := testCtx(t)
+	l, err := c.Lock(ctx, "node/5", Exclusive)
+	require.NoError(t, err)
+	require.Empty(t, buf.records(t), "a grant is not an info record")
+
+	f.failRenew.Store(true)
+	<-l.Done()
+	recs := buf.records(t)
+	require.Len(t, recs, 1)
+	require.Equal(t, "INFO", recs[0]["level"])
+	require.Equal(t, "sqldlm: lease lost", recs[0]["msg"])
+	require.Equal(t, "logger-test", recs[0]["owner"])
+	require.NotNil(t, recs[0]["lease_id"])
+
+	var debug syncBuffer
+	d, err := New(db.DB, Config{Owner: "debug-test",
+		Logger: slog.New(slog.NewJSONHandler(&debug, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	require.NoError(t, err)
+	defer d.Close()
+	g, err := d.Lock(ctx, "node/6", Shared)
+	require.NoError(t, err)
+	var granted map[string]any
+	for _, r := range debug.records(t) {
+		if r["msg"] == "sqldlm: lock granted" {
+			granted = r
+		}
+	}
+	require.NotNil(t, granted)
+	for _, key := range []string{"lock_name", "owner", "lease_id", "token", "mode", "waited"} {
+		require.Contains(t, granted, key)
+	}
+	require.Equal(t, "node/6", granted["lock_name"])
+	require.EqualValues(t, g.Token(), granted["token"])
+}

@@ -144,6 +144,10 @@ func (l *lease) end(err error, why string) {
 	l.mu.Unlock()
 
 	l.c.dropLease(l)
+	if err == ErrLost {
+		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
+		l.c.hooks.LeaseLost(len(locks))
+	}
 	lockErr := ErrLost
 	if err == ErrClosed {
 		lockErr = ErrReleased
@@ -154,8 +158,6 @@ func (l *lease) end(err error, why string) {
 		}
 	}
 	if err == ErrLost {
-		l.c.hooks.LeaseLost(len(locks))
-		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
 		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
 	}
 }

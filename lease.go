@@ -144,20 +144,24 @@ func (l *lease) end(err error, why string) {
 	l.mu.Unlock()
 
 	l.c.dropLease(l)
-	if err == ErrLost {
-		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
-		l.c.hooks.LeaseLost(len(locks))
-	}
+	// The locks learn first; only then do logs and hooks run, which may be
+	// slow (a user's logger) and must not eat into the safety margin.
 	lockErr := ErrLost
 	if err == ErrClosed {
 		lockErr = ErrReleased
 	}
+	var lost []*Lock
 	for _, lk := range locks {
 		if lk.finish(lockErr) && lockErr == ErrLost {
-			l.c.hooks.LockLost(lk.name, lk.Mode(), time.Since(lk.granted))
+			lost = append(lost, lk)
 		}
 	}
 	if err == ErrLost {
+		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
+		l.c.hooks.LeaseLost(len(locks))
+		for _, lk := range lost {
+			l.c.hooks.LockLost(lk.name, lk.Mode(), time.Since(lk.granted))
+		}
 		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
 	}
 }

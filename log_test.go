@@ -59,7 +59,10 @@ func TestLogging(t *testing.T) {
 
 	f.failRenew.Store(true)
 	<-l.Done()
-	recs := buf.records(t)
+	// Done closes before the record is written (a slow logger must not
+	// delay it), so wait for the record.
+	var recs []map[string]any
+	require.Eventually(t, func() bool { recs = buf.records(t); return len(recs) > 0 }, 5*time.Second, time.Millisecond)
 	require.Len(t, recs, 1)
 	require.Equal(t, "INFO", recs[0]["level"])
 	require.Equal(t, "sqldlm: lease lost", recs[0]["msg"])

@@ -23,7 +23,7 @@ import (
 // for concurrent use.
 func Dialect() dialect.Dialect { return postgresDialect{} }
 
-type postgresDialect struct{ dialect.UnimplementedInspector }
+type postgresDialect struct{}
 
 var _ dialect.Dialect = postgresDialect{}
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
@@ -100,16 +101,26 @@ func (e *env) count(db *sql.DB, query string, args ...any) int {
 	return n
 }
 
-// session reports the connection's time zone and whether it is inside a
-// transaction that holds locks or changed rows (the checking statement's own
-// read-only transaction can show in innodb_trx; it holds nothing).
+// session reports the connection's time zone and whether a transaction is
+// in progress on it. It asks the server to change the next transaction's
+// characteristics (to the default access mode), which it refuses (1568)
+// while one is in progress: information_schema.innodb_trx would tell too,
+// but it is a cache that is not refreshed within 0.1 s of its last read by
+// any session, so concurrent tests reading it see stale rows. db must have
+// one connection.
 func (e *env) session(db *sql.DB) (tz string, inTx bool) {
 	e.t.Helper()
-	var n int
-	require.NoError(e.t, db.QueryRowContext(e.ctx, `SELECT @@session.time_zone,
-		(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()
-		    AND (trx_lock_structs > 0 OR trx_rows_modified > 0))`).Scan(&tz, &n))
-	return tz, n > 0
+	conn, err := db.Conn(e.ctx)
+	require.NoError(e.t, err)
+	defer conn.Close()
+	require.NoError(e.t, conn.QueryRowContext(e.ctx, `SELECT @@session.time_zone`).Scan(&tz))
+	_, err = conn.ExecContext(e.ctx, `SET TRANSACTION READ WRITE`)
+	var myErr *gomysql.MySQLError
+	if errors.As(err, &myErr) && myErr.Number == 1568 { // ER_CANT_CHANGE_TX_CHARACTERISTICS
+		return tz, true
+	}
+	require.NoError(e.t, err)
+	return tz, false
 }
 
 // TestSessionSettingsDoNotMatter: a pooled connection poisoned with a frozen

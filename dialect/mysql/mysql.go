@@ -34,7 +34,6 @@ import (
 func Dialect() dialect.Dialect { return mysqlDialect{stmts: &sync.Map{}} }
 
 type mysqlDialect struct {
-	dialect.UnimplementedInspector
 	stmts *sync.Map // stmtKey → *sql.Stmt
 }
 

@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -76,7 +77,9 @@ func Open(t testing.TB, kind string) *DB {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	name := "sqldlm_t_" + randomSuffix()
+	// The name carries its creation time, so that sweepStale can drop what
+	// an interrupted run left behind.
+	name := fmt.Sprintf("%s%d_%s", namePrefix, time.Now().Unix(), randomSuffix())
 	var rawDSN string
 	switch kind {
 	case SQLite:
@@ -90,6 +93,7 @@ func Open(t testing.TB, kind string) *DB {
 		}
 		defer admin.Close()
 		d := Dialects()[kind]
+		sweepStale(ctx, t, kind, admin)
 		quoted, err := d.QuoteIdentifier(name)
 		if err != nil {
 			t.Fatalf("testdb: %v", err)
@@ -166,6 +170,54 @@ func drop(t testing.TB, base, stmt string) {
 	if _, err := admin.ExecContext(ctx, stmt); err != nil {
 		t.Errorf("testdb: cleanup %q: %v", stmt, err)
 	}
+}
+
+// namePrefix starts the name of every test schema (PostgreSQL) or database
+// (MySQL); the Unix time of its creation follows.
+const namePrefix = "sqldlm_t_"
+
+var sweeps sync.Map // kind → *sync.Once
+
+// sweepStale drops, once per process and kind, the test schemas or
+// databases created more than an hour ago: leftovers of runs that were
+// killed before their cleanup ran.
+func sweepStale(ctx context.Context, t testing.TB, kind string, admin *sql.DB) {
+	once, _ := sweeps.LoadOrStore(kind, &sync.Once{})
+	once.(*sync.Once).Do(func() {
+		list := map[string]string{
+			Postgres: `SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sqldlm\_t\_%'`,
+			MySQL:    `SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'sqldlm\_t\_%'`,
+		}[kind]
+		rows, err := admin.QueryContext(ctx, list)
+		if err != nil {
+			t.Logf("testdb: list stale test schemas: %v", err)
+			return
+		}
+		var stale []string
+		cutoff := time.Now().Add(-time.Hour).Unix()
+		for rows.Next() {
+			var name string
+			if rows.Scan(&name) != nil {
+				continue
+			}
+			stamp, _, _ := strings.Cut(strings.TrimPrefix(name, namePrefix), "_")
+			if created, err := strconv.ParseInt(stamp, 10, 64); err == nil && created < cutoff {
+				stale = append(stale, name)
+			}
+		}
+		rows.Close()
+		d := Dialects()[kind]
+		for _, name := range stale {
+			quoted, err := d.QuoteIdentifier(name)
+			if err != nil {
+				continue
+			}
+			stmt := map[string]string{Postgres: "DROP SCHEMA IF EXISTS " + quoted + " CASCADE", MySQL: "DROP DATABASE IF EXISTS " + quoted}[kind]
+			if _, err := admin.ExecContext(ctx, stmt); err != nil {
+				t.Logf("testdb: drop stale %s: %v", name, err)
+			}
+		}
+	})
 }
 
 func randomSuffix() string {

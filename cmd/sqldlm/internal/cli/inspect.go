@@ -371,13 +371,14 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 		}
 	}
 	broken, err := d.Break(ctx, db, name, *owner)
-	if err != nil {
-		return fmt.Errorf("break %q: %w", name, err)
-	}
+	// Log what was broken even if part of the break failed.
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
 	for _, l := range broken {
 		logger.Info("sqldlm: lease broken by operator", "lock_name", name, "owner", l.Owner, "lease_id", l.ID, "locks", l.Holds)
 	}
 	fmt.Fprintf(s.out, "broke %d lease(s) holding %q\n", len(broken), name)
+	if err != nil {
+		return fmt.Errorf("break %q: %w (run it again)", name, err)
+	}
 	return nil
 }

@@ -2,13 +2,10 @@ package sqldlm
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/sqldlm/sqldlm/dialect"
 )
 
 // Locks and Leases show holders and waiters with their owners and ages
@@ -19,9 +16,6 @@ func TestLocksAndLeases(t *testing.T) {
 		ctx := testCtx(t)
 		a := b.client(t, Config{Owner: "engine-1"})
 		w := b.client(t, Config{Owner: "engine-2"})
-		if _, err := a.Leases(ctx); errors.Is(err, dialect.ErrNotImplemented) {
-			t.Skipf("%s: introspection not implemented yet", b.kind)
-		}
 		held, err := a.Lock(ctx, "stack/7", Exclusive)
 		require.NoError(t, err)
 		_, err = a.Lock(ctx, "stack/8", Shared)

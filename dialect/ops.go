@@ -3,12 +3,8 @@ package dialect
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"time"
 )
-
-// ErrNotImplemented is returned by an operation a dialect does not offer.
-var ErrNotImplemented = errors.New("not implemented by this dialect")
 
 // Mode is the mode of a hold as stored in the database.
 type Mode byte
@@ -159,62 +155,6 @@ type ReapResult struct {
 	Leases, Holds, Waiters, IdleLocks int
 	// Freed lists the names whose holds were deleted.
 	Freed []string
-}
-
-// UnimplementedInspector answers every [Inspector] method with
-// ErrNotImplemented. It stands in while a dialect's introspection is built.
-type UnimplementedInspector struct{}
-
-func (UnimplementedInspector) Locks(context.Context, *sql.DB, *LocksFilter) ([]LockState, error) {
-	return nil, ErrNotImplemented
-}
-
-func (UnimplementedInspector) Leases(context.Context, *sql.DB) ([]LeaseState, error) {
-	return nil, ErrNotImplemented
-}
-
-func (UnimplementedInspector) Break(context.Context, *sql.DB, string, string) ([]LeaseState, error) {
-	return nil, ErrNotImplemented
-}
-
-// UnimplementedLocker answers every [Locker] method with ErrNotImplemented.
-// It stands in for a dialect's lock operations while they are being built.
-type UnimplementedLocker struct{}
-
-func (UnimplementedLocker) CreateLease(context.Context, *sql.DB, *CreateLeaseParams) error {
-	return ErrNotImplemented
-}
-
-func (UnimplementedLocker) RenewLease(context.Context, *sql.DB, int64) (bool, error) {
-	return false, ErrNotImplemented
-}
-
-func (UnimplementedLocker) DeleteLease(context.Context, *sql.DB, int64) ([]string, error) {
-	return nil, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Acquire(context.Context, *sql.DB, *AcquireParams) (*AcquireResult, error) {
-	return nil, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Abandon(context.Context, *sql.DB, int64, int64) ([]string, error) {
-	return nil, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Release(context.Context, *sql.DB, *HoldRef) (bool, error) {
-	return false, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Downgrade(context.Context, *sql.DB, *HoldRef) (bool, error) {
-	return false, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Fence(context.Context, *sql.Tx, *HoldRef, time.Duration) (bool, error) {
-	return false, ErrNotImplemented
-}
-
-func (UnimplementedLocker) Reap(context.Context, *sql.DB, int, time.Duration) (*ReapResult, error) {
-	return nil, ErrNotImplemented
 }
 
 // Unique returns s without repeated elements, in first-seen order. It

@@ -5,7 +5,6 @@ package integration_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm"
-	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
@@ -28,11 +26,6 @@ func setup(t *testing.T, kind string) *testdb.DB {
 	t.Helper()
 	db := testdb.OpenMigrated(t, kind)
 	ctx := context.Background()
-	err := db.Dialect.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: 1, Owner: "probe", TTL: time.Millisecond})
-	if errors.Is(err, dialect.ErrNotImplemented) {
-		t.Skipf("%s: lock operations not implemented yet", kind)
-	}
-	require.NoError(t, err)
 	for _, stmt := range []string{
 		`CREATE TABLE test_counter (name VARCHAR(64) PRIMARY KEY, n BIGINT NOT NULL)`,
 		`CREATE TABLE test_journal (name VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, token BIGINT NOT NULL, writer VARCHAR(64) NOT NULL)`,

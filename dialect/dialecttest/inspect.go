@@ -1,7 +1,6 @@
 package dialecttest
 
 import (
-	"errors"
 	"math/rand/v2"
 	"sort"
 	"testing"
@@ -27,11 +26,7 @@ func exerciseInspector(t *testing.T, h Harness) {
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			b := setupLocker(t, h)
-			if _, err := b.d.Leases(b.ctx, b.db); errors.Is(err, dialect.ErrNotImplemented) {
-				t.Skipf("%s: introspection not implemented yet", b.d.Name())
-			}
-			tests[name](t, b)
+			tests[name](t, setupLocker(t, h))
 		})
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,20 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm"
-	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
-
-// migratedWithInspector returns a migrated database of kind, skipping the
-// test if the dialect's introspection is not implemented yet.
-func migratedWithInspector(t *testing.T, kind string) *testdb.DB {
-	t.Helper()
-	db := testdb.OpenMigrated(t, kind)
-	if _, err := db.Dialect.Leases(context.Background(), db.DB); errors.Is(err, dialect.ErrNotImplemented) {
-		t.Skipf("%s: introspection not implemented yet", kind)
-	}
-	return db
-}
 
 func client(t *testing.T, db *testdb.DB, owner string) *sqldlm.Client {
 	t.Helper()
@@ -43,7 +30,7 @@ func TestLocksAndLeasesCommands(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			db := migratedWithInspector(t, kind)
+			db := testdb.OpenMigrated(t, kind)
 			a := client(t, db, "conductor-with-a-rather-long-owner-name/4242")
 			w := client(t, db, "conductor-2")
 			for i := range 50 {
@@ -104,7 +91,7 @@ func TestBreakCommand(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			db := migratedWithInspector(t, kind)
+			db := testdb.OpenMigrated(t, kind)
 			stuck := client(t, db, "stuck-engine")
 			held, err := stuck.Lock(ctx, "stack/9", sqldlm.Exclusive)
 			require.NoError(t, err)
@@ -166,7 +153,7 @@ func TestRunStopsCommandWhenLockIsLost(t *testing.T) {
 	for _, kind := range testdb.Kinds {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			db := migratedWithInspector(t, kind)
+			db := testdb.OpenMigrated(t, kind)
 			type result struct {
 				code           int
 				stdout, stderr string

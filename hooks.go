@@ -17,6 +17,9 @@ type Hooks interface {
 	// AcquireFailed: it ended without the lock (ErrLocked, a context
 	// error, ErrClosed, a database error) after waited.
 	AcquireFailed(name string, mode Mode, waited time.Duration, err error)
+	// TookOver: the grant just reported took the name over from holders
+	// whose leases had died (expired or broken) without releasing it.
+	TookOver(name string, mode Mode, previous int)
 	// Released: a held lock was released after being held for held.
 	Released(name string, mode Mode, held time.Duration)
 	// LockLost: a held lock was lost (its lease was lost, or the database
@@ -37,6 +40,7 @@ type NopHooks struct{}
 func (NopHooks) AcquireStarted(string, Mode)                      {}
 func (NopHooks) AcquireGranted(string, Mode, time.Duration)       {}
 func (NopHooks) AcquireFailed(string, Mode, time.Duration, error) {}
+func (NopHooks) TookOver(string, Mode, int)                       {}
 func (NopHooks) Released(string, Mode, time.Duration)             {}
 func (NopHooks) LockLost(string, Mode, time.Duration)             {}
 func (NopHooks) LeaseRenewed(time.Duration)                       {}

@@ -189,11 +189,12 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool)
 	start := time.Now()
 	c.hooks.AcquireStarted(name, mode)
 	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait}
-	token, l, err := req.run(ctx)
+	token, l, taken, err := req.run(ctx)
 	if err == nil {
 		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now()}
 		if l.add(lk) {
 			waited := time.Since(start)
+			c.reportTakeover(name, mode, token, taken)
 			c.hooks.AcquireGranted(name, mode, waited)
 			c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id, "waited", waited)
 			return lk, nil
@@ -218,19 +219,20 @@ type request struct {
 }
 
 // run retries the acquire statement until it is granted, refused, or ctx
-// ends. It returns the token and the lease the grant belongs to.
-func (r *request) run(ctx context.Context) (int64, *lease, error) {
+// ends. It returns the token, the lease the grant belongs to, and the holds
+// of dead leases the grant took over.
+func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, error) {
 	c := r.c
 	wake, unregister := c.waiters.register(r.name)
 	defer unregister()
 	backoff := newBackoff(c)
 	var enqueuedOn *lease // the lease a waiter row of this request may exist under
 	uncertain := false    // the last statement was cut off: its outcome is unknown
-	abandon := func(cause error) (int64, *lease, error) {
+	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if enqueuedOn != nil {
 			c.abandon(enqueuedOn, r.id, uncertain)
 		}
-		return 0, nil, cause
+		return 0, nil, nil, cause
 	}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -277,11 +279,11 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 		}
 		switch res.Status {
 		case dialect.Granted:
-			return res.Token, l, nil
+			return res.Token, l, res.TookOver, nil
 		case dialect.LeaseLost:
 			l.end(ErrLost, "the database no longer holds the lease")
 			if r.lease != nil { // an upgrade cannot move to a new lease
-				return 0, nil, ErrLost
+				return 0, nil, nil, ErrLost
 			}
 			enqueuedOn = nil
 			continue
@@ -292,7 +294,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 		}
 		b := res.Blocker
 		if !r.wait {
-			return 0, nil, &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
+			return 0, nil, nil, &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
 		}
 		// Wake up when the name is released (in this process, or by a
 		// notification), when the holder's lease would expire if not
@@ -309,6 +311,25 @@ func (r *request) run(ctx context.Context) (int64, *lease, error) {
 		if err := backoff.sleep(ctx, wake, expiry); err != nil {
 			return abandon(err)
 		}
+	}
+}
+
+// reportTakeover logs, at info, a grant that took a name over from dead
+// holders, and tells the hooks: an operator may want to know that a holder
+// died (or was broken) without releasing.
+func (c *Client) reportTakeover(name string, mode Mode, token int64, taken []dialect.TakenHold) {
+	if len(taken) == 0 {
+		return
+	}
+	c.hooks.TookOver(name, mode, len(taken))
+	for _, t := range taken {
+		how := "expired"
+		if t.Broken {
+			how = "broken"
+		}
+		c.logger.Info("sqldlm: took over a lock from a dead holder", "lock_name", name, "mode", mode.String(), "token", token,
+			"previous_owner", t.Owner, "previous_lease_id", t.LeaseID, "previous_token", t.Token, "previous_lease", how,
+			"expired_at", t.ExpiredAt)
 	}
 }
 
@@ -381,7 +402,7 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 		return nil
 	}
 	r := request{c: l.c, name: l.name, mode: Exclusive, id: rand.Int64(), wait: true, upgradeToken: token, lease: l.lease}
-	newToken, _, err := r.run(ctx)
+	newToken, _, taken, err := r.run(ctx)
 	if errors.Is(err, ErrLost) {
 		l.lost()
 	}
@@ -394,6 +415,7 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 		return l.err // lost while the upgrade was granted; the lease's end releases it
 	}
 	l.mode, l.token = Exclusive, newToken
+	l.c.reportTakeover(l.name, Exclusive, newToken, taken)
 	return nil
 }
 

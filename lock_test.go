@@ -24,7 +24,15 @@ type faultyDialect struct {
 	failRenew    atomic.Bool
 	failRelease  atomic.Bool
 	failAcquire  atomic.Bool
+	failDelete   atomic.Bool
 	releaseCalls atomic.Int64
+}
+
+func (f *faultyDialect) DeleteLease(ctx context.Context, db *sql.DB, id int64) ([]string, error) {
+	if f.failDelete.Load() {
+		return nil, errUnreachable
+	}
+	return f.Dialect.DeleteLease(ctx, db, id)
 }
 
 var errUnreachable = &dialect.Error{Kind: dialect.ErrConnection, Message: "injected: database unreachable"}

@@ -89,3 +89,59 @@ func TestLogging(t *testing.T) {
 	require.Equal(t, "node/6", granted["lock_name"])
 	require.EqualValues(t, g.Token(), granted["token"])
 }
+
+// countingHooks counts takeovers.
+type countingHooks struct {
+	NopHooks
+	mu        sync.Mutex
+	takeovers int
+}
+
+func (h *countingHooks) TookOver(string, Mode, int) {
+	h.mu.Lock()
+	h.takeovers++
+	h.mu.Unlock()
+}
+
+// A grant that takes a lock over from a dead holder is logged at info with
+// the previous holder, and reported to the hooks; a clean handover is not.
+func TestTakeoverIsReported(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		dead, f := b.faulty(t, Config{TTL: time.Second, Owner: "dying-engine", ReapInterval: ReapDisabled})
+		var buf syncBuffer
+		hooks := &countingHooks{}
+		c := b.client(t, Config{Owner: "next-engine", Hooks: hooks, ReapInterval: ReapDisabled,
+			Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+
+		clean, err := dead.Lock(ctx, "stack/1", Exclusive)
+		require.NoError(t, err)
+		require.NoError(t, clean.Release(ctx))
+		l, err := c.Lock(ctx, "stack/1", Exclusive)
+		require.NoError(t, err)
+		require.NoError(t, l.Release(ctx))
+		require.Zero(t, hooks.takeovers, "a clean handover is not a takeover")
+
+		held, err := dead.Lock(ctx, "stack/1", Exclusive)
+		require.NoError(t, err)
+		// The holder is cut off, as if it crashed: it neither renews nor
+		// cleans up, so its lease dies with the hold in place.
+		f.failRenew.Store(true)
+		f.failRelease.Store(true)
+		f.failDelete.Store(true)
+		_, err = c.Lock(ctx, "stack/1", Exclusive)
+		require.NoError(t, err)
+		require.Equal(t, 1, hooks.takeovers)
+		var rec map[string]any
+		for _, r := range buf.records(t) {
+			if r["msg"] == "sqldlm: took over a lock from a dead holder" {
+				rec = r
+			}
+		}
+		require.NotNil(t, rec, "the takeover is an info record")
+		require.Equal(t, "dying-engine", rec["previous_owner"])
+		require.EqualValues(t, held.Token(), rec["previous_token"])
+		require.Equal(t, "stack/1", rec["lock_name"])
+	})
+}

@@ -135,6 +135,24 @@ type AcquireResult struct {
 	Token  int64
 	// Blocker is set when Status is Blocked.
 	Blocker *Blocker
+	// TookOver lists the holds of dead leases that this grant deleted to
+	// take the name over, when Status is Granted (empty after a clean
+	// release, and on an idempotent repeat of a request).
+	TookOver []TakenHold
+}
+
+// TakenHold is a hold of a dead lease that a grant took over.
+type TakenHold struct {
+	Owner   string
+	LeaseID int64
+	Token   int64
+	Mode    Mode
+	// ExpiredAt is the dead lease's expires_at (server clock); an operator's
+	// break sets it to the time of the break.
+	ExpiredAt time.Time
+	// Broken reports whether the lease had been broken (by an operator or
+	// by an earlier takeover of another name) rather than just expired.
+	Broken bool
 }
 
 // Blocker describes what keeps a request waiting.

@@ -12,6 +12,7 @@
 //	sqldlm_grants_total{mode}                  counter: locks granted
 //	sqldlm_acquire_failures_total{mode,reason} counter: locked, canceled, closed, error
 //	sqldlm_releases_total{mode}                counter: locks released
+//	sqldlm_takeovers_total{mode}               counter: grants that took over from dead holders
 //	sqldlm_lost_locks_total{mode}              counter: locks lost without release
 //	sqldlm_locks_held{mode}                    gauge: locks held now
 //	sqldlm_lease_renewal_seconds               histogram: heartbeat round trips
@@ -47,6 +48,7 @@ type Metrics struct {
 	grants    *prometheus.CounterVec
 	failures  *prometheus.CounterVec
 	releases  *prometheus.CounterVec
+	takeovers *prometheus.CounterVec
 	lost      *prometheus.CounterVec
 	held      *prometheus.GaugeVec
 	renewal   prometheus.Histogram
@@ -75,8 +77,10 @@ func New(o Options) *Metrics {
 		grants:   prometheus.NewCounterVec(prometheus.CounterOpts(opts("grants_total", "Locks granted.")), []string{"mode"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts(opts("acquire_failures_total", "Lock calls that ended without the lock.")), []string{"mode", "reason"}),
 		releases: prometheus.NewCounterVec(prometheus.CounterOpts(opts("releases_total", "Locks released.")), []string{"mode"}),
-		lost:     prometheus.NewCounterVec(prometheus.CounterOpts(opts("lost_locks_total", "Locks lost without being released.")), []string{"mode"}),
-		held:     prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("locks_held", "Locks held now.")), []string{"mode"}),
+		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts(opts("takeovers_total",
+			"Grants that took a lock over from holders whose leases had died without releasing.")), []string{"mode"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts(opts("lost_locks_total", "Locks lost without being released.")), []string{"mode"}),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("locks_held", "Locks held now.")), []string{"mode"}),
 		renewal: prometheus.NewHistogram(hist("lease_renewal_seconds", "Round trip of successful lease renewals.",
 			prometheus.ExponentialBuckets(0.0005, 3, 10))),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts(opts("leases_lost_total", "Client leases lost (every lock on them was lost)."))),
@@ -85,7 +89,7 @@ func New(o Options) *Metrics {
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.wait, m.grants, m.failures, m.releases, m.lost, m.held, m.renewal, m.leaseLost, m.reaped}
+	return []prometheus.Collector{m.wait, m.grants, m.failures, m.releases, m.takeovers, m.lost, m.held, m.renewal, m.leaseLost, m.reaped}
 }
 
 // Describe implements prometheus.Collector.
@@ -124,6 +128,10 @@ func (m *Metrics) AcquireFailed(_ string, mode sqldlm.Mode, waited time.Duration
 	m.failures.WithLabelValues(mode.String(), reason).Inc()
 }
 
+func (m *Metrics) TookOver(_ string, mode sqldlm.Mode, _ int) {
+	m.takeovers.WithLabelValues(mode.String()).Inc()
+}
+
 func (m *Metrics) Released(_ string, mode sqldlm.Mode, _ time.Duration) {
 	m.releases.WithLabelValues(mode.String()).Inc()
 	m.held.WithLabelValues(mode.String()).Dec()
@@ -156,6 +164,8 @@ func (m *Metrics) Collector(name string, labels ...string) prometheus.Collector 
 		return m.failures.WithLabelValues(labels...)
 	case "releases_total":
 		return m.releases.WithLabelValues(labels...)
+	case "takeovers_total":
+		return m.takeovers.WithLabelValues(labels...)
 	case "lost_locks_total":
 		return m.lost.WithLabelValues(labels...)
 	case "locks_held":

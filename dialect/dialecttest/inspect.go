@@ -33,10 +33,11 @@ func exerciseInspector(t *testing.T, h Harness) {
 
 func testLocksState(t *testing.T, b *lockerBundle) {
 	a, s1, s2 := b.lease("owner-a", time.Minute), b.lease("owner-s1", time.Minute), b.lease("owner-s2", time.Minute)
-	d, e, dead := b.lease("owner-d", time.Minute), b.lease("owner-e", time.Minute), b.lease("owner-dead", short)
+	d, e := b.lease("owner-d", time.Minute), b.lease("owner-e", time.Minute)
 	ta := b.grant("node/1", a, dialect.Exclusive)
 	b.grant("vol/1", s1, dialect.Shared)
 	b.grant("vol/1", s2, dialect.Shared)
+	dead := b.lease("owner-dead", short)
 	b.grant("gone/1", dead, dialect.Exclusive)
 	b.blocked(dialect.AcquireParams{Name: "node/1", LeaseID: d, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true})
 	b.blocked(dialect.AcquireParams{Name: "node/1", LeaseID: e, RequestID: rand.Int64(), Mode: dialect.Shared, Enqueue: true})
@@ -146,7 +147,12 @@ func testLeasesAndBreak(t *testing.T, b *lockerBundle) {
 	require.NoError(t, err)
 	require.False(t, fence(b, tx, "stack/7", a, ta), "and its Fence fails")
 	require.NoError(t, tx.Rollback())
-	require.Equal(t, dialect.Granted, b.acquire(pw).Status, "the waiter takes the name over")
+	res := b.acquire(pw)
+	require.Equal(t, dialect.Granted, res.Status, "the waiter takes the name over")
+	require.Len(t, res.TookOver, 1)
+	require.Equal(t, "owner-a", res.TookOver[0].Owner)
+	require.Equal(t, ta, res.TookOver[0].Token)
+	require.True(t, res.TookOver[0].Broken, "the takeover knows the lease was broken")
 
 	leases, err = b.d.Leases(b.ctx, b.db)
 	require.NoError(t, err)

@@ -91,7 +91,10 @@ func (b *lockerBundle) count(query string, args ...any) int {
 	return n
 }
 
-const short = 150 * time.Millisecond
+// short is the TTL of leases a test lets expire. Tests create such a lease
+// right before its first use and do little before its last, so that a slow
+// run (-race, a loaded machine) does not see it expire early.
+const short = 400 * time.Millisecond
 
 func exerciseLocker(t *testing.T, h Harness) {
 	tests := map[string]func(t *testing.T, b *lockerBundle){
@@ -217,8 +220,25 @@ func testTakeover(t *testing.T, b *lockerBundle) {
 	dead, c := b.lease("dead", short), b.lease("c", time.Minute)
 	tok := b.grant("n", dead, dialect.Exclusive)
 	b.expire(short)
-	tok2 := b.grant("n", c, dialect.Exclusive)
+	res := b.acquire(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Granted, res.Status)
+	tok2 := res.Token
 	require.Greater(t, tok2, tok)
+	require.Len(t, res.TookOver, 1, "the grant reports the hold it took over")
+	taken := res.TookOver[0]
+	require.Equal(t, "dead", taken.Owner)
+	require.Equal(t, dead, taken.LeaseID)
+	require.Equal(t, tok, taken.Token)
+	require.Equal(t, dialect.Exclusive, taken.Mode)
+	require.False(t, taken.Broken, "it had expired, not been broken")
+	require.WithinDuration(t, time.Now(), taken.ExpiredAt, time.Minute)
+	now, err := b.d.Now(b.ctx, b.db)
+	require.NoError(t, err)
+	require.False(t, taken.ExpiredAt.After(now), "it expired before the takeover")
+	require.True(t, b.release("n", c, tok2))
+	clean := b.acquire(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Granted, clean.Status)
+	require.Empty(t, clean.TookOver, "a cleanly released name is not a takeover")
 	ok, err := b.d.RenewLease(b.ctx, b.db, dead)
 	require.NoError(t, err)
 	require.False(t, ok, "the dead lease cannot be renewed after the takeover")
@@ -288,8 +308,9 @@ func testWriterPreference(t *testing.T, b *lockerBundle) {
 }
 
 func testDeadWaiters(t *testing.T, b *lockerBundle) {
-	h, dead, c := b.lease("h", time.Minute), b.lease("dead", short), b.lease("c", time.Minute)
+	h, c := b.lease("h", time.Minute), b.lease("c", time.Minute)
 	tok := b.grant("n", h, dialect.Exclusive)
+	dead := b.lease("dead", short)
 	b.blocked(dialect.AcquireParams{Name: "n", LeaseID: dead, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true})
 	b.expire(short)
 	require.True(t, b.release("n", h, tok))
@@ -435,14 +456,15 @@ func testDeleteLease(t *testing.T, b *lockerBundle) {
 }
 
 func testReap(t *testing.T, b *lockerBundle) {
-	live, dead := b.lease("live", time.Minute), b.lease("dead", short)
-	b.grant("held-by-dead", dead, dialect.Exclusive)
-	b.grant("shared", dead, dialect.Shared)
+	live := b.lease("live", time.Minute)
 	b.grant("shared", live, dialect.Shared)
 	b.grant("held-by-live", live, dialect.Exclusive)
-	b.blocked(dialect.AcquireParams{Name: "held-by-live", LeaseID: dead, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true})
 	tok := b.grant("idle", live, dialect.Exclusive)
 	require.True(t, b.release("idle", live, tok))
+	dead := b.lease("dead", short)
+	b.grant("held-by-dead", dead, dialect.Exclusive)
+	b.grant("shared", dead, dialect.Shared)
+	b.blocked(dialect.AcquireParams{Name: "held-by-live", LeaseID: dead, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true})
 	b.expire(short)
 
 	res, err := b.d.Reap(b.ctx, b.db, 100, time.Hour)

@@ -22,7 +22,7 @@ import (
 func testRenewTakeoverRace(t *testing.T, b *lockerBundle) {
 	renewPool, takePool := b.reopen(t), b.reopen(t)
 	taker := b.lease("taker", time.Minute)
-	const ttl = 80 * time.Millisecond
+	const ttl = 300 * time.Millisecond
 	for round := range 12 {
 		name := fmt.Sprintf("race/%d", round)
 		holder := b.lease("holder", ttl)

@@ -28,10 +28,13 @@ package mysql
 //	             LOCKED]; conflicting holds and waiters again; per dead lease
 //	             with a conflicting hold, in id order: SELECT lease FOR UPDATE
 //	             SKIP LOCKED, re-check by SYSDATE(6), SELECT each of its holds
-//	             of the name FOR UPDATE SKIP LOCKED (by primary key), UPDATE
-//	             lease SET broken_at, DELETE its holds of the name; then INSERT
-//	             hold (AUTO_INCREMENT token), [DELETE upgraded hold], UPDATE
-//	             lock row, DELETE own waiter, COMMIT. A lease or hold locked by
+//	             of the name FOR UPDATE SKIP LOCKED (by primary key), SELECT
+//	             its conflicting holds with the lease's expires_at and
+//	             broken_at (a result set: TookOver), UPDATE lease SET
+//	             broken_at, DELETE its holds of the name; then INSERT hold
+//	             (AUTO_INCREMENT token), [DELETE upgraded hold], UPDATE lock
+//	             row, DELETE own waiter, COMMIT; the status row, with the
+//	             number of holds taken over, last. A lease or hold locked by
 //	             another transaction (a fence) is not waited for: Blocked.
 //	Abandon      CALL sqldlm_abandon: SELECT the request's holds FOR UPDATE
 //	             (the result); DELETE them; DELETE its waiter
@@ -112,6 +115,13 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 	return dialect.Unique(names), nil
 }
 
+// Acquire calls sqldlm_acquire. Its last result set is the status row (seven
+// columns); before it, a takeover returns one result set per dead lease, with
+// its conflicting holds as they were before the grant (six columns). Those
+// are sent before the procedure's COMMIT: they count only when the status
+// row, sent after the COMMIT, reports a grant that took over as many holds
+// (a takeover that ended Blocked was rolled back). call reads every result
+// set, so an error the COMMIT raises is returned.
 func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
 	var (
 		status    int
@@ -120,22 +130,60 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 		mode      sql.NullString
 		expiresUS sql.NullInt64
 		ahead     int
+		tookOver  int
+		got       bool
+		taken     []dialect.TakenHold
 	)
-	stmt, err := d.prepared(ctx, db, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?)`)
+	err := d.call(ctx, db, func(rows *sql.Rows, columns int) error {
+		switch columns {
+		case 7:
+			if got {
+				return errors.New("sqldlm_acquire returned two status rows")
+			}
+			got = true
+			return rows.Scan(&status, &token, &owner, &mode, &expiresUS, &ahead, &tookOver)
+		case 6:
+			if got {
+				return errors.New("sqldlm_acquire returned a taken-over hold after its status")
+			}
+			var (
+				h         dialect.TakenHold
+				hmode     string
+				expiredUS int64
+			)
+			if err := rows.Scan(&h.Owner, &h.LeaseID, &h.Token, &hmode, &expiredUS, &h.Broken); err != nil {
+				return err
+			}
+			if len(hmode) != 1 {
+				return fmt.Errorf("sqldlm_acquire returned a taken-over hold of mode %q", hmode)
+			}
+			h.Mode = dialect.Mode(hmode[0])
+			h.ExpiredAt = time.UnixMicro(expiredUS).UTC()
+			taken = append(taken, h)
+			return nil
+		default:
+			return fmt.Errorf("sqldlm_acquire returned a result set of %d columns", columns)
+		}
+	}, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken)
 	if err != nil {
 		return nil, err
 	}
-	err = stmt.QueryRowContext(ctx, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken).
-		Scan(&status, &token, &owner, &mode, &expiresUS, &ahead)
-	if err != nil {
-		return nil, d.ClassifyError(err)
+	if !got {
+		return nil, errors.New("sqldlm_acquire returned no status")
 	}
 	switch status {
 	case statusGranted:
 		if !token.Valid {
 			return nil, errors.New("sqldlm_acquire granted without a token")
 		}
-		return &dialect.AcquireResult{Status: dialect.Granted, Token: token.Int64}, nil
+		res := &dialect.AcquireResult{Status: dialect.Granted, Token: token.Int64}
+		if tookOver > 0 {
+			if tookOver != len(taken) {
+				return nil, fmt.Errorf("sqldlm_acquire took over %d holds but returned %d", tookOver, len(taken))
+			}
+			res.TookOver = taken
+		}
+		return res, nil
 	case statusBlocked:
 		b := &dialect.Blocker{Owner: owner.String, WaitersAhead: ahead}
 		if mode.Valid && mode.String != "" {

@@ -441,3 +441,76 @@ func TestOverlongNameIsRejected(t *testing.T) {
 	var de *dialect.Error
 	require.False(t, errors.As(err, &de) && dialect.IsRetryable(err))
 }
+
+// TestTakeoverReportsOnlyCommittedGrants: sqldlm_acquire returns each dead
+// lease's holds before it deletes them, and a later dead lease that is pinned
+// rolls the whole takeover back: that answer is Blocked and reports nothing.
+// The grant that follows reports every conflicting hold it took over (an
+// expired lease's, a broken lease's, one whose lease row is gone), with the
+// leases as they were before it; a repeat of that request reports none.
+func TestTakeoverReportsOnlyCommittedGrants(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 200 * time.Millisecond
+	ids := []int64{rand.Int64N(1 << 40), 1<<40 + rand.Int64N(1<<40), 2<<40 + rand.Int64N(1<<40)}
+	orphan, low, high := ids[0], ids[1], ids[2]
+	for _, id := range []int64{low, high} {
+		owner := map[int64]string{low: "low", high: "high"}[id]
+		require.NoError(t, d.CreateLease(e.ctx, e.db.DB, &dialect.CreateLeaseParams{ID: id, Owner: owner, TTL: ttl}))
+	}
+	c := e.lease(e.db.DB, "c", time.Minute)
+	tl := e.grant(e.db.DB, "n", low, dialect.Shared)
+	th := e.grant(e.db.DB, "n", high, dialect.Shared)
+	_, err := e.db.ExecContext(e.ctx, `INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
+		VALUES ('n', ?, 1, 'S', UTC_TIMESTAMP(6))`, orphan)
+	require.NoError(t, err)
+	to := int64(e.count(e.db.DB, `SELECT token FROM sqldlm_holders WHERE lease_id = ?`, orphan))
+	tx, err := e.db.BeginTx(e.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	ok, err := d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: high, Token: th}, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, err = e.db.ExecContext(e.ctx, `UPDATE sqldlm_leases SET broken_at = UTC_TIMESTAMP(6) WHERE id = ?`, low)
+	require.NoError(t, err)
+	e.expire(ttl)
+
+	p := dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive}
+	res := e.acquire(e.db.DB, p)
+	require.Equal(t, dialect.Blocked, res.Status, "the pinned hold of the last dead lease blocks")
+	require.Empty(t, res.TookOver)
+	require.Equal(t, 3, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = 'n'`), "the takeover was rolled back")
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ? AND broken_at IS NULL`, high))
+
+	require.NoError(t, tx.Commit())
+	res = e.acquire(e.db.DB, p)
+	require.Equal(t, dialect.Granted, res.Status)
+	require.Len(t, res.TookOver, 3)
+	now, err := d.Now(e.ctx, e.db.DB)
+	require.NoError(t, err)
+	want := map[int64]struct {
+		owner  string
+		token  int64
+		broken bool
+	}{orphan: {"", to, false}, low: {"low", tl, true}, high: {"high", th, false}}
+	for i, h := range res.TookOver {
+		w, ok := want[h.LeaseID]
+		require.True(t, ok, "lease %d", h.LeaseID)
+		require.Equal(t, ids[i], h.LeaseID, "in lease id order")
+		require.Equal(t, w.owner, h.Owner)
+		require.Equal(t, w.token, h.Token)
+		require.Equal(t, dialect.Shared, h.Mode)
+		require.Equal(t, w.broken, h.Broken, "lease %d", h.LeaseID)
+		if h.LeaseID == orphan {
+			require.Equal(t, time.UnixMicro(0).UTC(), h.ExpiredAt)
+		} else {
+			require.WithinDuration(t, now, h.ExpiredAt, time.Minute)
+			require.False(t, h.ExpiredAt.After(now))
+		}
+	}
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ? AND broken_at IS NOT NULL`, high))
+
+	again := e.acquire(e.db.DB, p)
+	require.Equal(t, dialect.Granted, again.Status)
+	require.Equal(t, res.Token, again.Token)
+	require.Empty(t, again.TookOver, "a repeated request took nothing over")
+}

@@ -23,10 +23,12 @@ package postgres
 //	             evaluate again; lock the leases of dead conflicting holds FOR
 //	             NO KEY UPDATE and evaluate again, until stable; [lock their
 //	             holds of the name FOR UPDATE SKIP LOCKED: blocked if a fence
-//	             pins one]; then [DELETE upgraded hold], [UPDATE dead leases
-//	             SET broken_at], DELETE their (and orphaned) holds of the name,
-//	             INSERT hold RETURNING token, UPDATE the name's row, DELETE own
-//	             waiter; or, if blocked after all, [INSERT waiter]
+//	             pins one]; then [DELETE upgraded hold], DELETE the dead
+//	             leases' (and orphaned) holds of the name RETURNING them,
+//	             joined to their leases (the holds taken over), [UPDATE dead
+//	             leases SET broken_at], INSERT hold RETURNING token, UPDATE the
+//	             name's row, DELETE own waiter; or, if blocked after all,
+//	             [INSERT waiter]
 //	Abandon      SELECT sqldlm_abandon: DELETE waiter, DELETE hold, NOTIFY
 //	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
 //	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
@@ -95,11 +97,16 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 		mode      sql.NullString
 		expiresUs sql.NullInt64
 		ahead     sql.NullInt64
+		took      tookOver
 	)
-	err := db.QueryRowContext(ctx, `SELECT o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead
+	m := pgtype.NewMap()
+	err := db.QueryRowContext(ctx, `SELECT o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead,
+			o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken
 		FROM sqldlm_acquire($1, $2, $3, $4, $5, $6)`,
 		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Enqueue, p.UpgradeToken,
-	).Scan(&status, &token, &owner, &mode, &expiresUs, &ahead)
+	).Scan(&status, &token, &owner, &mode, &expiresUs, &ahead,
+		m.SQLScanner(&took.owners), m.SQLScanner(&took.leases), m.SQLScanner(&took.tokens),
+		m.SQLScanner(&took.modes), m.SQLScanner(&took.expires), m.SQLScanner(&took.broken))
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
@@ -114,6 +121,9 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 			return nil, fmt.Errorf("sqldlm_acquire: granted without a token")
 		}
 		res.Token = token.Int64
+		if res.TookOver, err = took.holds(); err != nil {
+			return nil, err
+		}
 	case dialect.Blocked:
 		b := &dialect.Blocker{WaitersAhead: int(ahead.Int64)}
 		if owner.Valid {
@@ -126,6 +136,36 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 		res.Blocker = b
 	}
 	return res, nil
+}
+
+// tookOver holds sqldlm_acquire's parallel arrays of the holds a grant took
+// over (all nil when there were none).
+type tookOver struct {
+	owners  []string
+	leases  []int64
+	tokens  []int64
+	modes   []string
+	expires []time.Time
+	broken  []bool
+}
+
+func (t *tookOver) holds() ([]dialect.TakenHold, error) {
+	n := len(t.tokens)
+	if len(t.owners) != n || len(t.leases) != n || len(t.modes) != n || len(t.expires) != n || len(t.broken) != n {
+		return nil, fmt.Errorf("sqldlm_acquire: taken-over hold arrays of unequal lengths")
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]dialect.TakenHold, n)
+	for i := range out {
+		if len(t.modes[i]) != 1 {
+			return nil, fmt.Errorf("sqldlm_acquire: unexpected mode %q of a taken-over hold", t.modes[i])
+		}
+		out[i] = dialect.TakenHold{Owner: t.owners[i], LeaseID: t.leases[i], Token: t.tokens[i],
+			Mode: dialect.Mode(t.modes[i][0]), ExpiredAt: t.expires[i].UTC(), Broken: t.broken[i]}
+	}
+	return out, nil
 }
 
 func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {

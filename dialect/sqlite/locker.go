@@ -114,7 +114,7 @@ type hold struct {
 	mode           dialect.Mode
 	owner          string
 	expiresAt      int64
-	live           bool
+	live, broken   bool
 }
 
 // errNeedsWrite is returned by a read-only acquire that would have to write.
@@ -218,12 +218,15 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 	}
 	var blocker *dialect.Blocker
 	var dead []int64
+	var taken []dialect.TakenHold
 	for _, h := range holds {
 		if h.token == p.UpgradeToken || !p.Mode.Conflicts(h.mode) {
 			continue
 		}
 		if !h.live {
 			dead = append(dead, h.leaseID)
+			taken = append(taken, dialect.TakenHold{Owner: h.owner, LeaseID: h.leaseID, Token: h.token, Mode: h.mode,
+				ExpiredAt: micros(h.expiresAt), Broken: h.broken})
 			continue
 		}
 		if blocker == nil || h.expiresAt > now+blocker.ExpiresIn.Microseconds() {
@@ -292,14 +295,14 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 	if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, p.LeaseID, p.RequestID); err != nil {
 		return nil, err
 	}
-	return &dialect.AcquireResult{Status: dialect.Granted, Token: token}, nil
+	return &dialect.AcquireResult{Status: dialect.Granted, Token: token, TookOver: taken}, nil
 }
 
 // holds returns the holds of name with the state of their leases; a hold
 // whose lease row is missing counts as dead.
 func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
 	rows, err := conn.QueryContext(ctx, `SELECT h.token, h.lease_id, h.mode, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0),
-			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0)
+			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0), COALESCE(l.broken_at IS NOT NULL, 0)
 		FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
 		WHERE h.name = ?`, now, name)
 	if err != nil {
@@ -310,7 +313,7 @@ func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, 
 	for rows.Next() {
 		var h hold
 		var mode string
-		if err := rows.Scan(&h.token, &h.leaseID, &mode, &h.owner, &h.expiresAt, &h.live); err != nil {
+		if err := rows.Scan(&h.token, &h.leaseID, &mode, &h.owner, &h.expiresAt, &h.live, &h.broken); err != nil {
 			return nil, err
 		}
 		h.mode = dialect.Mode(mode[0])

@@ -269,10 +269,22 @@ END
 
 -- sqldlm_acquire grants a hold of p_name to request (p_lease, p_request) in
 -- mode p_mode ('S' or 'X'), or upgrades the caller's shared hold p_upgrade (0
--- for none) to an exclusive one. Its one row: status (1 granted, 2 blocked, 3
--- lease lost, 4 not held, 5 upgrade conflict), token (when granted), and when
--- blocked owner, mode and expires_in_us of the conflicting hold (NULL when
--- only waiters are ahead) and waiters_ahead.
+-- for none) to an exclusive one. Its last result set is one row: status (1
+-- granted, 2 blocked, 3 lease lost, 4 not held, 5 upgrade conflict), token
+-- (when granted), when blocked owner, mode and expires_in_us of the
+-- conflicting hold (NULL when only waiters are ahead) and waiters_ahead, and
+-- took_over: how many holds of dead leases this call's grant deleted (0
+-- unless this call committed a grant).
+--
+-- Before it, a takeover returns one result set per dead lease whose
+-- conflicting holds it is about to delete (owner, lease_id, token, mode,
+-- expired_at_us: the lease's expires_at, broken: whether the lease had been
+-- broken before this grant; a hold whose lease row is missing has owner '',
+-- expired_at_us 0 and broken 0). They are sent before the COMMIT and count
+-- only if the last row has status 1 and a took_over equal to their number of
+-- rows: a later lease that turns out to be locked rolls the takeover back.
+-- The last row is sent after the COMMIT, so an error the COMMIT raises takes
+-- its place.
 --
 -- Phase 1 decides with consistent reads and takes no row lock: a blocked
 -- request (the common case while waiting) only inserts its waiter row when
@@ -303,6 +315,8 @@ BEGIN
     DECLARE v_ok BOOLEAN;
     DECLARE v_dead BIGINT DEFAULT NULL;
     DECLARE v_last BIGINT DEFAULT NULL;
+    DECLARE v_taken INT DEFAULT 0;
+    DECLARE v_granted BOOLEAN DEFAULT FALSE;
     DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
     DECLARE EXIT HANDLER FOR SQLEXCEPTION
     BEGIN
@@ -404,6 +418,7 @@ BEGIN
         -- Take over the conflicting holds of dead leases, one lease at a
         -- time in id order: lock the lease row (without waiting), re-check
         -- it with SYSDATE(6), lock its holds of the name (without waiting),
+        -- return its conflicting holds (as they were before this grant),
         -- mark it broken so that no late renewal revives it, delete its holds.
         takeover: LOOP
             SELECT MIN(h.lease_id) INTO v_dead
@@ -437,6 +452,18 @@ BEGIN
                 SET v_status = 2;
                 LEAVE decide;
             END IF;
+            SELECT COUNT(*) INTO v_n FROM sqldlm_holders
+             WHERE name = p_name AND lease_id = v_dead AND token <> p_upgrade AND (p_mode = 'X' OR mode = 'X');
+            IF v_n > 0 THEN
+                SELECT COALESCE(l.owner, '') AS owner, h.lease_id, h.token, h.mode,
+                       COALESCE(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', l.expires_at), 0) AS expired_at_us,
+                       COALESCE(l.broken_at IS NOT NULL, 0) AS broken
+                  FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
+                 WHERE h.name = p_name AND h.lease_id = v_dead AND h.token <> p_upgrade
+                   AND (p_mode = 'X' OR h.mode = 'X')
+                 ORDER BY h.token;
+                SET v_taken = v_taken + v_n;
+            END IF;
             UPDATE sqldlm_leases SET broken_at = SYSDATE(6) WHERE id = v_dead AND broken_at IS NULL;
             DELETE FROM sqldlm_holders WHERE name = p_name AND lease_id = v_dead;
         END LOOP takeover;
@@ -451,8 +478,12 @@ BEGIN
         UPDATE sqldlm_locks SET token = v_token, updated_at = SYSDATE(6) WHERE name = p_name;
         DELETE FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request;
         COMMIT;
-        SET v_status = 1;
+        SET v_status = 1, v_granted = TRUE;
     END decide;
+    IF NOT v_granted THEN
+        -- Any takeover above is rolled back below.
+        SET v_taken = 0;
+    END IF;
     -- Phase 1's reads are separate snapshots: an attempt of this same request
     -- that committed between them (a retry racing the original) turns a
     -- refusal into the grant it obtained.
@@ -473,7 +504,7 @@ BEGIN
     END IF;
     SET time_zone = saved_tz;
     SELECT v_status AS status, v_token AS token, v_owner AS owner, v_mode AS mode,
-           v_expires_us AS expires_in_us, v_ahead AS waiters_ahead;
+           v_expires_us AS expires_in_us, v_ahead AS waiters_ahead, v_taken AS took_over;
 END
 -- +goose StatementEnd
 

@@ -159,7 +159,14 @@ $$;
 -- hold p_upgrade (0 or NULL: no upgrade) to exclusive. o_status is one of
 -- granted (o_token), blocked (o_owner, o_mode, o_expires_us describe the
 -- conflicting live hold whose lease expires last, if any; o_ahead counts the
--- waiters ahead), lease_lost, not_held, upgrade_conflict.
+-- waiters ahead), lease_lost, not_held, upgrade_conflict. A grant that took
+-- the name over from dead leases reports the conflicting holds it deleted,
+-- in token order, as parallel arrays (NULL when there were none, and on a
+-- repeated request): o_took_owners ('' if the lease row is gone),
+-- o_took_leases, o_took_tokens, o_took_modes, o_took_expires (the lease's
+-- expires_at; the epoch if its row is gone) and o_took_broken (the lease had
+-- broken_at set before this grant: broken by an operator or by an earlier
+-- takeover, rather than just expired).
 --
 -- Phase 1 only reads (no row locks, no writes) and answers everything except
 -- a grant: a blocked request writes nothing, except its waiter row the first
@@ -171,7 +178,9 @@ $$;
 CREATE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text,
     p_enqueue boolean, p_upgrade bigint,
     OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text,
-    OUT o_expires_us bigint, OUT o_ahead integer)
+    OUT o_expires_us bigint, OUT o_ahead integer,
+    OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[],
+    OUT o_took_modes text[], OUT o_took_expires timestamptz[], OUT o_took_broken boolean[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_upgrade bigint := nullif(p_upgrade, 0);
@@ -326,18 +335,29 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    -- Delete the dead leases' holds of the name, and conflicting holds whose
+    -- lease row is gone (they count as dead too), and report the conflicting
+    -- ones with their leases as they were before this grant (the leases are
+    -- locked, and marked broken only below).
+    WITH d AS (
+        DELETE FROM sqldlm_holders h
+         WHERE h.name = p_name
+           AND (h.lease_id = ANY (v_dead)
+                OR (h.token IS DISTINCT FROM v_upgrade
+                    AND (p_mode = 'X' OR h.mode = 'X')
+                    AND NOT EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = h.lease_id)))
+        RETURNING h.token, h.lease_id, h.mode)
+    SELECT array_agg(coalesce(l.owner, '') ORDER BY d.token), array_agg(d.lease_id ORDER BY d.token),
+           array_agg(d.token ORDER BY d.token), array_agg(d.mode::text ORDER BY d.token),
+           array_agg(coalesce(l.expires_at, 'epoch'::timestamptz) ORDER BY d.token),
+           array_agg(l.broken_at IS NOT NULL ORDER BY d.token)
+      INTO o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken
+      FROM d LEFT JOIN sqldlm_leases l ON l.id = d.lease_id
+     WHERE p_mode = 'X' OR d.mode = 'X';
     IF v_dead IS NOT NULL THEN
         -- Mark the dead leases broken, so that no late renewal revives them.
         UPDATE sqldlm_leases SET broken_at = v_now WHERE id = ANY (v_dead) AND broken_at IS NULL;
     END IF;
-    -- Delete the dead leases' holds of the name, and conflicting holds whose
-    -- lease row is gone (they count as dead too).
-    DELETE FROM sqldlm_holders h
-     WHERE h.name = p_name
-       AND (h.lease_id = ANY (v_dead)
-            OR (h.token IS DISTINCT FROM v_upgrade
-                AND (p_mode = 'X' OR h.mode = 'X')
-                AND NOT EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = h.lease_id)));
     INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
     VALUES (p_name, p_lease, p_request, p_mode, v_now)
     RETURNING token INTO o_token;

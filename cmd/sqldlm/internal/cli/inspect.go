@@ -48,6 +48,12 @@ type waiterJSON struct {
 	Position      int       `json:"position"`
 }
 
+// JSON output of `sqldlm break --output json`: the leases it broke.
+type breakJSON struct {
+	Name   string      `json:"name"`
+	Broken []leaseJSON `json:"broken"`
+}
+
 // JSON output of `sqldlm leases --output json`.
 type leasesJSON struct {
 	Leases []leaseJSON `json:"leases"`
@@ -318,6 +324,7 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	dsnURL := dsnFlag(fs)
 	owner := fs.String("owner", "", "only break the leases of this owner")
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	output := outputFlag(fs)
 	name, rest := "", args
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		name, rest = args[0], args[1:]
@@ -330,6 +337,12 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	}
 	if name == "" {
 		return usagef("missing NAME: sqldlm break NAME --dsn URL")
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	if *output == "json" && !*yes {
+		return usagef("--output json needs --yes (no question is asked in JSON mode)")
 	}
 	if err := requireDSN(*dsnURL); err != nil {
 		return err
@@ -354,13 +367,18 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 			}
 		}
 	}
+	if len(victims) == 0 && *output == "json" {
+		return json.NewEncoder(s.out).Encode(breakJSON{Name: name, Broken: []leaseJSON{}})
+	}
 	if len(victims) == 0 {
 		fmt.Fprintf(s.out, "nothing to break: no live holder of %q\n", name)
 		return nil
 	}
-	fmt.Fprintf(s.out, "holders of %q:\n", name)
-	for _, h := range victims {
-		fmt.Fprintf(s.out, "  %s  %s  token %d  held %s  lease %s\n", h.Owner, modeName(h.Mode), h.Token, age(h.HeldFor), leaseShort(h.LeaseID))
+	if *output == "table" {
+		fmt.Fprintf(s.out, "holders of %q:\n", name)
+		for _, h := range victims {
+			fmt.Fprintf(s.out, "  %s  %s  token %d  held %s  lease %s\n", h.Owner, modeName(h.Mode), h.Token, age(h.HeldFor), leaseShort(h.LeaseID))
+		}
 	}
 	if !*yes {
 		fmt.Fprintf(s.out, "break these %d lease(s)? every lock they hold is lost [y/N] ", len(victims))
@@ -376,7 +394,17 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	for _, l := range broken {
 		logger.Info("sqldlm: lease broken by operator", "lock_name", name, "owner", l.Owner, "lease_id", l.ID, "locks", l.Holds)
 	}
-	fmt.Fprintf(s.out, "broke %d lease(s) holding %q\n", len(broken), name)
+	if *output == "json" {
+		out := breakJSON{Name: name, Broken: []leaseJSON{}}
+		for _, l := range broken {
+			out.Broken = append(out.Broken, leaseJSON{l.ID, l.Owner, l.Created, l.Renewed, l.ExpiresIn.Seconds(), l.Live, l.Broken, l.Holds, l.Waits})
+		}
+		if encErr := json.NewEncoder(s.out).Encode(out); encErr != nil && err == nil {
+			err = encErr
+		}
+	} else {
+		fmt.Fprintf(s.out, "broke %d lease(s) holding %q\n", len(broken), name)
+	}
 	if err != nil {
 		return fmt.Errorf("break %q: %w (run it again)", name, err)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -32,6 +33,7 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 	to := fs.Int64("to", -1, "with down: roll back to this `version` (0 removes everything); default one step")
 	yes := fs.Bool("yes", false, "with down: do not refuse (rolling back drops tables and their locks)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (waiting for another migrator included)")
+	output := outputFlag(fs)
 	action, rest := "", args
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		action, rest = args[0], args[1:]
@@ -50,6 +52,9 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 		return usagef("unknown action %q: use up, down or status", action)
 	}
 	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
 		return err
 	}
 	if action == "down" && !*yes {
@@ -88,6 +93,26 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 		statuses, err := migrations.Status(ctx, db, d)
 		if err != nil {
 			return fmt.Errorf("migrate status: %w", err)
+		}
+		if *output == "json" {
+			type migrationJSON struct {
+				Version   int64      `json:"version"`
+				File      string     `json:"file"`
+				State     string     `json:"state"`
+				AppliedAt *time.Time `json:"applied_at"`
+			}
+			out := struct {
+				Migrations []migrationJSON `json:"migrations"`
+			}{Migrations: []migrationJSON{}}
+			for _, st := range statuses {
+				m := migrationJSON{Version: st.Source.Version, File: st.Source.Path, State: string(st.State)}
+				if !st.AppliedAt.IsZero() {
+					at := st.AppliedAt.UTC()
+					m.AppliedAt = &at
+				}
+				out.Migrations = append(out.Migrations, m)
+			}
+			return json.NewEncoder(stdout).Encode(out)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "VERSION\tMIGRATION\tSTATE\tAPPLIED AT")

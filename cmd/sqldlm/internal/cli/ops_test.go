@@ -183,3 +183,44 @@ func TestRunStopsCommandWhenLockIsLost(t *testing.T) {
 		})
 	}
 }
+
+// reap, break and migrate status also speak JSON.
+func TestJSONOutputs(t *testing.T) {
+	t.Parallel()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	holder := client(t, db, "json-holder")
+	_, err := holder.Lock(context.Background(), "stack/1", sqldlm.Exclusive)
+	require.NoError(t, err)
+
+	code, out, errOut := run(t, "break", "stack/1", "--dsn", db.DSN, "--output", "json")
+	require.Equal(t, ExitUsage, code, "JSON mode asks no question, so it needs --yes")
+	require.Contains(t, errOut, "needs --yes")
+	code, out, errOut = run(t, "break", "stack/1", "--dsn", db.DSN, "--output", "json", "--yes")
+	require.Equal(t, ExitOK, code, errOut)
+	var broke breakJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &broke))
+	require.Equal(t, "stack/1", broke.Name)
+	require.Len(t, broke.Broken, 1)
+	require.Equal(t, "json-holder", broke.Broken[0].Owner)
+
+	code, out, errOut = run(t, "reap", "--dsn", db.DSN, "--output", "json")
+	require.Equal(t, ExitOK, code, errOut)
+	var reaped reapJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &reaped))
+	require.Equal(t, 1, reaped.Leases, "the broken lease")
+	require.Equal(t, []string{"stack/1"}, reaped.Freed)
+
+	code, out, errOut = run(t, "migrate", "status", "--dsn", db.DSN, "--output", "json")
+	require.Equal(t, ExitOK, code, errOut)
+	var status struct {
+		Migrations []struct {
+			Version   int64      `json:"version"`
+			State     string     `json:"state"`
+			AppliedAt *time.Time `json:"applied_at"`
+		} `json:"migrations"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &status))
+	require.NotEmpty(t, status.Migrations)
+	require.Equal(t, "applied", status.Migrations[0].State)
+	require.NotNil(t, status.Migrations[0].AppliedAt)
+}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -17,6 +18,16 @@ With --every it repeats until interrupted. Clients run this by themselves
 unless they set Config.ReapInterval to sqldlm.ReapDisabled; waiters never
 depend on it (they take over expired holders themselves).`
 
+// reapJSON is one pass of `sqldlm reap --output json` (one object per line).
+type reapJSON struct {
+	At        time.Time `json:"at"`
+	Leases    int       `json:"leases"`
+	Holds     int       `json:"holds"`
+	Waiters   int       `json:"waiters"`
+	IdleLocks int       `json:"idle_locks"`
+	Freed     []string  `json:"freed"`
+}
+
 func runReap(ctx context.Context, args []string, s streams) error {
 	stdout, stderr := s.out, s.err
 	fs := newFlagSet("reap", reapSynopsis, stderr)
@@ -24,10 +35,14 @@ func runReap(ctx context.Context, args []string, s streams) error {
 	every := fs.Duration("every", 0, "repeat at this interval until interrupted (0: one pass)")
 	idleAfter := fs.Duration("idle-after", reaper.IdleAfterDefault, "delete lock rows with no holder or waiter idle for this long")
 	batch := fs.Int("batch", reaper.BatchSizeDefault, "leases deleted per statement")
+	output := outputFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
 		return err
 	}
 	if *every < 0 || *idleAfter < 0 || *batch <= 0 {
@@ -47,12 +62,22 @@ func runReap(ctx context.Context, args []string, s streams) error {
 			}
 			return fmt.Errorf("reap: %w", err)
 		}
-		fmt.Fprintf(stdout, "%s reaped %d dead lease(s), %d hold(s), %d waiter(s), %d idle lock row(s)",
-			time.Now().UTC().Format(time.RFC3339), res.Leases, res.Holds, res.Waiters, res.IdleLocks)
-		if len(res.Freed) > 0 {
-			fmt.Fprintf(stdout, "; freed %q", res.Freed)
+		if *output == "json" {
+			freed := res.Freed
+			if freed == nil {
+				freed = []string{}
+			}
+			if err := json.NewEncoder(stdout).Encode(reapJSON{time.Now().UTC(), res.Leases, res.Holds, res.Waiters, res.IdleLocks, freed}); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(stdout, "%s reaped %d dead lease(s), %d hold(s), %d waiter(s), %d idle lock row(s)",
+				time.Now().UTC().Format(time.RFC3339), res.Leases, res.Holds, res.Waiters, res.IdleLocks)
+			if len(res.Freed) > 0 {
+				fmt.Fprintf(stdout, "; freed %q", res.Freed)
+			}
+			fmt.Fprintln(stdout)
 		}
-		fmt.Fprintln(stdout)
 		if *every == 0 {
 			return nil
 		}

@@ -2,7 +2,6 @@ package dialecttest
 
 import (
 	"math/rand/v2"
-	"sort"
 	"testing"
 	"time"
 
@@ -18,17 +17,7 @@ func exerciseInspector(t *testing.T, h Harness) {
 		"LeasesAndBreak":              testLeasesAndBreak,
 		"Views":                       testViews,
 	}
-	names := make([]string, 0, len(tests))
-	for name := range tests {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			tests[name](t, setupLocker(t, h))
-		})
-	}
+	runSorted(t, h, tests)
 }
 
 func testLocksState(t *testing.T, b *lockerBundle) {

@@ -122,6 +122,12 @@ func exerciseLocker(t *testing.T, h Harness) {
 		"ConcurrentGrantsExclude":        testConcurrentGrants,
 		"RenewalAndTakeoverSerialize":    testRenewTakeoverRace,
 	}
+	runSorted(t, h, tests)
+}
+
+// runSorted runs each test, in name order, in parallel, each on its own
+// fresh database.
+func runSorted(t *testing.T, h Harness, tests map[string]func(t *testing.T, b *lockerBundle)) {
 	names := make([]string, 0, len(tests))
 	for name := range tests {
 		names = append(names, name)

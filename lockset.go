@@ -1,0 +1,69 @@
+package sqldlm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Request names one lock of a set for [Client.LockAll].
+type Request struct {
+	Name string
+	Mode Mode
+}
+
+// LockAll acquires every request, waiting as Lock does, all or nothing: it
+// returns one handle per request, in the order of reqs, or no handle and an
+// error. The names are taken in one global order (byte-wise), so that two
+// LockAll calls over overlapping sets, in any order, never wait for each
+// other in a cycle: they cannot deadlock. If any lock cannot be had (ctx
+// ends, the client closes), those already taken are released before it
+// returns. A name may appear only once.
+func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
+	order := make([]int, len(reqs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(reqs[a].Name, reqs[b].Name) })
+	for i := 1; i < len(order); i++ {
+		if reqs[order[i]].Name == reqs[order[i-1]].Name {
+			return nil, fmt.Errorf("sqldlm: LockAll: %q is requested twice: %w", reqs[order[i]].Name, ErrInvalidName)
+		}
+	}
+	locks := make([]*Lock, len(reqs))
+	for n, i := range order {
+		l, err := c.Lock(ctx, reqs[i].Name, reqs[i].Mode)
+		if err != nil {
+			taken := make([]*Lock, 0, n)
+			for _, j := range order[:n] {
+				taken = append(taken, locks[j])
+			}
+			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.TTL)
+			defer cancel()
+			_ = c.ReleaseAll(relCtx, taken) // a failed release is retried in the background
+			return nil, fmt.Errorf("sqldlm: LockAll: %q: %w", reqs[i].Name, err)
+		}
+		locks[i] = l
+	}
+	return locks, nil
+}
+
+// ReleaseAll releases every lock, in the reverse of the global order
+// LockAll takes them in. It returns the errors of the releases joined:
+// ErrLost for each lock that had been lost before.
+func (c *Client) ReleaseAll(ctx context.Context, locks []*Lock) error {
+	sorted := slices.Clone(locks)
+	slices.SortFunc(sorted, func(a, b *Lock) int { return strings.Compare(b.name, a.name) })
+	var errs []error
+	for _, l := range sorted {
+		if l == nil {
+			continue
+		}
+		if err := l.Release(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%q: %w", l.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

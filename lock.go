@@ -68,6 +68,47 @@ type Lock struct {
 	done    chan struct{}
 	dropped bool      // Release has run (or the client closed)
 	granted time.Time // when the current grant was made (for hooks)
+	taken   *Takeover // the dead holder this grant (or upgrade) took over
+}
+
+// Takeover describes a holder whose lease died (expired, or was broken by
+// an operator) while it held the lock, and whom the grant took the lock
+// over from: the new holder may have to finish or undo its work.
+type Takeover struct {
+	Owner   string // the previous holder's owner
+	LeaseID int64
+	Token   int64 // its fencing token
+	Mode    Mode
+	// ExpiredAt is when its lease expired by the database's clock (for a
+	// broken lease, when it was broken).
+	ExpiredAt time.Time
+	// Broken reports that its lease was broken (by sqldlm break, or by a
+	// takeover of another of its locks) rather than left to expire.
+	Broken bool
+}
+
+// Takeover returns the previous holder this lock was taken over from, or
+// nil if the name was free or cleanly released. If several (shared) holders
+// were taken over, it is the one with the highest token.
+func (l *Lock) Takeover() *Takeover {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.taken == nil {
+		return nil
+	}
+	t := *l.taken
+	return &t
+}
+
+// latestTakeover picks the taken-over hold with the highest token.
+func latestTakeover(taken []dialect.TakenHold) *Takeover {
+	var out *Takeover
+	for _, t := range taken {
+		if out == nil || t.Token > out.Token {
+			out = &Takeover{Owner: t.Owner, LeaseID: t.LeaseID, Token: t.Token, Mode: modeOf(t.Mode), ExpiredAt: t.ExpiredAt, Broken: t.Broken}
+		}
+	}
+	return out
 }
 
 // Name returns the lock's name.
@@ -191,7 +232,8 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool)
 	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait}
 	token, l, taken, err := req.run(ctx)
 	if err == nil {
-		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now()}
+		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now(),
+			taken: latestTakeover(taken)}
 		if l.add(lk) {
 			waited := time.Since(start)
 			c.reportTakeover(name, mode, token, taken)
@@ -415,6 +457,9 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 		return l.err // lost while the upgrade was granted; the lease's end releases it
 	}
 	l.mode, l.token = Exclusive, newToken
+	if t := latestTakeover(taken); t != nil {
+		l.taken = t
+	}
 	l.c.reportTakeover(l.name, Exclusive, newToken, taken)
 	return nil
 }

@@ -120,6 +120,7 @@ func TestTakeoverIsReported(t *testing.T) {
 		require.NoError(t, clean.Release(ctx))
 		l, err := c.Lock(ctx, "stack/1", Exclusive)
 		require.NoError(t, err)
+		require.Nil(t, l.Takeover(), "a cleanly released name has no takeover context")
 		require.NoError(t, l.Release(ctx))
 		require.Zero(t, hooks.takeovers, "a clean handover is not a takeover")
 
@@ -130,9 +131,16 @@ func TestTakeoverIsReported(t *testing.T) {
 		f.failRenew.Store(true)
 		f.failRelease.Store(true)
 		f.failDelete.Store(true)
-		_, err = c.Lock(ctx, "stack/1", Exclusive)
+		took, err := c.Lock(ctx, "stack/1", Exclusive)
 		require.NoError(t, err)
 		require.Equal(t, 1, hooks.takeovers)
+		tk := took.Takeover()
+		require.NotNil(t, tk, "the new handle carries the takeover context")
+		require.Equal(t, "dying-engine", tk.Owner)
+		require.Equal(t, held.Token(), tk.Token)
+		require.Equal(t, Exclusive, tk.Mode)
+		require.False(t, tk.Broken)
+		require.WithinDuration(t, time.Now(), tk.ExpiredAt, time.Minute)
 		var rec map[string]any
 		for _, r := range buf.records(t) {
 			if r["msg"] == "sqldlm: took over a lock from a dead holder" {

@@ -136,3 +136,48 @@ func ExampleClient_Do() {
 	// updating the stack
 	// done: <nil>
 }
+
+// ExampleLock_ReleaseTx saves the final state and releases the lock in one
+// transaction, as Heat's persist_state_and_release_lock does.
+func ExampleLock_ReleaseTx() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE stacks (id TEXT PRIMARY KEY, status TEXT)`); err != nil {
+		log.Fatal(err)
+	}
+	c, err := sqldlm.New(db, sqldlm.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	l, err := c.Lock(ctx, "stack/7", sqldlm.Exclusive)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Release(ctx) // a no-op after the commit below; releases after a rollback
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := l.Fence(ctx, tx); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO stacks VALUES ('7', 'CREATE_COMPLETE')`); err != nil {
+		log.Fatal(err)
+	}
+	if err := l.ReleaseTx(ctx, tx); err != nil {
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil { // the state and the release, together
+		log.Fatal(err)
+	}
+	locks, err := c.Locks(ctx, sqldlm.Filter{Prefix: "stack/"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("locks held after the commit:", len(locks))
+	// Output: locks held after the commit: 0
+}

@@ -69,6 +69,7 @@ type Lock struct {
 	dropped bool      // Release has run (or the client closed)
 	granted time.Time // when the current grant was made (for hooks)
 	taken   *Takeover // the dead holder this grant (or upgrade) took over
+	inTx    bool      // ReleaseTx deleted the hold in a transaction that may have committed
 }
 
 // Takeover describes a holder whose lease died (expired, or was broken by
@@ -410,6 +411,9 @@ func (l *Lock) Release(ctx context.Context) error {
 	case err != nil:
 		c.logger.Info("sqldlm: release failed, retrying in the background", "lock_name", l.name, "token", ref.Token, "error", err)
 		c.janitor.release(l.lease, ref)
+	case !released && l.releasedInTx():
+		// ReleaseTx's transaction committed: the lock was released with it.
+		c.waiters.wake(l.name)
 	case !released:
 		// The hold was gone: taken over or reaped after the lease died.
 		l.setRelErr(ErrLost)
@@ -418,6 +422,39 @@ func (l *Lock) Release(ctx context.Context) error {
 	default:
 		c.waiters.wake(l.name)
 	}
+	return nil
+}
+
+func (l *Lock) releasedInTx() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inTx
+}
+
+// ReleaseTx releases the lock inside the caller's own transaction tx: the
+// release commits with tx's writes, or not at all. Write the final state and
+// release in one transaction, and keep `defer l.Release(ctx)`: after tx
+// commits, Release only drops the handle (and returns nil); after tx rolls
+// back, Release releases the lock as usual. Until then the handle stays
+// held and its lease renewed.
+//
+// It returns ErrLost (or ErrReleased) if the lock is no longer held: roll
+// tx back.
+func (l *Lock) ReleaseTx(ctx context.Context, tx *sql.Tx) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	ok, err := l.c.dialect.ReleaseTx(ctx, tx, l.ref())
+	if err != nil {
+		return fmt.Errorf("sqldlm: release %q in transaction: %w", l.name, err)
+	}
+	if !ok {
+		l.lost()
+		return ErrLost
+	}
+	l.mu.Lock()
+	l.inTx = true
+	l.mu.Unlock()
 	return nil
 }
 

@@ -59,6 +59,11 @@ type Locker interface {
 	Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error)
 	// Release deletes a hold. It returns false if the hold did not exist.
 	Release(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
+	// ReleaseTx deletes a hold inside the caller's transaction tx, so that
+	// the release commits or rolls back with it (waiters are notified at
+	// commit where the dialect notifies). It returns false if the hold did
+	// not exist.
+	ReleaseTx(ctx context.Context, tx *sql.Tx, p *HoldRef) (bool, error)
 	// Downgrade turns an exclusive hold of a live lease into a shared one,
 	// keeping its token. It returns false if the hold does not exist or its
 	// lease is not live.

@@ -117,6 +117,7 @@ func exerciseLocker(t *testing.T, h Harness) {
 		"Fence":                          testFence,
 		"FencePinsTheHold":               testFencePins,
 		"DeleteLease":                    testDeleteLease,
+		"ReleaseInCallersTransaction":    testReleaseTx,
 		"Reap":                           testReap,
 		"NamesCompareByteWise":           testByteWiseNames,
 		"ConcurrentGrantsExclude":        testConcurrentGrants,
@@ -548,4 +549,32 @@ func testConcurrentGrants(t *testing.T, b *lockerBundle) {
 		require.NoError(t, err)
 	}
 	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+}
+
+// testReleaseTx: a release in the caller's transaction takes effect when it
+// commits, and not at all if it rolls back.
+func testReleaseTx(t *testing.T, b *lockerBundle) {
+	a, c := b.lease("a", time.Minute), b.lease("c", time.Minute)
+	tok := b.grant("n", a, dialect.Exclusive)
+	releaseTx := func() *sql.Tx {
+		tx, err := b.db.BeginTx(b.ctx, nil)
+		require.NoError(t, err)
+		ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+		require.NoError(t, err)
+		require.True(t, ok)
+		return tx
+	}
+	require.NoError(t, releaseTx().Rollback())
+	b.blocked(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive})
+
+	require.NoError(t, releaseTx().Commit())
+	b.grant("n", c, dialect.Exclusive)
+	require.False(t, b.release("n", a, tok), "the committed release removed the hold")
+
+	tx, err := b.db.BeginTx(b.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+	require.NoError(t, err)
+	require.False(t, ok, "a hold that is gone is reported")
 }

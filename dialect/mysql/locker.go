@@ -222,6 +222,18 @@ func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRe
 	return d.callBool(ctx, db, `CALL sqldlm_release(?, ?, ?)`, p.Name, p.LeaseID, p.Token)
 }
 
+// ReleaseTx deletes the hold with a plain statement in the caller's
+// transaction: the release procedure starts a transaction of its own, which
+// would commit the caller's.
+func (d mysqlDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	res, err := tx.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	n, err := res.RowsAffected()
+	return n > 0, d.ClassifyError(err)
+}
+
 func (d mysqlDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	return d.callBool(ctx, db, `CALL sqldlm_downgrade(?, ?, ?)`, p.Name, p.LeaseID, p.Token)
 }

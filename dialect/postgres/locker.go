@@ -178,6 +178,14 @@ func (d postgresDialect) Release(ctx context.Context, db *sql.DB, p *dialect.Hol
 	return ok, d.ClassifyError(err)
 }
 
+// ReleaseTx runs the release function in the caller's transaction: its
+// delete and its notification take effect when tx commits.
+func (d postgresDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	var ok bool
+	err := tx.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
 func (d postgresDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	var ok bool
 	err := db.QueryRowContext(ctx, `SELECT sqldlm_downgrade($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)

@@ -356,6 +356,12 @@ func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.Hold
 	return affected(res, err, d)
 }
 
+// ReleaseTx deletes the hold in the caller's transaction.
+func (d *sqliteDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	res, err := tx.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
+	return affected(res, err, d)
+}
+
 // liveHold is the condition that the hold (?1 token, ?2 lease, ?3 name)
 // belongs to a live lease.
 const liveHold = `token = ?1 AND lease_id = ?2 AND name = ?3 AND EXISTS (SELECT 1 FROM sqldlm_leases

@@ -59,6 +59,13 @@ type Config struct {
 	// themselves.
 	ReapInterval time.Duration
 
+	// LockDelay holds back a name whose holder died (its lease expired or
+	// was broken) without releasing it: the name is granted again only once
+	// the holder's lease has been dead for LockDelay, so that requests the
+	// dead holder still had in flight drain first (Chubby's lock-delay). A
+	// cleanly released name is never delayed. Defaults to 0.
+	LockDelay time.Duration
+
 	// Hooks receives the client's events for metrics (see package
 	// sqldlmprom). Defaults to none.
 	Hooks Hooks
@@ -76,6 +83,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TTL != 0 && c.TTL < TTLMin {
 		return c, fmt.Errorf("sqldlm: Config.TTL %s is below the minimum %s: one slow round trip would lose every lock", c.TTL, TTLMin)
+	}
+	if c.LockDelay < 0 {
+		return c, fmt.Errorf("sqldlm: Config.LockDelay is negative (%s)", c.LockDelay)
 	}
 	if c.ConnectTimeout < 0 {
 		return c, fmt.Errorf("sqldlm: Config.ConnectTimeout is negative (%s)", c.ConnectTimeout)

@@ -43,6 +43,10 @@ var (
 	// ErrInvalidName is returned for a lock name that is empty, longer than
 	// 255 bytes, not valid UTF-8 or contains a NUL byte.
 	ErrInvalidName = errors.New("sqldlm: invalid lock name")
+
+	// ErrInvalidPayload is returned for a payload longer than 1024 bytes,
+	// not valid UTF-8 or containing a NUL byte.
+	ErrInvalidPayload = errors.New("sqldlm: invalid payload")
 )
 
 // LockedError is the error of a [Client.TryLock] that could not be granted.

@@ -42,6 +42,7 @@ type HolderInfo struct {
 	HeldFor   time.Duration // how long it has been held
 	ExpiresIn time.Duration // until its lease expires unless renewed; negative once expired
 	Live      bool          // false: its lease is dead; the hold is about to be taken over or reaped
+	Payload   string        // what the holder is doing (see WithPayload)
 }
 
 // WaiterInfo is one client waiting for a name.
@@ -86,7 +87,7 @@ func (c *Client) Locks(ctx context.Context, f Filter) ([]LockInfo, error) {
 		for _, h := range s.Holders {
 			mode := modeOf(h.Mode)
 			li.Holders = append(li.Holders, HolderInfo{Owner: h.Owner, LeaseID: h.LeaseID, Mode: mode, Token: h.Token,
-				Since: h.Since, HeldFor: h.HeldFor, ExpiresIn: h.ExpiresIn, Live: h.Live})
+				Since: h.Since, HeldFor: h.HeldFor, ExpiresIn: h.ExpiresIn, Live: h.Live, Payload: h.Payload})
 			if h.Live && mode > li.Mode {
 				li.Mode = mode
 			}

@@ -70,6 +70,7 @@ type Lock struct {
 	granted time.Time // when the current grant was made (for hooks)
 	taken   *Takeover // the dead holder this grant (or upgrade) took over
 	inTx    bool      // ReleaseTx deleted the hold in a transaction that may have committed
+	payload string
 }
 
 // Takeover describes a holder whose lease died (expired, or was broken by
@@ -86,6 +87,8 @@ type Takeover struct {
 	// Broken reports that its lease was broken (by sqldlm break, or by a
 	// takeover of another of its locks) rather than left to expire.
 	Broken bool
+	// Payload is the dead holder's last payload: what it was doing.
+	Payload string
 }
 
 // Takeover returns the previous holder this lock was taken over from, or
@@ -106,7 +109,8 @@ func latestTakeover(taken []dialect.TakenHold) *Takeover {
 	var out *Takeover
 	for _, t := range taken {
 		if out == nil || t.Token > out.Token {
-			out = &Takeover{Owner: t.Owner, LeaseID: t.LeaseID, Token: t.Token, Mode: modeOf(t.Mode), ExpiredAt: t.ExpiredAt, Broken: t.Broken}
+			out = &Takeover{Owner: t.Owner, LeaseID: t.LeaseID, Token: t.Token, Mode: modeOf(t.Mode), ExpiredAt: t.ExpiredAt,
+				Broken: t.Broken, Payload: t.Payload}
 		}
 	}
 	return out
@@ -177,8 +181,8 @@ func (l *Lock) ref() *dialect.HoldRef {
 //
 // It returns ErrInvalidName for a bad name, ctx's error when ctx ends first,
 // and ErrClosed when the client is closed.
-func (c *Client) Lock(ctx context.Context, name string, mode Mode) (*Lock, error) {
-	return c.acquire(ctx, name, mode, true)
+func (c *Client) Lock(ctx context.Context, name string, mode Mode, opts ...LockOption) (*Lock, error) {
+	return c.acquire(ctx, name, mode, true, opts)
 }
 
 // TryLock acquires name in mode if that is possible at once. Otherwise it
@@ -186,8 +190,8 @@ func (c *Client) Lock(ctx context.Context, name string, mode Mode) (*Lock, error
 //
 // As with sync.Mutex.TryLock, a program that polls with TryLock usually
 // wants Lock with a deadline instead: it keeps its place in the queue.
-func (c *Client) TryLock(ctx context.Context, name string, mode Mode) (*Lock, error) {
-	return c.acquire(ctx, name, mode, false)
+func (c *Client) TryLock(ctx context.Context, name string, mode Mode, opts ...LockOption) (*Lock, error) {
+	return c.acquire(ctx, name, mode, false, opts)
 }
 
 // Do acquires name in mode (waiting as Lock does), runs fn, and releases the
@@ -197,8 +201,8 @@ func (c *Client) TryLock(ctx context.Context, name string, mode Mode) (*Lock, er
 //
 // Do returns fn's error; if the lock was lost while fn ran, the error also
 // matches ErrLost, since fn's work may have overlapped another holder's.
-func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx context.Context) error) error {
-	l, err := c.Lock(ctx, name, mode)
+func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx context.Context) error, opts ...LockOption) error {
+	l, err := c.Lock(ctx, name, mode, opts...)
 	if err != nil {
 		return err
 	}
@@ -221,8 +225,15 @@ func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx con
 	return fnErr
 }
 
-func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool) (*Lock, error) {
+func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool, opts []LockOption) (*Lock, error) {
 	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	var o lockOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := ValidatePayload(o.payload); err != nil {
 		return nil, err
 	}
 	if mode != Shared && mode != Exclusive {
@@ -230,11 +241,11 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool)
 	}
 	start := time.Now()
 	c.hooks.AcquireStarted(name, mode)
-	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait}
+	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait, payload: o.payload}
 	token, l, taken, err := req.run(ctx)
 	if err == nil {
 		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now(),
-			taken: latestTakeover(taken)}
+			taken: latestTakeover(taken), payload: o.payload}
 		if l.add(lk) {
 			waited := time.Since(start)
 			c.reportTakeover(name, mode, token, taken)
@@ -259,6 +270,7 @@ type request struct {
 	wait         bool
 	upgradeToken int64  // for Upgrade
 	lease        *lease // for Upgrade: the lock's lease (never replaced)
+	payload      string
 }
 
 // run retries the acquire statement until it is granted, refused, or ctx
@@ -300,7 +312,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		}
 		res, err := c.dialect.Acquire(ctx, c.db, &dialect.AcquireParams{
 			Name: r.name, LeaseID: l.id, RequestID: r.id, Mode: r.mode.stored(),
-			Enqueue: r.wait, UpgradeToken: r.upgradeToken,
+			Enqueue: r.wait, UpgradeToken: r.upgradeToken, Payload: r.payload, LockDelay: c.cfg.LockDelay,
 		})
 		uncertain = err != nil
 		if err != nil {
@@ -429,6 +441,37 @@ func (l *Lock) releasedInTx() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.inTx
+}
+
+// Payload returns the lock's payload (see WithPayload).
+func (l *Lock) Payload() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.payload
+}
+
+// SetPayload replaces the lock's payload while it is held: what the holder
+// is doing now. It returns ErrLost if the lock was lost, ErrInvalidPayload
+// for a bad payload.
+func (l *Lock) SetPayload(ctx context.Context, p string) error {
+	if err := ValidatePayload(p); err != nil {
+		return err
+	}
+	if err := l.Err(); err != nil {
+		return err
+	}
+	ok, err := l.c.dialect.SetPayload(ctx, l.c.db, l.ref(), p)
+	if err != nil {
+		return fmt.Errorf("sqldlm: set payload of %q: %w", l.name, err)
+	}
+	if !ok {
+		l.lost()
+		return ErrLost
+	}
+	l.mu.Lock()
+	l.payload = p
+	l.mu.Unlock()
+	return nil
 }
 
 // ReleaseTx releases the lock inside the caller's own transaction tx: the

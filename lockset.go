@@ -10,8 +10,9 @@ import (
 
 // Request names one lock of a set for [Client.LockAll].
 type Request struct {
-	Name string
-	Mode Mode
+	Name    string
+	Mode    Mode
+	Payload string // optional, as WithPayload
 }
 
 // LockAll acquires every request, waiting as Lock does, all or nothing: it
@@ -34,7 +35,7 @@ func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 	}
 	locks := make([]*Lock, len(reqs))
 	for n, i := range order {
-		l, err := c.Lock(ctx, reqs[i].Name, reqs[i].Mode)
+		l, err := c.Lock(ctx, reqs[i].Name, reqs[i].Mode, WithPayload(reqs[i].Payload))
 		if err != nil {
 			taken := make([]*Lock, 0, n)
 			for _, j := range order[:n] {

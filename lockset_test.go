@@ -19,10 +19,10 @@ func TestLockAllNoDeadlock(t *testing.T) {
 	forEachKind(t, func(t *testing.T, b *lockBundle) {
 		ctx := testCtx(t)
 		sets := [][]Request{
-			{{"volume/1", Exclusive}, {"snapshot/1", Exclusive}, {"node/1", Shared}},
-			{{"node/1", Exclusive}, {"snapshot/1", Exclusive}, {"volume/1", Exclusive}},
-			{{"snapshot/1", Shared}, {"volume/1", Exclusive}},
-			{{"node/1", Exclusive}, {"volume/1", Shared}},
+			{{Name: "volume/1", Mode: Exclusive}, {Name: "snapshot/1", Mode: Exclusive}, {Name: "node/1", Mode: Shared}},
+			{{Name: "node/1", Mode: Exclusive}, {Name: "snapshot/1", Mode: Exclusive}, {Name: "volume/1", Mode: Exclusive}},
+			{{Name: "snapshot/1", Mode: Shared}, {Name: "volume/1", Mode: Exclusive}},
+			{{Name: "node/1", Mode: Exclusive}, {Name: "volume/1", Mode: Shared}},
 		}
 		var exclusive sync.Map // name → *atomic.Int64 (exclusive holders)
 		var shared sync.Map    // name → *atomic.Int64 (shared holders)
@@ -89,13 +89,13 @@ func TestLockAllAllOrNothing(t *testing.T) {
 		require.NoError(t, err)
 		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
-		locks, err := c.LockAll(wctx, []Request{{"port/1", Exclusive}, {"port/2", Exclusive}, {"port/0", Shared}})
+		locks, err := c.LockAll(wctx, []Request{{Name: "port/1", Mode: Exclusive}, {Name: "port/2", Mode: Exclusive}, {Name: "port/0", Mode: Shared}})
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.Contains(t, err.Error(), `"port/2"`)
 		require.Nil(t, locks)
 		require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM sqldlm_holders`), "only a's hold remains")
 
-		_, err = c.LockAll(ctx, []Request{{"x", Exclusive}, {"x", Shared}})
+		_, err = c.LockAll(ctx, []Request{{Name: "x", Mode: Exclusive}, {Name: "x", Mode: Shared}})
 		require.ErrorIs(t, err, ErrInvalidName)
 	})
 }

@@ -124,7 +124,7 @@ func TestTakeoverIsReported(t *testing.T) {
 		require.NoError(t, l.Release(ctx))
 		require.Zero(t, hooks.takeovers, "a clean handover is not a takeover")
 
-		held, err := dead.Lock(ctx, "stack/1", Exclusive)
+		held, err := dead.Lock(ctx, "stack/1", Exclusive, WithPayload("update stack 1, step 2 of 4"))
 		require.NoError(t, err)
 		// The holder is cut off, as if it crashed: it neither renews nor
 		// cleans up, so its lease dies with the hold in place.
@@ -140,6 +140,7 @@ func TestTakeoverIsReported(t *testing.T) {
 		require.Equal(t, held.Token(), tk.Token)
 		require.Equal(t, Exclusive, tk.Mode)
 		require.False(t, tk.Broken)
+		require.Equal(t, "update stack 1, step 2 of 4", tk.Payload, "with the dead holder's payload")
 		require.WithinDuration(t, time.Now(), tk.ExpiredAt, time.Minute)
 		var rec map[string]any
 		for _, r := range buf.records(t) {

@@ -54,6 +54,7 @@ type HolderState struct {
 	HeldFor   time.Duration // server now - Since
 	ExpiresIn time.Duration // until its lease expires unless renewed; negative if expired
 	Live      bool          // its lease is live
+	Payload   string
 }
 
 // WaiterState is one live waiter.

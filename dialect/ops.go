@@ -68,6 +68,9 @@ type Locker interface {
 	// keeping its token. It returns false if the hold does not exist or its
 	// lease is not live.
 	Downgrade(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
+	// SetPayload replaces the payload of a hold of a live lease. It returns
+	// false if the hold does not exist or its lease is not live.
+	SetPayload(ctx context.Context, db *sql.DB, p *HoldRef, payload string) (bool, error)
 	// Fence checks, inside the caller's transaction, that the hold exists
 	// and its lease is live by the server's clock, and locks the hold so no
 	// takeover or release can commit before tx ends. idleTimeout bounds how
@@ -113,9 +116,21 @@ type AcquireParams struct {
 	// that it keeps its place in the queue on the next attempt.
 	Enqueue bool
 	// UpgradeToken, when not zero, asks to turn the caller's shared hold with
-	// this token into an exclusive hold (Mode must be Exclusive).
+	// this token into an exclusive hold (Mode must be Exclusive). The new
+	// hold keeps the shared hold's payload.
 	UpgradeToken int64
+	// Payload is stored with the hold (what the holder is doing); at most
+	// PayloadMaxBytes of valid UTF-8, validated by the caller.
+	Payload string
+	// LockDelay: a conflicting hold of a dead lease may be taken over only
+	// once the lease has been dead for this long (dead since the earlier of
+	// its expires_at and broken_at). Until then the request is Blocked, with
+	// Blocker.ExpiresIn the time left. Clean releases are not delayed.
+	LockDelay time.Duration
 }
+
+// PayloadMaxBytes bounds a hold's payload.
+const PayloadMaxBytes = 1024
 
 // AcquireStatus is the outcome of [Locker.Acquire].
 type AcquireStatus int
@@ -158,6 +173,8 @@ type TakenHold struct {
 	// Broken reports whether the lease had been broken (by an operator or
 	// by an earlier takeover of another name) rather than just expired.
 	Broken bool
+	// Payload is the dead hold's payload.
+	Payload string
 }
 
 // Blocker describes what keeps a request waiting.

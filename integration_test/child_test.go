@@ -24,6 +24,8 @@ const (
 	childTTLEnv   = "SQLDLM_TEST_CHILD_TTL"
 	childRoundEnv = "SQLDLM_TEST_CHILD_ROUNDS"
 	childOwnerEnv = "SQLDLM_TEST_CHILD_OWNER"
+	// childPayload is the payload the holder role sets on its lock.
+	childPayload = "resize volume-1, step 2 of 3"
 )
 
 // childMain runs a child role and returns its exit code. Children talk to
@@ -59,7 +61,7 @@ func childMain(role string) int {
 // "write" makes one fenced write and answers "ok" or "lost ERR"; "exit"
 // releases and exits.
 func holder(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string) int {
-	l, err := c.Lock(ctx, name, sqldlm.Exclusive)
+	l, err := c.Lock(ctx, name, sqldlm.Exclusive, sqldlm.WithPayload(childPayload))
 	if err != nil {
 		fmt.Println("error", err)
 		return 1

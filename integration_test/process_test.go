@@ -171,6 +171,7 @@ func TestKilledHolderFreesLock(t *testing.T) {
 			require.NotNil(t, tk, "the takeover of a killed holder carries its context")
 			require.Equal(t, "doomed", tk.Owner)
 			require.Equal(t, deadToken, tk.Token)
+			require.Equal(t, childPayload, tk.Payload, "and its payload")
 			require.False(t, tk.ExpiredAt.After(time.Now()), "it expired before the takeover")
 			require.NoError(t, l.Release(ctx))
 		})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,6 +119,8 @@ func exerciseLocker(t *testing.T, h Harness) {
 		"FencePinsTheHold":               testFencePins,
 		"DeleteLease":                    testDeleteLease,
 		"ReleaseInCallersTransaction":    testReleaseTx,
+		"Payload":                        testPayload,
+		"LockDelay":                      testLockDelay,
 		"Reap":                           testReap,
 		"NamesCompareByteWise":           testByteWiseNames,
 		"ConcurrentGrantsExclude":        testConcurrentGrants,
@@ -577,4 +580,69 @@ func testReleaseTx(t *testing.T, b *lockerBundle) {
 	ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
 	require.NoError(t, err)
 	require.False(t, ok, "a hold that is gone is reported")
+}
+
+// holderPayload returns the payload Locks shows for name's only hold.
+func holderPayload(b *lockerBundle, name string) string {
+	b.t.Helper()
+	locks, err := b.d.Locks(b.ctx, b.db, &dialect.LocksFilter{Prefix: name})
+	require.NoError(b.t, err)
+	require.Len(b.t, locks, 1)
+	require.Len(b.t, locks[0].Holders, 1)
+	return locks[0].Holders[0].Payload
+}
+
+// testPayload: a hold's payload is stored at grant, replaced while held,
+// kept by an upgrade, shown by Locks and handed to whoever takes over.
+func testPayload(t *testing.T, b *lockerBundle) {
+	a := b.lease("a", time.Minute)
+	res := b.acquire(dialect.AcquireParams{Name: "vol/42", LeaseID: a, Mode: dialect.Shared, Payload: "resize volume-42, step 1"})
+	require.Equal(t, dialect.Granted, res.Status)
+	require.Equal(t, "resize volume-42, step 1", holderPayload(b, "vol/42"))
+	long := strings.Repeat("é", dialect.PayloadMaxBytes/2)
+	for _, p := range []string{"resize volume-42, step 3 ✓", long, ""} {
+		ok, err := b.d.SetPayload(b.ctx, b.db, &dialect.HoldRef{Name: "vol/42", LeaseID: a, Token: res.Token}, p)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, p, holderPayload(b, "vol/42"), "payloads round-trip byte for byte")
+	}
+	ok, err := b.d.SetPayload(b.ctx, b.db, &dialect.HoldRef{Name: "vol/42", LeaseID: a, Token: res.Token}, "before upgrade")
+	require.NoError(t, err)
+	require.True(t, ok)
+	up := b.acquire(dialect.AcquireParams{Name: "vol/42", LeaseID: a, Mode: dialect.Exclusive, UpgradeToken: res.Token})
+	require.Equal(t, dialect.Granted, up.Status)
+	require.Equal(t, "before upgrade", holderPayload(b, "vol/42"), "an upgrade keeps the payload")
+
+	dead, c := b.lease("dead", short), b.lease("c", time.Minute)
+	b.acquire(dialect.AcquireParams{Name: "vol/7", LeaseID: dead, Mode: dialect.Exclusive, Payload: "snapshot vol-7, step 2 of 5"})
+	b.expire(short)
+	ok, err = b.d.SetPayload(b.ctx, b.db, &dialect.HoldRef{Name: "vol/7", LeaseID: dead, Token: 1}, "x")
+	require.NoError(t, err)
+	require.False(t, ok, "no payload update for a hold that is not this lease's")
+	took := b.acquire(dialect.AcquireParams{Name: "vol/7", LeaseID: c, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Granted, took.Status)
+	require.Len(t, took.TookOver, 1)
+	require.Equal(t, "snapshot vol-7, step 2 of 5", took.TookOver[0].Payload, "the takeover carries the dead holder's payload")
+}
+
+// testLockDelay: a name reclaimed from a dead holder is not granted until
+// the lease has been dead for the delay; a cleanly released one is.
+func testLockDelay(t *testing.T, b *lockerBundle) {
+	const delay = 600 * time.Millisecond
+	c := b.lease("c", time.Minute)
+	dead := b.lease("dead", short)
+	b.grant("n", dead, dialect.Exclusive)
+	b.expire(short)
+	bl := b.blocked(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: delay})
+	require.Equal(t, "dead", bl.Owner)
+	require.Positive(t, bl.ExpiresIn, "the time left of the delay")
+	require.LessOrEqual(t, bl.ExpiresIn, delay)
+	b.expire(bl.ExpiresIn)
+	res := b.acquire(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: delay})
+	require.Equal(t, dialect.Granted, res.Status, "granted once the delay has passed")
+	require.Len(t, res.TookOver, 1)
+
+	require.True(t, b.release("n", c, res.Token))
+	clean := b.acquire(dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: time.Hour})
+	require.Equal(t, dialect.Granted, clean.Status, "a clean release is not delayed")
 }

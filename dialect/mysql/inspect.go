@@ -32,7 +32,7 @@ var _ dialect.Inspector = mysqlDialect{}
 
 // Columns of sqldlm_inspect_locks's result sets, which tell them apart.
 const (
-	holdColumns   = 10
+	holdColumns   = 11
 	waiterColumns = 8
 )
 
@@ -51,20 +51,20 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 		}
 		return s
 	}
-	err := d.call(ctx, db, func(rows *sql.Rows, columns int) error {
-		switch columns {
+	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
+		switch len(columns) {
 		case holdColumns:
 			var (
-				name, mode, owner                  string
+				name, mode, owner, payload         string
 				top, token, lease, since, held, in int64
 				live                               bool
 			)
-			if err := rows.Scan(&name, &top, &token, &lease, &mode, &since, &held, &owner, &in, &live); err != nil {
+			if err := rows.Scan(&name, &top, &token, &lease, &mode, &since, &held, &owner, &in, &live, &payload); err != nil {
 				return err
 			}
 			s := state(name, top)
 			s.Holders = append(s.Holders, dialect.HolderState{Owner: owner, LeaseID: lease, Mode: modeOf(mode), Token: token,
-				Since: micros(since), HeldFor: us(held), ExpiresIn: us(in), Live: live})
+				Since: micros(since), HeldFor: us(held), ExpiresIn: us(in), Live: live, Payload: payload})
 		case waiterColumns:
 			var (
 				name, owner, mode         string
@@ -78,7 +78,7 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 			s.Waiters = append(s.Waiters, dialect.WaiterState{Owner: owner, LeaseID: lease, Mode: modeOf(mode), Upgrade: upgrade,
 				Since: micros(since), Waited: us(waited), Position: len(s.Waiters) + 1})
 		default:
-			return fmt.Errorf("sqldlm_inspect_locks returned a result set of %d columns", columns)
+			return fmt.Errorf("sqldlm_inspect_locks returned a result set of %d columns", len(columns))
 		}
 		return nil
 	}, `CALL sqldlm_inspect_locks(?, ?)`, f.Prefix, f.Owner)
@@ -90,7 +90,7 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 
 func (d mysqlDialect) Leases(ctx context.Context, db *sql.DB) ([]dialect.LeaseState, error) {
 	var out []dialect.LeaseState
-	err := d.call(ctx, db, func(rows *sql.Rows, _ int) error {
+	err := d.call(ctx, db, func(rows *sql.Rows, _ []string) error {
 		s, err := scanLease(rows)
 		if err != nil {
 			return err
@@ -157,8 +157,8 @@ func (d mysqlDialect) Break(ctx context.Context, db *sql.DB, name, owner string)
 func (d mysqlDialect) breakOnce(ctx context.Context, db *sql.DB, name, owner string, out *[]dialect.LeaseState) (int, error) {
 	var broken []dialect.LeaseState
 	skipped := -1
-	err := d.call(ctx, db, func(rows *sql.Rows, columns int) error {
-		if columns == 1 {
+	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
+		if len(columns) == 1 {
 			return rows.Scan(&skipped)
 		}
 		s, err := scanLease(rows)

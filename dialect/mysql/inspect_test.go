@@ -268,3 +268,22 @@ func TestViewsShowTextInUTC(t *testing.T) {
 	require.Equal(t, 1, e.count(east, `SELECT COUNT(*) FROM sqldlm_leases_view
 		WHERE owner = 'owner-a' AND live AND holds = 1 AND waits = 0 AND ABS(TIMESTAMPDIFF(SECOND, created_at, UTC_TIMESTAMP())) < 60`))
 }
+
+// TestHoldersViewShowsPayload: the holders view shows the payload as text.
+func TestHoldersViewShowsPayload(t *testing.T) {
+	e := newEnv(t)
+	a := e.lease(e.db.DB, "a", time.Minute)
+	res := e.acquire(e.db.DB, dialect.AcquireParams{Name: "vol/1", LeaseID: a, Mode: dialect.Exclusive, Payload: "résumé ✓"})
+	require.Equal(t, dialect.Granted, res.Status)
+	rows, err := e.db.QueryContext(e.ctx, `SELECT payload FROM sqldlm_holders_view WHERE lease_id = ?`, a)
+	require.NoError(t, err)
+	defer rows.Close()
+	types, err := rows.ColumnTypes()
+	require.NoError(t, err)
+	require.Equal(t, "VARCHAR", types[0].DatabaseTypeName(), "payload is text")
+	require.True(t, rows.Next())
+	var payload string
+	require.NoError(t, rows.Scan(&payload))
+	require.NoError(t, rows.Err())
+	require.Equal(t, "résumé ✓", payload)
+}

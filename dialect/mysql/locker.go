@@ -19,18 +19,22 @@ package mysql
 //	Acquire      CALL sqldlm_acquire. Phase 1, consistent reads, no row
 //	             locks: own lease live?; hold of this request (idempotent
 //	             retry)?; [upgrade: own shared hold?, other live upgrade
-//	             waiter?]; the live conflicting hold that expires last; live
-//	             waiters ahead. Blocked: [INSERT waiter ... ON DUPLICATE KEY].
+//	             waiter?]; the conflicting hold that blocks longest (of a
+//	             live lease, or of one dead for less than the lock delay);
+//	             live waiters ahead. Blocked: [INSERT waiter ... ON DUPLICATE
+//	             KEY].
 //	             Phase 2, only if nothing blocked: SELECT lock row FOR UPDATE
 //	             [INSERT it ... ON DUPLICATE KEY UPDATE]; SELECT own lease LOCK
 //	             IN SHARE MODE and re-check it by SYSDATE(6); hold of this
 //	             request again; [upgrade: own shared hold FOR UPDATE SKIP
-//	             LOCKED]; conflicting holds and waiters again; per dead lease
-//	             with a conflicting hold, in id order: SELECT lease FOR UPDATE
-//	             SKIP LOCKED, re-check by SYSDATE(6), SELECT each of its holds
+//	             LOCKED, reading its payload]; conflicting holds and waiters
+//	             again; per dead lease with a conflicting hold, in id order:
+//	             SELECT lease FOR UPDATE SKIP LOCKED, re-check by SYSDATE(6)
+//	             (dead for the lock delay), SELECT each of its holds
 //	             of the name FOR UPDATE SKIP LOCKED (by primary key), SELECT
 //	             its conflicting holds with the lease's expires_at and
-//	             broken_at (a result set: TookOver), UPDATE lease SET
+//	             broken_at and their payloads (a result set: TookOver),
+//	             UPDATE lease SET
 //	             broken_at, DELETE its holds of the name; then INSERT hold
 //	             (AUTO_INCREMENT token), [DELETE upgraded hold], UPDATE lock
 //	             row, DELETE own waiter, COMMIT; the status row, with the
@@ -41,6 +45,8 @@ package mysql
 //	Release      CALL sqldlm_release: DELETE hold
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
 //	             live (no lock); UPDATE hold SET mode = 'S'
+//	SetPayload   CALL sqldlm_set_payload: SELECT hold FOR UPDATE; SELECT
+//	             lease live (no lock); UPDATE hold SET payload
 //	Fence        CALL sqldlm_fence, in the caller's transaction: SELECT hold
 //	             LOCK IN SHARE MODE; SELECT lease live (no lock, so renewals
 //	             go on; if it looks dead, a locking read tells an old snapshot
@@ -101,7 +107,7 @@ func (d mysqlDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64)
 
 func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) ([]string, error) {
 	var names []string
-	err := d.call(ctx, db, func(rows *sql.Rows, _ int) error {
+	err := d.call(ctx, db, func(rows *sql.Rows, _ []string) error {
 		var name string
 		if err := rows.Scan(&name); err != nil {
 			return err
@@ -116,8 +122,9 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 }
 
 // Acquire calls sqldlm_acquire. Its last result set is the status row (seven
-// columns); before it, a takeover returns one result set per dead lease, with
-// its conflicting holds as they were before the grant (six columns). Those
+// columns, the first named status); before it, a takeover returns one result
+// set per dead lease, with its conflicting holds as they were before the
+// grant (seven columns, the first named owner). Those
 // are sent before the procedure's COMMIT: they count only when the status
 // row, sent after the COMMIT, reports a grant that took over as many holds
 // (a takeover that ended Blocked was rolled back). call reads every result
@@ -134,15 +141,18 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 		got       bool
 		taken     []dialect.TakenHold
 	)
-	err := d.call(ctx, db, func(rows *sql.Rows, columns int) error {
-		switch columns {
-		case 7:
+	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
+		if len(columns) != 7 {
+			return fmt.Errorf("sqldlm_acquire returned a result set of %d columns", len(columns))
+		}
+		switch columns[0] {
+		case "status":
 			if got {
 				return errors.New("sqldlm_acquire returned two status rows")
 			}
 			got = true
 			return rows.Scan(&status, &token, &owner, &mode, &expiresUS, &ahead, &tookOver)
-		case 6:
+		case "owner":
 			if got {
 				return errors.New("sqldlm_acquire returned a taken-over hold after its status")
 			}
@@ -151,7 +161,7 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 				hmode     string
 				expiredUS int64
 			)
-			if err := rows.Scan(&h.Owner, &h.LeaseID, &h.Token, &hmode, &expiredUS, &h.Broken); err != nil {
+			if err := rows.Scan(&h.Owner, &h.LeaseID, &h.Token, &hmode, &expiredUS, &h.Broken, &h.Payload); err != nil {
 				return err
 			}
 			if len(hmode) != 1 {
@@ -162,9 +172,10 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 			taken = append(taken, h)
 			return nil
 		default:
-			return fmt.Errorf("sqldlm_acquire returned a result set of %d columns", columns)
+			return fmt.Errorf("sqldlm_acquire returned a result set starting with column %q", columns[0])
 		}
-	}, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken)
+	}, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken,
+		p.Payload, p.LockDelay.Microseconds())
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +215,7 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 
 func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
 	var names []string
-	err := d.call(ctx, db, func(rows *sql.Rows, _ int) error {
+	err := d.call(ctx, db, func(rows *sql.Rows, _ []string) error {
 		var name string
 		if err := rows.Scan(&name); err != nil {
 			return err
@@ -236,6 +247,12 @@ func (d mysqlDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.Hold
 
 func (d mysqlDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	return d.callBool(ctx, db, `CALL sqldlm_downgrade(?, ?, ?)`, p.Name, p.LeaseID, p.Token)
+}
+
+// SetPayload calls sqldlm_set_payload. A payload over
+// dialect.PayloadMaxBytes is an error (the procedure runs in strict mode).
+func (d mysqlDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (bool, error) {
+	return d.callBool(ctx, db, `CALL sqldlm_set_payload(?, ?, ?, ?)`, p.Name, p.LeaseID, p.Token, payload)
 }
 
 // Fence locks the hold with a shared lock inside tx and checks its lease by
@@ -285,8 +302,8 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 	idleAfter = min(idleAfter, maxIdleAfter)
 	res := &dialect.ReapResult{}
 	var counted bool
-	err := d.call(ctx, db, func(rows *sql.Rows, columns int) error {
-		if columns == 4 {
+	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
+		if len(columns) == 4 {
 			counted = true
 			return rows.Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks)
 		}
@@ -322,10 +339,10 @@ func (d mysqlDialect) callBool(ctx context.Context, db *sql.DB, query string, ar
 }
 
 // call runs a CALL and passes each row of each of its result sets to scan,
-// with the result set's number of columns. It reads every result set to the
+// with the result set's column names. It reads every result set to the
 // end, so an error the procedure raises after a result set (a failed COMMIT)
 // is returned, not lost.
-func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.Rows, columns int) error, query string, args ...any) error {
+func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.Rows, columns []string) error, query string, args ...any) error {
 	stmt, err := d.prepared(ctx, db, query)
 	if err != nil {
 		return err
@@ -341,7 +358,7 @@ func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.
 			return d.ClassifyError(err)
 		}
 		for rows.Next() {
-			if err := scan(rows, len(cols)); err != nil {
+			if err := scan(rows, cols); err != nil {
 				return d.ClassifyError(err)
 			}
 		}

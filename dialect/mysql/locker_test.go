@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -513,4 +514,70 @@ func TestTakeoverReportsOnlyCommittedGrants(t *testing.T) {
 	require.Equal(t, dialect.Granted, again.Status)
 	require.Equal(t, res.Token, again.Token)
 	require.Empty(t, again.TookOver, "a repeated request took nothing over")
+}
+
+// TestOverlongPayloadIsRejected: under a caller's non-strict sql_mode, which
+// truncates arguments to the parameters' width, a payload over 1024 bytes is
+// still an error (the parameters are wider than the column, the routines run
+// in strict mode), never stored cut short.
+func TestOverlongPayloadIsRejected(t *testing.T) {
+	e := newEnv(t)
+	lax := e.pool(url.Values{"sql_mode": {"''"}})
+	a := e.lease(lax, "a", time.Minute)
+	full := strings.Repeat("p", dialect.PayloadMaxBytes)
+	for _, p := range []string{full + "x", full + strings.Repeat("x", 8000)} {
+		_, err := d.Acquire(e.ctx, lax, &dialect.AcquireParams{Name: "n", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive, Payload: p})
+		require.Error(t, err, "%d bytes", len(p))
+	}
+	require.Equal(t, 0, e.count(lax, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = 'n'`))
+	res := e.acquire(lax, dialect.AcquireParams{Name: "n", LeaseID: a, Mode: dialect.Exclusive, Payload: full})
+	require.Equal(t, dialect.Granted, res.Status)
+	ref := &dialect.HoldRef{Name: "n", LeaseID: a, Token: res.Token}
+	for _, p := range []string{"short" + full, full + strings.Repeat("x", 8000)} {
+		_, err := d.SetPayload(e.ctx, lax, ref, p)
+		require.Error(t, err, "%d bytes", len(p))
+	}
+	var stored string
+	require.NoError(t, lax.QueryRowContext(e.ctx, `SELECT payload FROM sqldlm_holders WHERE token = ?`, res.Token).Scan(&stored))
+	require.Equal(t, full, stored)
+}
+
+// TestLockDelayFromBreak: a lease is dead since the earlier of its
+// expires_at and broken_at, and the blocker reported is the conflicting hold
+// that blocks longest, live or within the delay.
+func TestLockDelayFromBreak(t *testing.T) {
+	e := newEnv(t)
+	live, broken, c := e.lease(e.db.DB, "live", time.Minute), e.lease(e.db.DB, "broken", time.Hour), e.lease(e.db.DB, "c", time.Minute)
+	tl := e.grant(e.db.DB, "n", live, dialect.Shared)
+	tb := e.grant(e.db.DB, "n", broken, dialect.Shared)
+	_, err := e.db.ExecContext(e.ctx, `UPDATE sqldlm_leases SET broken_at = UTC_TIMESTAMP(6) WHERE id = ?`, broken)
+	require.NoError(t, err)
+
+	res := e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: 2 * time.Hour})
+	require.Equal(t, dialect.Blocked, res.Status)
+	require.Equal(t, "broken", res.Blocker.Owner, "the delayed dead hold blocks longer than the live one")
+	require.Greater(t, res.Blocker.ExpiresIn, 119*time.Minute)
+	require.LessOrEqual(t, res.Blocker.ExpiresIn, 2*time.Hour, "counted from broken_at, not from expires_at an hour later")
+
+	res = e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: time.Second})
+	require.Equal(t, dialect.Blocked, res.Status)
+	require.Equal(t, "live", res.Blocker.Owner, "the live hold blocks longer than the delay")
+	require.Greater(t, res.Blocker.ExpiresIn, 30*time.Second)
+
+	// Shared requests conflict with neither; the live hold is released.
+	ok, err := d.Release(e.ctx, e.db.DB, &dialect.HoldRef{Name: "n", LeaseID: live, Token: tl})
+	require.NoError(t, err)
+	require.True(t, ok)
+	res = e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: 400 * time.Millisecond})
+	require.Equal(t, dialect.Blocked, res.Status)
+	require.Equal(t, "broken", res.Blocker.Owner)
+	require.Equal(t, dialect.Shared, res.Blocker.Mode)
+	require.Positive(t, res.Blocker.ExpiresIn)
+	require.LessOrEqual(t, res.Blocker.ExpiresIn, 400*time.Millisecond)
+	e.expire(res.Blocker.ExpiresIn)
+	res = e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: dialect.Exclusive, LockDelay: 400 * time.Millisecond})
+	require.Equal(t, dialect.Granted, res.Status)
+	require.Len(t, res.TookOver, 1)
+	require.Equal(t, tb, res.TookOver[0].Token)
+	require.True(t, res.TookOver[0].Broken)
 }

@@ -28,17 +28,17 @@ const locksQuery = `WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now),
 x AS (
     SELECT h.name, false AS waiting, false AS upgrade, h.token AS seq, h.lease_id, h.mode::text AS mode,
            h.acquired_at AS since, l.owner, l.expires_at,
-           coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live
+           coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live, h.payload
       FROM sqldlm_holders h CROSS JOIN c LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
      WHERE ($1::text = '' OR left(h.name, char_length($1::text)) = $1::text)
     UNION ALL
     SELECT w.name, true, w.upgrade_token IS NOT NULL, w.id, w.lease_id, w.mode::text,
-           w.since, l.owner, l.expires_at, true
+           w.since, l.owner, l.expires_at, true, ''
       FROM sqldlm_waiters w CROSS JOIN c JOIN sqldlm_leases l ON l.id = w.lease_id
      WHERE l.broken_at IS NULL AND l.expires_at > c.now
        AND ($1::text = '' OR left(w.name, char_length($1::text)) = $1::text))
 SELECT x.name, coalesce(k.token, 0), x.waiting, x.upgrade, x.seq, x.lease_id, x.mode, x.since,
-       coalesce(x.owner, ''), x.expires_at, x.live, c.now
+       coalesce(x.owner, ''), x.expires_at, x.live, c.now, x.payload
   FROM x CROSS JOIN c LEFT JOIN sqldlm_locks k ON k.name = x.name
  WHERE $2::text = '' OR x.name IN (SELECT y.name FROM x y WHERE y.owner = $2::text)
  ORDER BY x.name, x.waiting, NOT x.upgrade, x.seq`
@@ -60,13 +60,14 @@ func (d postgresDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.Locks
 	for rows.Next() {
 		var (
 			name, mode, owner string
+			payload           string
 			top, seq, lease   int64
 			waiting, upgrade  bool
 			live              bool
 			since, now        time.Time
 			expires           sql.NullTime
 		)
-		if err := rows.Scan(&name, &top, &waiting, &upgrade, &seq, &lease, &mode, &since, &owner, &expires, &live, &now); err != nil {
+		if err := rows.Scan(&name, &top, &waiting, &upgrade, &seq, &lease, &mode, &since, &owner, &expires, &live, &now, &payload); err != nil {
 			return nil, d.ClassifyError(err)
 		}
 		if !strings.HasPrefix(name, f.Prefix) {
@@ -91,7 +92,7 @@ func (d postgresDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.Locks
 			expiresIn = expires.Time.Sub(now)
 		}
 		s.Holders = append(s.Holders, dialect.HolderState{Owner: owner, LeaseID: lease, Mode: dialect.Mode(mode[0]), Token: seq,
-			Since: since.UTC(), HeldFor: now.Sub(since), ExpiresIn: expiresIn, Live: live})
+			Since: since.UTC(), HeldFor: now.Sub(since), ExpiresIn: expiresIn, Live: live, Payload: payload})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, d.ClassifyError(err)

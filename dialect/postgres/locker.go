@@ -16,22 +16,25 @@ package postgres
 //	Acquire      SELECT sqldlm_acquire. Phase 1, no row locks: one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
 //	             (idempotent retry), own waiter, [upgrade: own shared hold,
-//	             other upgraders], conflicting live holds, live waiters ahead;
+//	             other upgraders], conflicting holds of live leases or of
+//	             leases dead for less than the lock delay, live waiters ahead;
 //	             if blocked: [first enqueue: lock own lease FOR KEY SHARE,
 //	             INSERT waiter], return. Phase 2: lock the name's row FOR
 //	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
-//	             evaluate again; lock the leases of dead conflicting holds FOR
-//	             NO KEY UPDATE and evaluate again, until stable; [lock their
-//	             holds of the name FOR UPDATE SKIP LOCKED: blocked if a fence
-//	             pins one]; then [DELETE upgraded hold], DELETE the dead
-//	             leases' (and orphaned) holds of the name RETURNING them,
-//	             joined to their leases (the holds taken over), [UPDATE dead
-//	             leases SET broken_at], INSERT hold RETURNING token, UPDATE the
-//	             name's row, DELETE own waiter; or, if blocked after all,
-//	             [INSERT waiter]
+//	             evaluate again; lock the leases of conflicting holds dead
+//	             for the lock delay FOR NO KEY UPDATE and evaluate again,
+//	             until stable; [lock their holds of the name FOR UPDATE SKIP
+//	             LOCKED: blocked if a fence pins one]; then [DELETE upgraded
+//	             hold RETURNING its payload], DELETE the dead leases' (and
+//	             orphaned) holds of the name RETURNING them, joined to their
+//	             leases (the holds taken over, with their payloads), [UPDATE
+//	             dead leases SET broken_at], INSERT hold (with its payload, or
+//	             the upgraded hold's) RETURNING token, UPDATE the name's row,
+//	             DELETE own waiter; or, if blocked after all, [INSERT waiter]
 //	Abandon      SELECT sqldlm_abandon: DELETE waiter, DELETE hold, NOTIFY
 //	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
 //	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
+//	SetPayload   SELECT sqldlm_set_payload: UPDATE hold WHERE lease live
 //	Fence        SELECT sqldlm_fence, in the caller's tx: SET LOCAL
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
 //	             FOR KEY SHARE; SELECT lease live
@@ -101,12 +104,15 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 	)
 	m := pgtype.NewMap()
 	err := db.QueryRowContext(ctx, `SELECT o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead,
-			o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken
-		FROM sqldlm_acquire($1, $2, $3, $4, $5, $6)`,
+			o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken,
+			o_took_payloads
+		FROM sqldlm_acquire($1, $2, $3, $4, $5, $6, $7, $8)`,
 		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Enqueue, p.UpgradeToken,
+		p.Payload, max(p.LockDelay, 0).Microseconds(),
 	).Scan(&status, &token, &owner, &mode, &expiresUs, &ahead,
 		m.SQLScanner(&took.owners), m.SQLScanner(&took.leases), m.SQLScanner(&took.tokens),
-		m.SQLScanner(&took.modes), m.SQLScanner(&took.expires), m.SQLScanner(&took.broken))
+		m.SQLScanner(&took.modes), m.SQLScanner(&took.expires), m.SQLScanner(&took.broken),
+		m.SQLScanner(&took.payloads))
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
@@ -141,17 +147,19 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 // tookOver holds sqldlm_acquire's parallel arrays of the holds a grant took
 // over (all nil when there were none).
 type tookOver struct {
-	owners  []string
-	leases  []int64
-	tokens  []int64
-	modes   []string
-	expires []time.Time
-	broken  []bool
+	owners   []string
+	leases   []int64
+	tokens   []int64
+	modes    []string
+	expires  []time.Time
+	broken   []bool
+	payloads []string
 }
 
 func (t *tookOver) holds() ([]dialect.TakenHold, error) {
 	n := len(t.tokens)
-	if len(t.owners) != n || len(t.leases) != n || len(t.modes) != n || len(t.expires) != n || len(t.broken) != n {
+	if len(t.owners) != n || len(t.leases) != n || len(t.modes) != n || len(t.expires) != n || len(t.broken) != n ||
+		len(t.payloads) != n {
 		return nil, fmt.Errorf("sqldlm_acquire: taken-over hold arrays of unequal lengths")
 	}
 	if n == 0 {
@@ -163,7 +171,7 @@ func (t *tookOver) holds() ([]dialect.TakenHold, error) {
 			return nil, fmt.Errorf("sqldlm_acquire: unexpected mode %q of a taken-over hold", t.modes[i])
 		}
 		out[i] = dialect.TakenHold{Owner: t.owners[i], LeaseID: t.leases[i], Token: t.tokens[i],
-			Mode: dialect.Mode(t.modes[i][0]), ExpiredAt: t.expires[i].UTC(), Broken: t.broken[i]}
+			Mode: dialect.Mode(t.modes[i][0]), ExpiredAt: t.expires[i].UTC(), Broken: t.broken[i], Payload: t.payloads[i]}
 	}
 	return out, nil
 }
@@ -189,6 +197,12 @@ func (d postgresDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.H
 func (d postgresDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	var ok bool
 	err := db.QueryRowContext(ctx, `SELECT sqldlm_downgrade($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
+func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT sqldlm_set_payload($1, $2, $3, $4)`, p.Name, p.LeaseID, p.Token, payload).Scan(&ok)
 	return ok, d.ClassifyError(err)
 }
 

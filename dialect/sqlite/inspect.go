@@ -29,7 +29,7 @@ func (d *sqliteDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksF
 			return s
 		}
 		rows, err := conn.QueryContext(ctx, `SELECT x.name, COALESCE(k.token, 0), x.token, x.lease_id, x.mode, x.acquired_at,
-				COALESCE(l.owner, ''), COALESCE(l.expires_at, 0), COALESCE(l.broken_at IS NULL AND l.expires_at > ?3, 0)
+				COALESCE(l.owner, ''), COALESCE(l.expires_at, 0), COALESCE(l.broken_at IS NULL AND l.expires_at > ?3, 0), x.payload
 			FROM sqldlm_holders x LEFT JOIN sqldlm_leases l ON l.id = x.lease_id LEFT JOIN sqldlm_locks k ON k.name = x.name
 			WHERE `+nameFilter+` ORDER BY x.name, x.token`, f.Prefix, f.Owner, now)
 		if err != nil {
@@ -37,15 +37,15 @@ func (d *sqliteDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksF
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var name, mode, owner string
+			var name, mode, owner, payload string
 			var top, token, lease, since, expires int64
 			var live bool
-			if err := rows.Scan(&name, &top, &token, &lease, &mode, &since, &owner, &expires, &live); err != nil {
+			if err := rows.Scan(&name, &top, &token, &lease, &mode, &since, &owner, &expires, &live, &payload); err != nil {
 				return err
 			}
 			s := state(name, top)
 			s.Holders = append(s.Holders, dialect.HolderState{Owner: owner, LeaseID: lease, Mode: dialect.Mode(mode[0]), Token: token,
-				Since: micros(since), HeldFor: us(now - since), ExpiresIn: us(expires - now), Live: live})
+				Since: micros(since), HeldFor: us(now - since), ExpiresIn: us(expires - now), Live: live, Payload: payload})
 		}
 		if err := rows.Err(); err != nil {
 			return err

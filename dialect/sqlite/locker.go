@@ -112,8 +112,9 @@ func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int
 type hold struct {
 	token, leaseID int64
 	mode           dialect.Mode
-	owner          string
+	owner, payload string
 	expiresAt      int64
+	deadSince      int64 // the earlier of expires_at and broken_at
 	live, broken   bool
 }
 
@@ -224,9 +225,16 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 			continue
 		}
 		if !h.live {
+			if wait := h.deadSince + p.LockDelay.Microseconds() - now; wait > 0 {
+				// Lock-delay: the dead holder's in-flight work drains first.
+				if blocker == nil || wait > blocker.ExpiresIn.Microseconds() {
+					blocker = &dialect.Blocker{Owner: h.owner, Mode: h.mode, ExpiresIn: us(wait)}
+				}
+				continue
+			}
 			dead = append(dead, h.leaseID)
 			taken = append(taken, dialect.TakenHold{Owner: h.owner, LeaseID: h.leaseID, Token: h.token, Mode: h.mode,
-				ExpiredAt: micros(h.expiresAt), Broken: h.broken})
+				ExpiredAt: micros(h.expiresAt), Broken: h.broken, Payload: h.payload})
 			continue
 		}
 		if blocker == nil || h.expiresAt > now+blocker.ExpiresIn.Microseconds() {
@@ -279,8 +287,9 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 			return nil, err
 		}
 	}
-	if err := conn.QueryRowContext(ctx, `INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
-		VALUES (?, ?, ?, ?, ?) RETURNING token`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), now).Scan(&token); err != nil {
+	if err := conn.QueryRowContext(ctx, `INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
+		VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 = '' AND ?7 <> 0 THEN COALESCE((SELECT payload FROM sqldlm_holders WHERE token = ?7), '') ELSE ?6 END)
+		RETURNING token`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), now, p.Payload, p.UpgradeToken).Scan(&token); err != nil {
 		return nil, err
 	}
 	if upgrade {
@@ -302,7 +311,8 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 // whose lease row is missing counts as dead.
 func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
 	rows, err := conn.QueryContext(ctx, `SELECT h.token, h.lease_id, h.mode, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0),
-			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0), COALESCE(l.broken_at IS NOT NULL, 0)
+			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0), COALESCE(l.broken_at IS NOT NULL, 0),
+			COALESCE(MIN(l.expires_at, COALESCE(l.broken_at, l.expires_at)), 0), h.payload
 		FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
 		WHERE h.name = ?`, now, name)
 	if err != nil {
@@ -313,7 +323,7 @@ func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, 
 	for rows.Next() {
 		var h hold
 		var mode string
-		if err := rows.Scan(&h.token, &h.leaseID, &mode, &h.owner, &h.expiresAt, &h.live, &h.broken); err != nil {
+		if err := rows.Scan(&h.token, &h.leaseID, &mode, &h.owner, &h.expiresAt, &h.live, &h.broken, &h.deadSince, &h.payload); err != nil {
 			return nil, err
 		}
 		h.mode = dialect.Mode(mode[0])
@@ -369,6 +379,11 @@ const liveHold = `token = ?1 AND lease_id = ?2 AND name = ?3 AND EXISTS (SELECT 
 
 func (d *sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	res, err := d.exec(ctx, db, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
+	return affected(res, err, d)
+}
+
+func (d *sqliteDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (bool, error) {
+	res, err := d.exec(ctx, db, `UPDATE sqldlm_holders SET payload = ?4 WHERE `+liveHold, p.Token, p.LeaseID, p.Name, payload)
 	return affected(res, err, d)
 }
 

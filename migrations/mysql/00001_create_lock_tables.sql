@@ -45,9 +45,10 @@
 -- session (and puts the session's back at the end) so that the routines always
 -- run in strict mode. Arguments, though, are assigned under the caller's
 -- sql_mode and are silently truncated when it is not strict: so name and owner
--- parameters are wider (1024) than their columns (255). An overlong name or
--- owner then fails on INSERT, in strict mode, and can never be truncated into
--- a match with a stored one.
+-- parameters are wider (1024) than their columns (255), and payload
+-- parameters (4096) than theirs (1024). An overlong name, owner or payload
+-- then fails on INSERT or UPDATE, in strict mode, and can never be truncated
+-- into a match with a stored one (or stored cut short).
 --
 -- Binary logging: READ COMMITTED needs binlog_format ROW or MIXED (the
 -- defaults); SYSDATE is then logged by value.
@@ -89,6 +90,7 @@ CREATE TABLE sqldlm_holders (
     request_id  BIGINT         NOT NULL,              -- the client's id of the acquire, for idempotent retries
     mode        CHAR(1)        CHARACTER SET ascii NOT NULL,
     acquired_at DATETIME(6)    NOT NULL,
+    payload     VARBINARY(1024) NOT NULL DEFAULT '',  -- what the holder is doing (UTF-8, set by the client)
     KEY sqldlm_holders_name (name),
     KEY sqldlm_holders_lease (lease_id, request_id),
     CONSTRAINT sqldlm_holders_mode CHECK (mode IN ('S', 'X'))
@@ -201,26 +203,37 @@ END
 -- +goose StatementEnd
 
 -- sqldlm_acquire_check finds, by consistent reads at p_now, what keeps a
--- request from being granted: the conflicting hold of a live lease that
--- expires last (o_mode is NULL when there is none), and the number of live
--- waiters that go first (none for an upgrade; otherwise any pending upgrade,
--- and earlier waiters whose mode conflicts). A helper of sqldlm_acquire.
+-- request from being granted: the conflicting hold that blocks longest
+-- (o_mode is NULL when there is none), and the number of live waiters that
+-- go first (none for an upgrade; otherwise any pending upgrade, and earlier
+-- waiters whose mode conflicts). A conflicting hold blocks while its lease is
+-- live (o_expires_us: until the lease expires) and, under the lock delay
+-- p_delay_us, while its lease has been dead for less than that (o_expires_us:
+-- the time left of the delay). A lease is dead since the earlier of its
+-- expires_at and broken_at; a hold whose lease row is missing never blocks.
+-- A helper of sqldlm_acquire, which passes a delay clamped to [0, 100 years].
 -- +goose StatementBegin
 CREATE PROCEDURE sqldlm_acquire_check(
     IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_request BIGINT,
-    IN p_mode CHAR(1) CHARACTER SET ascii, IN p_upgrade BIGINT, IN p_now DATETIME(6),
+    IN p_mode CHAR(1) CHARACTER SET ascii, IN p_upgrade BIGINT, IN p_now DATETIME(6), IN p_delay_us BIGINT,
     OUT o_owner VARBINARY(255), OUT o_mode CHAR(1) CHARACTER SET ascii,
     OUT o_expires_us BIGINT, OUT o_ahead INT)
 BEGIN
     DECLARE v_waiter BIGINT DEFAULT NULL;
+    DECLARE v_cutoff DATETIME(6) DEFAULT p_now - INTERVAL p_delay_us MICROSECOND;
     DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
     SET o_owner = NULL, o_mode = NULL, o_expires_us = NULL, o_ahead = 0;
-    SELECT l.owner, h.mode, TIMESTAMPDIFF(MICROSECOND, p_now, l.expires_at)
+    -- A live lease is dead since later than v_cutoff (its expires_at is
+    -- after p_now), so one condition covers live and delayed leases.
+    SELECT l.owner, h.mode,
+           IF(l.broken_at IS NULL AND l.expires_at > p_now,
+              TIMESTAMPDIFF(MICROSECOND, p_now, l.expires_at),
+              TIMESTAMPDIFF(MICROSECOND, v_cutoff, LEAST(l.expires_at, COALESCE(l.broken_at, l.expires_at)))) AS blocks_us
       INTO o_owner, o_mode, o_expires_us
       FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
      WHERE h.name = p_name AND h.token <> p_upgrade AND (p_mode = 'X' OR h.mode = 'X')
-       AND l.broken_at IS NULL AND l.expires_at > p_now
-     ORDER BY l.expires_at DESC
+       AND LEAST(l.expires_at, COALESCE(l.broken_at, l.expires_at)) > v_cutoff
+     ORDER BY blocks_us DESC
      LIMIT 1;
     IF p_upgrade = 0 THEN
         SELECT MAX(id) INTO v_waiter FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request;
@@ -269,7 +282,12 @@ END
 
 -- sqldlm_acquire grants a hold of p_name to request (p_lease, p_request) in
 -- mode p_mode ('S' or 'X'), or upgrades the caller's shared hold p_upgrade (0
--- for none) to an exclusive one. Its last result set is one row: status (1
+-- for none) to an exclusive one. The new hold stores p_payload; an upgrade
+-- with an empty p_payload keeps the shared hold's. p_delay_us is the lock
+-- delay: a conflicting hold of a dead lease is taken over only once the lease
+-- has been dead (since the earlier of its expires_at and broken_at) for that
+-- long; until then it blocks like a live one, reported with the time left of
+-- the delay as expires_in_us. Its last result set is one row: status (1
 -- granted, 2 blocked, 3 lease lost, 4 not held, 5 upgrade conflict), token
 -- (when granted), when blocked owner, mode and expires_in_us of the
 -- conflicting hold (NULL when only waiters are ahead) and waiters_ahead, and
@@ -279,8 +297,10 @@ END
 -- Before it, a takeover returns one result set per dead lease whose
 -- conflicting holds it is about to delete (owner, lease_id, token, mode,
 -- expired_at_us: the lease's expires_at, broken: whether the lease had been
--- broken before this grant; a hold whose lease row is missing has owner '',
--- expired_at_us 0 and broken 0). They are sent before the COMMIT and count
+-- broken before this grant, payload; a hold whose lease row is missing has
+-- owner '', expired_at_us 0 and broken 0). The two kinds of result set both
+-- have seven columns: the first column's name (owner or status) tells them
+-- apart. They are sent before the COMMIT and count
 -- only if the last row has status 1 and a took_over equal to their number of
 -- rows: a later lease that turns out to be locked rolls the takeover back.
 -- The last row is sent after the COMMIT, so an error the COMMIT raises takes
@@ -300,7 +320,8 @@ END
 -- +goose StatementBegin
 CREATE PROCEDURE sqldlm_acquire(
     IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_request BIGINT,
-    IN p_mode CHAR(1) CHARACTER SET ascii, IN p_enqueue BOOLEAN, IN p_upgrade BIGINT)
+    IN p_mode CHAR(1) CHARACTER SET ascii, IN p_enqueue BOOLEAN, IN p_upgrade BIGINT,
+    IN p_payload VARBINARY(4096), IN p_delay_us BIGINT)
 BEGIN
     DECLARE saved_tz VARCHAR(64) DEFAULT @@session.time_zone;
     DECLARE v_status INT DEFAULT 0;
@@ -317,6 +338,7 @@ BEGIN
     DECLARE v_last BIGINT DEFAULT NULL;
     DECLARE v_taken INT DEFAULT 0;
     DECLARE v_granted BOOLEAN DEFAULT FALSE;
+    DECLARE v_payload VARBINARY(1024) DEFAULT NULL;
     DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
     DECLARE EXIT HANDLER FOR SQLEXCEPTION
     BEGIN
@@ -327,6 +349,9 @@ BEGIN
 
     SET time_zone = '+00:00';
     SET p_upgrade = COALESCE(p_upgrade, 0);
+    SET p_payload = COALESCE(p_payload, '');
+    -- At most 100 years, so that the date arithmetic stays within DATETIME.
+    SET p_delay_us = LEAST(GREATEST(COALESCE(p_delay_us, 0), 0), 3155760000000000);
     SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     START TRANSACTION;
     decide: BEGIN
@@ -360,7 +385,7 @@ BEGIN
                 LEAVE decide;
             END IF;
         END IF;
-        CALL sqldlm_acquire_check(p_name, p_lease, p_request, p_mode, p_upgrade, v_now,
+        CALL sqldlm_acquire_check(p_name, p_lease, p_request, p_mode, p_upgrade, v_now, p_delay_us,
                                   v_owner, v_mode, v_expires_us, v_ahead);
         IF v_mode IS NOT NULL OR v_ahead > 0 THEN
             SET v_status = 2;
@@ -397,10 +422,12 @@ BEGIN
                 SET v_status = 4;
                 LEAVE decide;
             END IF;
-            SELECT COUNT(*) INTO v_n FROM sqldlm_holders WHERE token = p_upgrade FOR UPDATE SKIP LOCKED;
+            SELECT COUNT(*), MAX(payload) INTO v_n, v_payload
+              FROM sqldlm_holders WHERE token = p_upgrade FOR UPDATE SKIP LOCKED;
             IF v_n = 0 THEN
                 -- The shared hold is pinned by a fenced transaction (of the
-                -- holder's own): the upgrade waits for it to end.
+                -- holder's own), or briefly locked by a Downgrade or
+                -- SetPayload: the upgrade waits for it to end.
                 SELECT owner, TIMESTAMPDIFF(MICROSECOND, v_now, expires_at), 'S'
                   INTO v_owner, v_expires_us, v_mode
                   FROM sqldlm_leases WHERE id = p_lease;
@@ -409,7 +436,7 @@ BEGIN
             END IF;
         END IF;
         -- (3) The holds again, by the clock read after the locks.
-        CALL sqldlm_acquire_check(p_name, p_lease, p_request, p_mode, p_upgrade, v_now,
+        CALL sqldlm_acquire_check(p_name, p_lease, p_request, p_mode, p_upgrade, v_now, p_delay_us,
                                   v_owner, v_mode, v_expires_us, v_ahead);
         IF v_mode IS NOT NULL OR v_ahead > 0 THEN
             SET v_status = 2;
@@ -417,7 +444,9 @@ BEGIN
         END IF;
         -- Take over the conflicting holds of dead leases, one lease at a
         -- time in id order: lock the lease row (without waiting), re-check
-        -- it with SYSDATE(6), lock its holds of the name (without waiting),
+        -- with SYSDATE(6) that it has been dead for the lock delay (a live
+        -- lease is dead since later than the cutoff, so one condition covers
+        -- both), lock its holds of the name (without waiting),
         -- return its conflicting holds (as they were before this grant),
         -- mark it broken so that no late renewal revives it, delete its holds.
         takeover: LOOP
@@ -435,15 +464,22 @@ BEGIN
             SELECT COUNT(*) INTO v_locked FROM sqldlm_leases WHERE id = v_dead FOR UPDATE SKIP LOCKED;
             IF v_locked = v_n THEN
                 SELECT COUNT(*) INTO v_n FROM sqldlm_leases
-                 WHERE id = v_dead AND broken_at IS NULL AND expires_at > SYSDATE(6);
+                 WHERE id = v_dead
+                   AND LEAST(expires_at, COALESCE(broken_at, expires_at)) > SYSDATE(6) - INTERVAL p_delay_us MICROSECOND;
                 IF v_n = 0 THEN
                     CALL sqldlm_lock_holds(p_name, v_dead, v_ok);
                 END IF;
             END IF;
             IF NOT v_ok THEN
-                -- Renewed after all, or locked by another transaction (a
-                -- fence, a renewal, a reap): blocked for now.
-                SELECT l.owner, h.mode, TIMESTAMPDIFF(MICROSECOND, SYSDATE(6), l.expires_at)
+                -- Renewed after all, dead for less than the lock delay, or
+                -- locked by another transaction (a fence, a renewal, a reap):
+                -- blocked for now.
+                SET v_now = SYSDATE(6);
+                SELECT l.owner, h.mode,
+                       IF(l.broken_at IS NULL AND l.expires_at > v_now,
+                          TIMESTAMPDIFF(MICROSECOND, v_now, l.expires_at),
+                          TIMESTAMPDIFF(MICROSECOND, v_now - INTERVAL p_delay_us MICROSECOND,
+                                        LEAST(l.expires_at, COALESCE(l.broken_at, l.expires_at))))
                   INTO v_owner, v_mode, v_expires_us
                   FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
                  WHERE h.name = p_name AND h.lease_id = v_dead AND (p_mode = 'X' OR h.mode = 'X')
@@ -457,7 +493,8 @@ BEGIN
             IF v_n > 0 THEN
                 SELECT COALESCE(l.owner, '') AS owner, h.lease_id, h.token, h.mode,
                        COALESCE(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', l.expires_at), 0) AS expired_at_us,
-                       COALESCE(l.broken_at IS NOT NULL, 0) AS broken
+                       COALESCE(l.broken_at IS NOT NULL, 0) AS broken,
+                       h.payload
                   FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
                  WHERE h.name = p_name AND h.lease_id = v_dead AND h.token <> p_upgrade
                    AND (p_mode = 'X' OR h.mode = 'X')
@@ -469,8 +506,11 @@ BEGIN
         END LOOP takeover;
 
         -- Grant: the hold's AUTO_INCREMENT is the fencing token.
-        INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
-        VALUES (p_name, p_lease, p_request, p_mode, SYSDATE(6));
+        IF p_upgrade <> 0 AND p_payload = '' THEN
+            SET p_payload = COALESCE(v_payload, '');
+        END IF;
+        INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
+        VALUES (p_name, p_lease, p_request, p_mode, SYSDATE(6), p_payload);
         SET v_token = LAST_INSERT_ID();
         IF p_upgrade <> 0 THEN
             DELETE FROM sqldlm_holders WHERE token = p_upgrade;
@@ -577,6 +617,40 @@ BEGIN
     COMMIT;
     SET time_zone = saved_tz;
     SELECT v_n > 0 AS downgraded;
+END
+-- +goose StatementEnd
+
+-- sqldlm_set_payload replaces the payload of a hold of a live lease and
+-- returns 1, or 0 if the hold does not exist or its lease is not live. Like
+-- sqldlm_downgrade, it locks the hold first, then reads the lease with a
+-- fresh snapshot, without locking it. A payload over 1024 bytes is an error.
+-- +goose StatementBegin
+CREATE PROCEDURE sqldlm_set_payload(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT,
+                                    IN p_payload VARBINARY(4096))
+BEGIN
+    DECLARE saved_tz VARCHAR(64) DEFAULT @@session.time_zone;
+    DECLARE v_n INT;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        ROLLBACK;
+        SET time_zone = saved_tz;
+        RESIGNAL;
+    END;
+    SET time_zone = '+00:00';
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+    START TRANSACTION;
+    SELECT COUNT(*) INTO v_n FROM sqldlm_holders
+     WHERE token = p_token AND lease_id = p_lease AND name = p_name FOR UPDATE;
+    IF v_n > 0 THEN
+        SELECT COUNT(*) INTO v_n FROM sqldlm_leases
+         WHERE id = p_lease AND broken_at IS NULL AND expires_at > SYSDATE(6);
+        IF v_n > 0 THEN
+            UPDATE sqldlm_holders SET payload = COALESCE(p_payload, '') WHERE token = p_token;
+        END IF;
+    END IF;
+    COMMIT;
+    SET time_zone = saved_tz;
+    SELECT v_n > 0 AS updated;
 END
 -- +goose StatementEnd
 
@@ -729,6 +803,7 @@ SET @sqldlm_saved_sql_mode = NULL;
 -- +goose Down
 DROP PROCEDURE sqldlm_reap;
 DROP PROCEDURE sqldlm_fence;
+DROP PROCEDURE sqldlm_set_payload;
 DROP PROCEDURE sqldlm_downgrade;
 DROP PROCEDURE sqldlm_release;
 DROP PROCEDURE sqldlm_abandon;

@@ -3,11 +3,11 @@
 -- Leases, Break).
 --
 -- The views (sqldlm_leases_view, sqldlm_holders_view, sqldlm_waiters_view)
--- are for people at the mysql client; sqldlm itself never reads them. Names
--- and owners are shown as utf8mb4 text (CAST of the VARBINARY columns), so
--- the client prints them: a filter such as WHERE name = 'x' on a view then
--- compares text under the default utf8mb4 collation (often case- and
--- accent-insensitive); filter the tables for byte-exact matches. Times are
+-- are for people at the mysql client; sqldlm itself never reads them. Names,
+-- owners and payloads are shown as utf8mb4 text (CAST of the VARBINARY
+-- columns), so the client prints them: a filter such as WHERE name = 'x' on
+-- a view then compares text under the default utf8mb4 collation (often case-
+-- and accent-insensitive); filter the tables for byte-exact matches. Times are
 -- the tables' DATETIME(6) values, in UTC. The *_seconds columns and liveness
 -- are computed against UTC_TIMESTAMP(6): a view cannot set the session's
 -- time_zone (which UTC_TIMESTAMP does not depend on), nor use SYSDATE (which
@@ -49,7 +49,8 @@ SELECT CAST(h.name AS CHAR CHARACTER SET utf8mb4) AS name,
        h.acquired_at,
        ROUND(TIMESTAMPDIFF(MICROSECOND, h.acquired_at, UTC_TIMESTAMP(6)) / 1000000, 3) AS held_seconds,
        ROUND(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), l.expires_at) / 1000000, 3) AS expires_in_seconds,
-       COALESCE(l.broken_at IS NULL AND l.expires_at > UTC_TIMESTAMP(6), 0) AS live
+       COALESCE(l.broken_at IS NULL AND l.expires_at > UTC_TIMESTAMP(6), 0) AS live,
+       CAST(h.payload AS CHAR CHARACTER SET utf8mb4) AS payload
 FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id;
 
 -- Live waiters only; position counts them per name (byte-wise): pending
@@ -67,7 +68,7 @@ FROM sqldlm_waiters w JOIN sqldlm_leases l ON l.id = w.lease_id
 WHERE l.broken_at IS NULL AND l.expires_at > UTC_TIMESTAMP(6);
 
 -- sqldlm_inspect_locks returns two result sets, read from one consistent
--- snapshot: the holds (10 columns), then the live waiters (8 columns), of
+-- snapshot: the holds (11 columns), then the live waiters (8 columns), of
 -- the names that start with the bytes p_prefix ('' for all; compared byte by
 -- byte, no wildcards) and, unless p_owner is '', that p_owner holds or waits
 -- for (dead leases included). Holds are ordered by name and token, waiters by
@@ -96,7 +97,8 @@ BEGIN
            TIMESTAMPDIFF(MICROSECOND, x.acquired_at, v_now) AS held_us,
            COALESCE(l.owner, '') AS owner,
            COALESCE(TIMESTAMPDIFF(MICROSECOND, v_now, l.expires_at), 0) AS expires_in_us,
-           COALESCE(l.broken_at IS NULL AND l.expires_at > v_now, 0) AS live
+           COALESCE(l.broken_at IS NULL AND l.expires_at > v_now, 0) AS live,
+           x.payload
       FROM sqldlm_holders x
       LEFT JOIN sqldlm_leases l ON l.id = x.lease_id
       LEFT JOIN sqldlm_locks k ON k.name = x.name

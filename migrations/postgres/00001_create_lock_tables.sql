@@ -37,7 +37,8 @@ CREATE TABLE sqldlm_holders (
     lease_id    bigint      NOT NULL,
     request_id  bigint      NOT NULL,                 -- the client's id of the acquire, for idempotent retries
     mode        char(1)     NOT NULL CHECK (mode IN ('S', 'X')),
-    acquired_at timestamptz NOT NULL
+    acquired_at timestamptz NOT NULL,
+    payload     text        NOT NULL DEFAULT '' CHECK (octet_length(payload) <= 1024) -- what the holder is doing
 );
 CREATE INDEX sqldlm_holders_name ON sqldlm_holders (name);
 CREATE INDEX sqldlm_holders_lease ON sqldlm_holders (lease_id, request_id);
@@ -63,6 +64,9 @@ CREATE UNIQUE INDEX sqldlm_waiters_lease ON sqldlm_waiters (lease_id, request_id
 -- transaction), and is taken after the row locks it depends on.
 --
 -- A lease is live while broken_at IS NULL AND expires_at > clock_timestamp().
+-- A dead lease has been dead since least(expires_at, coalesce(broken_at,
+-- expires_at)); with a lock delay, a grant takes over its holds only once it
+-- has been dead that long.
 --
 -- Row locks, always taken in this order, so that operations cannot deadlock:
 --   1. the name's row in sqldlm_locks, FOR UPDATE (grants of one name and the
@@ -91,24 +95,29 @@ $$;
 -- +goose StatementEnd
 
 -- sqldlm_evaluate reads, in one snapshot, everything a request of p_name by
--- (p_lease, p_request) in mode p_mode, upgrading p_upgrade (or NULL), is
--- decided on, judging leases by p_now:
+-- (p_lease, p_request) in mode p_mode, upgrading p_upgrade (or NULL), with
+-- lock delay p_delay, is decided on, judging leases by p_now:
 --   lease_live        the request's lease is live;
 --   held_token        the hold this request already obtained (a retry);
 --   waiter_id         the request's waiter row, if queued;
 --   upgrade_held      no upgrade, or the shared hold to upgrade exists;
 --   upgrade_conflict  a live waiter upgrades another hold of the name;
---   blocker_*         the conflicting live hold whose lease expires last;
+--   blocker_*         of the conflicting holds that keep the request out
+--                     (those of live leases, and those of leases dead for
+--                     less than p_delay), the one that does so longest:
+--                     blocker_expires_us is the time until its lease
+--                     expires, or until its lock delay has passed;
 --   waiters_ahead     live waiters to serve first: none for an upgrade
 --                     (upgrades go first; a competing upgrade is refused),
 --                     otherwise every pending upgrade and every earlier
 --                     waiter whose mode conflicts;
 --   dead_leases       the leases, in id order, of conflicting holds that are
---                     not live (the holds a grant would take over).
+--                     not live and have been dead for p_delay (the holds a
+--                     grant would take over).
 -- One SQL statement (inlined into the caller's plan where PostgreSQL can).
 -- +goose StatementBegin
 CREATE FUNCTION sqldlm_evaluate(p_name text, p_lease bigint, p_request bigint, p_mode text,
-    p_upgrade bigint, p_now timestamptz)
+    p_upgrade bigint, p_delay interval, p_now timestamptz)
 RETURNS TABLE (lease_live boolean, held_token bigint, waiter_id bigint, upgrade_held boolean,
     upgrade_conflict boolean, blocker_owner text, blocker_mode text, blocker_expires_us bigint,
     waiters_ahead integer, dead_leases bigint[])
@@ -138,18 +147,21 @@ SELECT
       WHERE h.name = p_name
         AND h.token IS DISTINCT FROM p_upgrade
         AND (p_mode = 'X' OR h.mode = 'X')
-        AND NOT (l.broken_at IS NULL AND l.expires_at > p_now))
+        AND NOT (l.broken_at IS NULL AND l.expires_at > p_now)
+        AND least(l.expires_at, coalesce(l.broken_at, l.expires_at)) + p_delay <= p_now)
 FROM (SELECT 1) AS one
 LEFT JOIN sqldlm_waiters own ON own.lease_id = p_lease AND own.request_id = p_request
 LEFT JOIN LATERAL (
-    SELECT l.owner, h.mode::text AS mode,
-           (extract(epoch FROM l.expires_at - p_now) * 1000000)::bigint AS expires_us
-      FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
-     WHERE h.name = p_name
-       AND h.token IS DISTINCT FROM p_upgrade
-       AND (p_mode = 'X' OR h.mode = 'X')
-       AND l.broken_at IS NULL AND l.expires_at > p_now
-     ORDER BY l.expires_at DESC
+    SELECT t.owner, t.mode, ceil(extract(epoch FROM t.until - p_now) * 1000000)::bigint AS expires_us
+      FROM (SELECT l.owner, h.mode::text AS mode,
+                   CASE WHEN l.broken_at IS NULL AND l.expires_at > p_now THEN l.expires_at
+                        ELSE least(l.expires_at, coalesce(l.broken_at, l.expires_at)) + p_delay END AS until
+              FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
+             WHERE h.name = p_name
+               AND h.token IS DISTINCT FROM p_upgrade
+               AND (p_mode = 'X' OR h.mode = 'X')) t
+     WHERE t.until > p_now
+     ORDER BY t.until DESC
      LIMIT 1) AS b ON true
 $$;
 -- +goose StatementEnd
@@ -158,15 +170,20 @@ $$;
 -- p_request) in mode p_mode ('S' or 'X'), or upgrades the caller's shared
 -- hold p_upgrade (0 or NULL: no upgrade) to exclusive. o_status is one of
 -- granted (o_token), blocked (o_owner, o_mode, o_expires_us describe the
--- conflicting live hold whose lease expires last, if any; o_ahead counts the
--- waiters ahead), lease_lost, not_held, upgrade_conflict. A grant that took
+-- conflicting hold that keeps the request out longest, if any: o_expires_us
+-- is the time until its live lease expires, or until the lock delay of its
+-- dead lease has passed; o_ahead counts the waiters ahead), lease_lost,
+-- not_held, upgrade_conflict. The new hold stores p_payload; an upgrade with
+-- an empty p_payload keeps the upgraded hold's. p_delay_us is the lock
+-- delay: a conflicting hold of a dead lease is taken over only once the
+-- lease has been dead for that many microseconds. A grant that took
 -- the name over from dead leases reports the conflicting holds it deleted,
 -- in token order, as parallel arrays (NULL when there were none, and on a
 -- repeated request): o_took_owners ('' if the lease row is gone),
 -- o_took_leases, o_took_tokens, o_took_modes, o_took_expires (the lease's
--- expires_at; the epoch if its row is gone) and o_took_broken (the lease had
+-- expires_at; the epoch if its row is gone), o_took_broken (the lease had
 -- broken_at set before this grant: broken by an operator or by an earlier
--- takeover, rather than just expired).
+-- takeover, rather than just expired) and o_took_payloads.
 --
 -- Phase 1 only reads (no row locks, no writes) and answers everything except
 -- a grant: a blocked request writes nothing, except its waiter row the first
@@ -176,14 +193,17 @@ $$;
 -- it is blocked) and grants.
 -- +goose StatementBegin
 CREATE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text,
-    p_enqueue boolean, p_upgrade bigint,
+    p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint,
     OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text,
     OUT o_expires_us bigint, OUT o_ahead integer,
     OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[],
-    OUT o_took_modes text[], OUT o_took_expires timestamptz[], OUT o_took_broken boolean[])
+    OUT o_took_modes text[], OUT o_took_expires timestamptz[], OUT o_took_broken boolean[],
+    OUT o_took_payloads text[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_upgrade bigint := nullif(p_upgrade, 0);
+    v_delay   interval := greatest(coalesce(p_delay_us, 0), 0) * interval '1 microsecond';
+    v_payload text := coalesce(p_payload, '');
     v_now     timestamptz;
     e         record;
     v_dead    bigint[];
@@ -198,7 +218,7 @@ BEGIN
 
     -- Phase 1: one plain read.
     v_now := clock_timestamp();
-    SELECT * INTO e FROM sqldlm_evaluate(p_name, p_lease, p_request, p_mode, v_upgrade, v_now);
+    SELECT * INTO e FROM sqldlm_evaluate(p_name, p_lease, p_request, p_mode, v_upgrade, v_delay, v_now);
     IF NOT e.lease_live THEN
         o_status := 'lease_lost';
         RETURN;
@@ -265,7 +285,7 @@ BEGIN
     -- them all; and a concurrent run of this same request has committed.
     LOOP
         v_now := clock_timestamp();
-        SELECT * INTO e FROM sqldlm_evaluate(p_name, p_lease, p_request, p_mode, v_upgrade, v_now);
+        SELECT * INTO e FROM sqldlm_evaluate(p_name, p_lease, p_request, p_mode, v_upgrade, v_delay, v_now);
         IF NOT e.lease_live THEN
             o_status := 'lease_lost';
             RETURN;
@@ -329,7 +349,8 @@ BEGIN
 
     -- Granted. Nothing was written before this point.
     IF v_upgrade IS NOT NULL THEN
-        DELETE FROM sqldlm_holders WHERE token = v_upgrade AND lease_id = p_lease AND name = p_name;
+        DELETE FROM sqldlm_holders WHERE token = v_upgrade AND lease_id = p_lease AND name = p_name
+        RETURNING CASE WHEN v_payload = '' THEN payload ELSE v_payload END INTO v_payload;
         IF NOT FOUND THEN -- released meanwhile (a release does not lock the name's row)
             o_status := 'not_held';
             RETURN;
@@ -346,20 +367,21 @@ BEGIN
                 OR (h.token IS DISTINCT FROM v_upgrade
                     AND (p_mode = 'X' OR h.mode = 'X')
                     AND NOT EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = h.lease_id)))
-        RETURNING h.token, h.lease_id, h.mode)
+        RETURNING h.token, h.lease_id, h.mode, h.payload)
     SELECT array_agg(coalesce(l.owner, '') ORDER BY d.token), array_agg(d.lease_id ORDER BY d.token),
            array_agg(d.token ORDER BY d.token), array_agg(d.mode::text ORDER BY d.token),
            array_agg(coalesce(l.expires_at, 'epoch'::timestamptz) ORDER BY d.token),
-           array_agg(l.broken_at IS NOT NULL ORDER BY d.token)
-      INTO o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken
+           array_agg(l.broken_at IS NOT NULL ORDER BY d.token), array_agg(d.payload ORDER BY d.token)
+      INTO o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken,
+           o_took_payloads
       FROM d LEFT JOIN sqldlm_leases l ON l.id = d.lease_id
      WHERE p_mode = 'X' OR d.mode = 'X';
     IF v_dead IS NOT NULL THEN
         -- Mark the dead leases broken, so that no late renewal revives them.
         UPDATE sqldlm_leases SET broken_at = v_now WHERE id = ANY (v_dead) AND broken_at IS NULL;
     END IF;
-    INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at)
-    VALUES (p_name, p_lease, p_request, p_mode, v_now)
+    INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
+    VALUES (p_name, p_lease, p_request, p_mode, v_now, v_payload)
     RETURNING token INTO o_token;
     UPDATE sqldlm_locks SET token = o_token, updated_at = v_now WHERE name = p_name;
     DELETE FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request;
@@ -421,6 +443,23 @@ BEGIN
     END IF;
     PERFORM pg_notify(sqldlm_channel(), p_name);
     RETURN true;
+END
+$$;
+-- +goose StatementEnd
+
+-- sqldlm_set_payload replaces the payload of a hold of a live lease and
+-- reports whether it did. Like a renewal it updates only a non-key column, so
+-- a fence's FOR KEY SHARE on the hold does not block it; nobody is notified.
+-- +goose StatementBegin
+CREATE FUNCTION sqldlm_set_payload(p_name text, p_lease bigint, p_token bigint, p_payload text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The lease check reads the statement's snapshot, as in sqldlm_downgrade.
+    UPDATE sqldlm_holders SET payload = p_payload
+     WHERE token = p_token AND lease_id = p_lease AND name = p_name
+       AND EXISTS (SELECT 1 FROM sqldlm_leases
+                    WHERE id = p_lease AND broken_at IS NULL AND expires_at > clock_timestamp());
+    RETURN FOUND;
 END
 $$;
 -- +goose StatementEnd
@@ -538,8 +577,9 @@ DROP FUNCTION sqldlm_fence(text, bigint, bigint, integer);
 DROP FUNCTION sqldlm_downgrade(text, bigint, bigint);
 DROP FUNCTION sqldlm_abandon(bigint, bigint);
 DROP FUNCTION sqldlm_release(text, bigint, bigint);
-DROP FUNCTION sqldlm_acquire(text, bigint, bigint, text, boolean, bigint);
-DROP FUNCTION sqldlm_evaluate(text, bigint, bigint, text, bigint, timestamptz);
+DROP FUNCTION sqldlm_set_payload(text, bigint, bigint, text);
+DROP FUNCTION sqldlm_acquire(text, bigint, bigint, text, boolean, bigint, text, bigint);
+DROP FUNCTION sqldlm_evaluate(text, bigint, bigint, text, bigint, interval, timestamptz);
 DROP FUNCTION sqldlm_channel();
 DROP TABLE sqldlm_waiters;
 DROP TABLE sqldlm_holders;

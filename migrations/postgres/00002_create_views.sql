@@ -34,7 +34,8 @@ SELECT h.name,
        h.acquired_at,
        round(extract(epoch FROM c.now - h.acquired_at)::numeric, 3) AS held_seconds,
        round(extract(epoch FROM l.expires_at - c.now)::numeric, 3) AS expires_in_seconds,
-       coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live
+       coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live,
+       h.payload
 FROM sqldlm_holders h CROSS JOIN c LEFT JOIN sqldlm_leases l ON l.id = h.lease_id;
 
 -- Live waiters only, position 1 first: pending upgrades, then arrival order.

@@ -36,7 +36,8 @@ CREATE TABLE sqldlm_holders (
     lease_id    INTEGER NOT NULL,
     request_id  INTEGER NOT NULL,                     -- the client's id of the acquire, for idempotent retries
     mode        TEXT    NOT NULL CHECK (mode IN ('S', 'X')),
-    acquired_at INTEGER NOT NULL
+    acquired_at INTEGER NOT NULL,
+    payload     TEXT    NOT NULL DEFAULT '' CHECK (length(CAST(payload AS BLOB)) <= 1024) -- what the holder is doing
 ) STRICT;
 CREATE INDEX sqldlm_holders_name ON sqldlm_holders (name);
 CREATE INDEX sqldlm_holders_lease ON sqldlm_holders (lease_id, request_id);

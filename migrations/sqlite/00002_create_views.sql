@@ -25,7 +25,8 @@ SELECT h.name,
        strftime('%Y-%m-%dT%H:%M:%fZ', h.acquired_at / 1000000.0, 'unixepoch') AS acquired_at,
        round((unixepoch('subsec') * 1000000 - h.acquired_at) / 1000000.0, 3) AS held_seconds,
        round((l.expires_at - unixepoch('subsec') * 1000000) / 1000000.0, 3) AS expires_in_seconds,
-       COALESCE(l.broken_at IS NULL AND l.expires_at > unixepoch('subsec') * 1000000, 0) AS live
+       COALESCE(l.broken_at IS NULL AND l.expires_at > unixepoch('subsec') * 1000000, 0) AS live,
+       h.payload
 FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id;
 
 CREATE VIEW sqldlm_waiters_view AS

@@ -36,6 +36,7 @@ type holderJSON struct {
 	HeldSeconds      float64   `json:"held_seconds"`
 	ExpiresInSeconds float64   `json:"expires_in_seconds"`
 	Live             bool      `json:"live"`
+	Payload          string    `json:"payload"`
 }
 
 type waiterJSON struct {
@@ -84,7 +85,7 @@ func toLocksJSON(states []dialect.LockState) locksJSON {
 		l := lockJSON{Name: s.Name, Token: s.Token, Holders: []holderJSON{}, Waiters: []waiterJSON{}}
 		for _, h := range s.Holders {
 			l.Holders = append(l.Holders, holderJSON{h.Owner, h.LeaseID, modeName(h.Mode), h.Token, h.Since,
-				h.HeldFor.Seconds(), h.ExpiresIn.Seconds(), h.Live})
+				h.HeldFor.Seconds(), h.ExpiresIn.Seconds(), h.Live, h.Payload})
 			if h.Live && (l.Mode == "" || h.Mode == dialect.Exclusive) {
 				l.Mode = modeName(h.Mode)
 			}

@@ -69,16 +69,15 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 // checkDeadline runs when the local deadline may have passed.
 func (l *lease) checkDeadline() {
 	l.mu.Lock()
-	remaining := time.Until(l.deadline)
-	l.mu.Unlock()
-	if remaining > 0 {
-		l.mu.Lock()
+	if remaining := time.Until(l.deadline); remaining > 0 || l.err != nil {
+		// Extended by a renewal since the timer was set (or already ended).
 		if l.err == nil {
 			l.expiry.Reset(remaining)
 		}
 		l.mu.Unlock()
 		return
 	}
+	l.mu.Unlock()
 	l.end(ErrLost, "no renewal succeeded within the TTL")
 }
 

@@ -44,6 +44,7 @@ func TestBreakNotifiesTheNamesOfTheBrokenLeases(t *testing.T) {
 	acquire("z", c, dialect.Exclusive, dialect.Granted)
 	acquire("z", a, dialect.Exclusive, dialect.Blocked) // a waits for z
 	tm := acquire("marker", c, dialect.Exclusive, dialect.Granted)
+	acquire("marker", lease("w"), dialect.Exclusive, dialect.Blocked) // a release notifies only when someone waits
 
 	broken, err := d.Break(ctx, db.DB, "x", "c")
 	require.NoError(t, err)

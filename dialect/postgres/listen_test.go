@@ -89,6 +89,12 @@ func TestListenDeliversReleasesOfItsSchemaOnly(t *testing.T) {
 		res, err := d.Acquire(ctx, db, &dialect.AcquireParams{Name: name, LeaseID: lease, RequestID: rand.Int64(), Mode: dialect.Exclusive})
 		require.NoError(t, err)
 		require.Equal(t, dialect.Granted, res.Status)
+		// Releases notify only when someone waits: queue a waiter.
+		waiter := rand.Int64()
+		require.NoError(t, d.CreateLease(ctx, db, &dialect.CreateLeaseParams{ID: waiter, Owner: "w", TTL: time.Minute}))
+		blocked, err := d.Acquire(ctx, db, &dialect.AcquireParams{Name: name, LeaseID: waiter, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true})
+		require.NoError(t, err)
+		require.Equal(t, dialect.Blocked, blocked.Status)
 		ok, err := d.Release(ctx, db, &dialect.HoldRef{Name: name, LeaseID: lease, Token: res.Token})
 		require.NoError(t, err)
 		require.True(t, ok)

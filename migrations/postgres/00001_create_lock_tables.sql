@@ -399,7 +399,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM pg_notify(sqldlm_channel(), p_name);
+    -- Notify only if someone waits: NOTIFY serializes the commits of every
+    -- notifying transaction in the database. A waiter whose row is not yet
+    -- committed has just been refused and polls again within milliseconds.
+    IF EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name) THEN
+        PERFORM pg_notify(sqldlm_channel(), p_name);
+    END IF;
     RETURN true;
 END
 $$;

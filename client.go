@@ -66,6 +66,12 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	if err := checkSchema(ctx, db, d); err != nil {
 		return nil, err
 	}
+	if cfg.Audit {
+		err := d.SetAuditSettings(ctx, db, &dialect.AuditSettings{Enabled: true, Retention: cfg.AuditRetention})
+		if err != nil {
+			return nil, fmt.Errorf("sqldlm: turn the audit log on: %w", err)
+		}
+	}
 	c := &Client{
 		db:      db,
 		dialect: d,

@@ -25,6 +25,9 @@ const (
 	ConnectTimeoutDefault = 15 * time.Second
 	// OwnerMaxBytes is the longest owner string accepted.
 	OwnerMaxBytes = 255
+	// AuditRetentionDefault is how long audit rows are kept when
+	// Config.AuditRetention is zero.
+	AuditRetentionDefault = 7 * 24 * time.Hour
 	// ReapDisabled as Config.ReapInterval turns the client's reaper off.
 	ReapDisabled time.Duration = -1
 )
@@ -66,6 +69,20 @@ type Config struct {
 	// cleanly released name is never delayed. Defaults to 0.
 	LockDelay time.Duration
 
+	// Audit turns on the schema's audit log, if it is not on already: one
+	// row per grant, upgrade, downgrade, release, takeover, expiry and
+	// operator break, written in the same transaction as the change (see
+	// [Client.AuditLog] and `sqldlm log`). The setting belongs to the schema,
+	// not to the client: once on, every client's changes are logged, so the
+	// log has no holes. False leaves the setting alone; `sqldlm log off`
+	// turns it off. Defaults to false.
+	Audit bool
+
+	// AuditRetention is how long audit rows are kept before the reaper
+	// deletes them, set with Audit. At least 1s; defaults to
+	// AuditRetentionDefault (7 days).
+	AuditRetention time.Duration
+
 	// Hooks receives the client's events for metrics (see package
 	// sqldlmprom). Defaults to none.
 	Hooks Hooks
@@ -93,6 +110,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ReapInterval < 0 && c.ReapInterval != ReapDisabled {
 		return c, fmt.Errorf("sqldlm: Config.ReapInterval is negative (%s): use sqldlm.ReapDisabled to turn the reaper off", c.ReapInterval)
 	}
+	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Second) {
+		return c, fmt.Errorf("sqldlm: Config.AuditRetention %s: use at least 1s, or 0 for the default %s", c.AuditRetention, AuditRetentionDefault)
+	}
+	c.AuditRetention = cmp.Or(c.AuditRetention, AuditRetentionDefault)
 	c.TTL = cmp.Or(c.TTL, TTLDefault)
 	c.ReapInterval = cmp.Or(c.ReapInterval, c.TTL)
 	c.ConnectTimeout = cmp.Or(c.ConnectTimeout, ConnectTimeoutDefault)

@@ -44,6 +44,17 @@ var (
 	// 255 bytes, not valid UTF-8 or contains a NUL byte.
 	ErrInvalidName = errors.New("sqldlm: invalid lock name")
 
+	// ErrNotCommitted is returned by [Lock.Err] (and Done is closed) when
+	// the transaction a lock was acquired in with [Client.TryLockTx] ended
+	// without committing: the lock never existed outside it.
+	ErrNotCommitted = errors.New("sqldlm: the transaction that acquired the lock did not commit")
+
+	// ErrTxOpen is returned by methods of a lock acquired with
+	// [Client.TryLockTx] that need the lock to exist outside the acquiring
+	// transaction (Upgrade, Downgrade, SetPayload, and Fence or ReleaseTx in
+	// another transaction) while that transaction is still open.
+	ErrTxOpen = errors.New("sqldlm: the transaction that acquired the lock is still open: commit it first")
+
 	// ErrInvalidPayload is returned for a payload longer than 1024 bytes,
 	// not valid UTF-8 or containing a NUL byte.
 	ErrInvalidPayload = errors.New("sqldlm: invalid payload")

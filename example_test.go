@@ -181,3 +181,44 @@ func ExampleLock_ReleaseTx() {
 	fmt.Println("locks held after the commit:", len(locks))
 	// Output: locks held after the commit: 0
 }
+
+// ExampleClient_TryLockTx creates a job and locks it in one transaction:
+// no other worker can see the job without its lock, and a rollback leaves
+// neither behind.
+func ExampleClient_TryLockTx() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT)`); err != nil {
+		log.Fatal(err)
+	}
+	c, err := sqldlm.New(db, sqldlm.Config{Owner: "api-1"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// READ COMMITTED is what PostgreSQL and MySQL need; SQLite ignores it.
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tx.Rollback()
+	l, err := c.TryLockTx(ctx, tx, "job/17", sqldlm.Exclusive, sqldlm.WithPayload("created"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Release(ctx)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO jobs VALUES ('17', 'new')`); err != nil {
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil { // the job and its lock, together
+		log.Fatal(err)
+	}
+	locks, err := c.Locks(ctx, sqldlm.Filter{Prefix: "job/"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(locks[0].Name, locks[0].Holders[0].Owner, locks[0].Holders[0].Payload)
+	// Output: job/17 api-1 created
+}

@@ -71,6 +71,10 @@ type Lock struct {
 	taken   *Takeover // the dead holder this grant (or upgrade) took over
 	inTx    bool      // ReleaseTx deleted the hold in a transaction that may have committed
 	payload string
+	// For TryLockTx: the acquiring transaction, until it is known to have
+	// ended, and the request's id (its pending record).
+	tx    *sql.Tx
+	txReq int64
 }
 
 // Takeover describes a holder whose lease died (expired, or was broken by
@@ -225,19 +229,28 @@ func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx con
 	return fnErr
 }
 
-func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool, opts []LockOption) (*Lock, error) {
-	if err := ValidateName(name); err != nil {
-		return nil, err
-	}
+// checkRequest validates a request's arguments and applies its options.
+func checkRequest(name string, mode Mode, opts []LockOption) (lockOptions, error) {
 	var o lockOptions
+	if err := ValidateName(name); err != nil {
+		return o, err
+	}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if err := ValidatePayload(o.payload); err != nil {
-		return nil, err
+		return o, err
 	}
 	if mode != Shared && mode != Exclusive {
-		return nil, fmt.Errorf("sqldlm: invalid mode %v: use sqldlm.Shared or sqldlm.Exclusive", mode)
+		return o, fmt.Errorf("sqldlm: invalid mode %v: use sqldlm.Shared or sqldlm.Exclusive", mode)
+	}
+	return o, nil
+}
+
+func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool, opts []LockOption) (*Lock, error) {
+	o, err := checkRequest(name, mode, opts)
+	if err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	c.hooks.AcquireStarted(name, mode)
@@ -409,12 +422,16 @@ func (l *Lock) Release(ctx context.Context) error {
 	lostBefore := l.err == ErrLost
 	l.mu.Unlock()
 	c := l.c
-	ref := l.ref()
-	l.lease.remove(l)
 	if lostBefore {
+		l.lease.remove(l)
 		l.setRelErr(ErrLost)
 		return ErrLost
 	}
+	if l.isPending() && l.releasePending(ctx) {
+		return nil
+	}
+	ref := l.ref()
+	l.lease.remove(l)
 	if l.finish(ErrReleased) {
 		c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
 	}
@@ -457,7 +474,7 @@ func (l *Lock) SetPayload(ctx context.Context, p string) error {
 	if err := ValidatePayload(p); err != nil {
 		return err
 	}
-	if err := l.Err(); err != nil {
+	if err := l.settled(ctx); err != nil {
 		return err
 	}
 	ok, err := l.c.dialect.SetPayload(ctx, l.c.db, l.ref(), p)
@@ -484,7 +501,7 @@ func (l *Lock) SetPayload(ctx context.Context, p string) error {
 // It returns ErrLost (or ErrReleased) if the lock is no longer held: roll
 // tx back.
 func (l *Lock) ReleaseTx(ctx context.Context, tx *sql.Tx) error {
-	if err := l.Err(); err != nil {
+	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
 	ok, err := l.c.dialect.ReleaseTx(ctx, tx, l.ref())
@@ -514,6 +531,9 @@ func (l *Lock) setRelErr(err error) {
 // of the two waiting for each other forever). If ctx ends first, the lock
 // stays shared. Upgrading an exclusive lock does nothing.
 func (l *Lock) Upgrade(ctx context.Context) error {
+	if err := l.settled(ctx); err != nil {
+		return err
+	}
 	l.mu.Lock()
 	err, mode, token := l.err, l.mode, l.token
 	l.mu.Unlock()
@@ -548,6 +568,9 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 // and lets waiting shared requests in. It never waits for other holders.
 // Downgrading a shared lock does nothing.
 func (l *Lock) Downgrade(ctx context.Context) error {
+	if err := l.settled(ctx); err != nil {
+		return err
+	}
 	l.mu.Lock()
 	err, mode := l.err, l.mode
 	l.mu.Unlock()
@@ -586,7 +609,7 @@ func (l *Lock) Downgrade(ctx context.Context) error {
 // forever. At REPEATABLE READ or SERIALIZABLE, Fence may fail with a
 // serialization error: retry the whole transaction.
 func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
-	if err := l.Err(); err != nil {
+	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
 	ok, err := l.c.dialect.Fence(ctx, tx, l.ref(), l.c.cfg.TTL)

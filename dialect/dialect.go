@@ -60,6 +60,7 @@ type Dialect interface {
 
 	Locker
 	Inspector
+	Auditor
 }
 
 // Querier is what [Dialect] methods need to run a statement: a *sql.DB,
@@ -98,6 +99,13 @@ var (
 	// ErrUndefinedTable: a table (or routine) that the statement names does
 	// not exist, typically because the schema was never migrated.
 	ErrUndefinedTable = errors.New("undefined table")
+	// ErrIsolation: [Locker.AcquireTx] was called in a transaction whose
+	// isolation it cannot work in: on PostgreSQL any level but READ
+	// COMMITTED (SQLSTATE SQD01); on MySQL a snapshot older than the name's
+	// last grant, as a REPEATABLE READ transaction has (SIGNAL 1644 with a
+	// message starting "sqldlm isolation:"). Nothing was changed; the
+	// transaction is still usable on MySQL, aborted on PostgreSQL.
+	ErrIsolation = errors.New("transaction isolation must be READ COMMITTED")
 )
 
 // Error is a driver error translated by [Dialect.ClassifyError]. It wraps

@@ -54,6 +54,33 @@ type Locker interface {
 
 	// Acquire tries to grant a hold, or to upgrade one (p.UpgradeToken).
 	Acquire(ctx context.Context, db *sql.DB, p *AcquireParams) (*AcquireResult, error)
+	// AcquireTx is Acquire inside the caller's transaction tx, for a
+	// request that [Locker.CreatePending] has recorded. p.Enqueue must be
+	// false and p.UpgradeToken 0. The grant (with any takeover, and its
+	// audit rows) is visible to others only once tx commits, and vanishes if
+	// tx rolls back; until tx ends, other grants of the name wait for it
+	// (PostgreSQL, MySQL) or every writer does (SQLite). A grant deletes the
+	// pending record inside tx, which is how [Locker.PendingOutcome] learns
+	// later whether tx committed; any other outcome leaves the record alone.
+	// The own lease is not locked in a way that would block its renewal.
+	// See [ErrIsolation] for the isolation levels it refuses.
+	AcquireTx(ctx context.Context, tx *sql.Tx, p *AcquireParams) (*AcquireResult, error)
+	// CreatePending records, in its own transaction, that request
+	// (leaseID, requestID) is about to be made with AcquireTx. A dialect
+	// that can tell PendingOutcome without a record (SQLite, whose writing
+	// transaction holds the only write lock) writes nothing.
+	CreatePending(ctx context.Context, db *sql.DB, leaseID, requestID int64) error
+	// PendingOutcome tells, without waiting for any lock, what became of a
+	// request recorded by CreatePending, once its AcquireTx call has
+	// returned: TxOpen while the transaction that granted it has not ended
+	// (the record is deleted but locked), TxCommitted once a grant of it
+	// has committed (the record is gone), TxNotCommitted if none has and
+	// none can any more (the record is there and unlocked: it was never
+	// granted, or the transaction rolled back); it then deletes the record.
+	// A record whose lease was deleted reads as TxCommitted: the lease is
+	// gone and with it every hold.
+	PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (TxOutcome, error)
+
 	// Abandon withdraws a request: it deletes its waiter row and any hold it
 	// obtained, and returns the names of deleted holds.
 	Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error)
@@ -78,9 +105,93 @@ type Locker interface {
 	// can (PostgreSQL, MariaDB).
 	Fence(ctx context.Context, tx *sql.Tx, p *HoldRef, idleTimeout time.Duration) (bool, error)
 
-	// Reap deletes up to limit dead leases with their holds and waiters,
-	// and lock rows idle for longer than idleAfter with no holds or waiters.
+	// Reap deletes up to limit dead leases with their holds, waiters and
+	// pending records, lock rows idle for longer than idleAfter with no
+	// holds or waiters, and up to limit audit rows older than the audit
+	// retention (whether or not auditing is enabled now).
 	Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (*ReapResult, error)
+}
+
+// TxOutcome is what [Locker.PendingOutcome] reports.
+type TxOutcome int
+
+// Outcomes of a transaction that ran AcquireTx.
+const (
+	TxOpen TxOutcome = iota + 1
+	TxCommitted
+	TxNotCommitted
+)
+
+// The audit log. When the schema's audit setting is enabled, every Locker
+// and Inspector method that changes holds writes one row per hold it
+// grants, upgrades, downgrades or deletes into sqldlm_audit, in the same
+// transaction as the change and with the server's clock:
+//
+//   - AuditGrant: a new hold (Acquire, AcquireTx). Owner, LeaseID, Token,
+//     Mode and Payload are the new hold's. When the grant took holds of dead
+//     leases over, their AuditTakeover rows come first.
+//   - AuditUpgrade: the exclusive hold an upgrade created (its new token);
+//     Detail is "from token <old token>".
+//   - AuditDowngrade: the hold after Downgrade (Mode shared).
+//   - AuditRelease: a hold deleted by its own client. Detail is "" for
+//     Release and ReleaseTx, "abandoned" for Abandon, "lease closed" for
+//     DeleteLease.
+//   - AuditTakeover: a hold of a dead lease that a grant deleted. Owner,
+//     LeaseID, Token, Mode and Payload are the dead hold's; Detail is
+//     "by <new holder's owner>".
+//   - AuditExpire: a hold of a dead lease that Reap deleted.
+//   - AuditBreak: a hold of a lease an operator broke (Inspector.Break),
+//     written when the lease is marked broken (the hold stays until taken
+//     over or reaped). Detail is "" for holds of the broken name and
+//     "with <name>" for the lease's holds of other names.
+type AuditEvent string
+
+// Audit events.
+const (
+	AuditGrant     AuditEvent = "grant"
+	AuditUpgrade   AuditEvent = "upgrade"
+	AuditDowngrade AuditEvent = "downgrade"
+	AuditRelease   AuditEvent = "release"
+	AuditTakeover  AuditEvent = "takeover"
+	AuditExpire    AuditEvent = "expire"
+	AuditBreak     AuditEvent = "break"
+)
+
+// AuditSettings is the schema-wide audit setting (one row of
+// sqldlm_settings; the migration creates it disabled, retention 7 days).
+type AuditSettings struct {
+	Enabled bool
+	// Retention: Reap deletes audit rows older than this (at least 1s).
+	Retention time.Duration
+}
+
+// AuditFilter selects audit rows.
+type AuditFilter struct {
+	Name  string        // exact name; "" for all
+	Since time.Duration // rows written within this long before the server's now; 0 for all
+	Limit int           // the newest Limit rows, if > 0
+}
+
+// AuditEntry is one audit row.
+type AuditEntry struct {
+	ID      int64     // increasing in order of writing
+	At      time.Time // server clock, UTC
+	Event   AuditEvent
+	Name    string
+	Owner   string
+	LeaseID int64
+	Token   int64
+	Mode    Mode
+	Payload string
+	Detail  string
+}
+
+// Auditor reads and configures the audit log.
+type Auditor interface {
+	AuditSettings(ctx context.Context, db *sql.DB) (*AuditSettings, error)
+	SetAuditSettings(ctx context.Context, db *sql.DB, s *AuditSettings) error
+	// AuditLog returns the rows f selects in ID order (oldest first).
+	AuditLog(ctx context.Context, db *sql.DB, f *AuditFilter) ([]AuditEntry, error)
 }
 
 // Notifier is implemented by dialects that can wake waiters when a name is
@@ -193,6 +304,8 @@ type Blocker struct {
 // ReapResult reports what [Locker.Reap] deleted.
 type ReapResult struct {
 	Leases, Holds, Waiters, IdleLocks int
+	// AuditRows counts the audit rows deleted after their retention.
+	AuditRows int
 	// Freed lists the names whose holds were deleted.
 	Freed []string
 }

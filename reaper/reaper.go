@@ -51,7 +51,9 @@ type Config struct {
 // Result sums what a pass deleted.
 type Result struct {
 	Leases, Holds, Waiters, IdleLocks int
-	Freed                             []string
+	// AuditRows counts audit rows deleted after their retention.
+	AuditRows int
+	Freed     []string
 }
 
 // Reaper deletes dead leases and idle lock rows. Its methods are safe for
@@ -93,17 +95,21 @@ func (r *Reaper) RunOnce(ctx context.Context) (Result, error) {
 		total.Holds += res.Holds
 		total.Waiters += res.Waiters
 		total.IdleLocks += res.IdleLocks
+		total.AuditRows += res.AuditRows
 		total.Freed = append(total.Freed, res.Freed...)
 		if len(res.Freed) > 0 && r.cfg.OnFreed != nil {
 			r.cfg.OnFreed(res.Freed)
 		}
-		if res.Leases < r.cfg.BatchSize && res.IdleLocks < r.cfg.BatchSize {
+		if res.Leases < r.cfg.BatchSize && res.IdleLocks < r.cfg.BatchSize && res.AuditRows < r.cfg.BatchSize {
 			break
 		}
 	}
 	if total.Leases+total.IdleLocks > 0 {
 		r.cfg.Logger.InfoContext(ctx, "sqldlm: reaper freed dead leases",
 			"leases", total.Leases, "holds", total.Holds, "waiters", total.Waiters, "idle_locks", total.IdleLocks)
+	}
+	if total.AuditRows > 0 {
+		r.cfg.Logger.DebugContext(ctx, "sqldlm: reaper pruned the audit log", "rows", total.AuditRows)
 	}
 	return total, nil
 }

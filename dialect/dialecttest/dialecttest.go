@@ -36,6 +36,7 @@ func Exercise(t *testing.T, h Harness) {
 	t.Run("Now", func(t *testing.T) { t.Parallel(); testNow(t, h) })
 	t.Run("Locker", func(t *testing.T) { t.Parallel(); exerciseLocker(t, h) })
 	t.Run("Inspector", func(t *testing.T) { t.Parallel(); exerciseInspector(t, h) })
+	t.Run("TxAndAudit", func(t *testing.T) { t.Parallel(); exerciseTxAndAudit(t, h) })
 }
 
 func ctxFor(t testing.TB) context.Context {

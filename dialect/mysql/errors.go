@@ -3,6 +3,7 @@ package mysql
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -21,6 +22,11 @@ var errorKinds = map[uint16]error{
 	4031: dialect.ErrConnection,      // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+)
 }
 
+// isolationPrefix starts the message of the error sqldlm_acquire_tx raises
+// (SIGNAL with MYSQL_ERRNO 1644, ER_SIGNAL_EXCEPTION) when the caller's
+// transaction's snapshot is too old for it.
+const isolationPrefix = "sqldlm isolation:"
+
 // ClassifyError is the one place that looks inside go-sql-driver's error types.
 func (mysqlDialect) ClassifyError(err error) error {
 	if err == nil {
@@ -32,6 +38,9 @@ func (mysqlDialect) ClassifyError(err error) error {
 	}
 	var myErr *mysql.MySQLError
 	if errors.As(err, &myErr) {
+		if myErr.Number == 1644 && strings.HasPrefix(myErr.Message, isolationPrefix) {
+			return dialect.NewError(dialect.ErrIsolation, "1644", err)
+		}
 		if kind, ok := errorKinds[myErr.Number]; ok {
 			return dialect.NewError(kind, strconv.Itoa(int(myErr.Number)), err)
 		}

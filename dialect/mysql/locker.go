@@ -1,50 +1,72 @@
 package mysql
 
-// MySQL's lock operations are stored procedures (created by the migration in
+// MySQL's lock operations are stored procedures (created by the migrations in
 // migrations/mysql), so that each method is one CALL: one statement from Go,
 // one commit on the server. Names and owners are always bind parameters.
 // Every procedure reads the clock with SYSDATE(6) under time_zone '+00:00',
 // restores the session's time_zone before it returns, runs its transactions
 // at READ COMMITTED and rolls back (then re-raises) on any error, so a lock
 // wait timeout (1205), which rolls back only the statement, never leaves half
-// a transaction to be committed. Times cross the wire as microseconds.
-// Statements per operation, all inside the procedure:
+// a transaction to be committed. The procedures that run in the caller's
+// transaction (Fence, AcquireTx, ReleaseTx) have no transaction control and
+// only restore the time zone and re-raise. Times cross the wire as
+// microseconds. While the audit setting is on, the procedures that grant,
+// upgrade, downgrade or delete holds write the audit rows (marked [audit])
+// in the same transaction, the setting read once per call on the way to a
+// change. Statements per operation, all inside the procedure:
 //
 //	CreateLease  CALL sqldlm_create_lease: INSERT lease
 //	RenewLease   CALL sqldlm_renew_lease: UPDATE lease WHERE live (by
 //	             SYSDATE(6), evaluated after the row lock)
 //	DeleteLease  CALL sqldlm_delete_lease: SELECT lease FOR UPDATE; SELECT
-//	             its holds' names FOR UPDATE (the result); DELETE holds,
-//	             waiters, lease
-//	Acquire      CALL sqldlm_acquire. Phase 1, consistent reads, no row
+//	             its holds' names FOR UPDATE (the result); [audit: release
+//	             'lease closed' per hold]; DELETE holds, waiters, pending
+//	             rows, lease
+//	Acquire      CALL sqldlm_acquire: START TRANSACTION, then
+//	             sqldlm_acquire_decide. Phase 1, consistent reads, no row
 //	             locks: own lease live?; hold of this request (idempotent
 //	             retry)?; [upgrade: own shared hold?, other live upgrade
 //	             waiter?]; the conflicting hold that blocks longest (of a
 //	             live lease, or of one dead for less than the lock delay);
-//	             live waiters ahead. Blocked: [INSERT waiter ... ON DUPLICATE
-//	             KEY].
-//	             Phase 2, only if nothing blocked: SELECT lock row FOR UPDATE
-//	             [INSERT it ... ON DUPLICATE KEY UPDATE]; SELECT own lease LOCK
-//	             IN SHARE MODE and re-check it by SYSDATE(6); hold of this
-//	             request again; [upgrade: own shared hold FOR UPDATE SKIP
-//	             LOCKED, reading its payload]; conflicting holds and waiters
-//	             again; per dead lease with a conflicting hold, in id order:
-//	             SELECT lease FOR UPDATE SKIP LOCKED, re-check by SYSDATE(6)
-//	             (dead for the lock delay), SELECT each of its holds
-//	             of the name FOR UPDATE SKIP LOCKED (by primary key), SELECT
-//	             its conflicting holds with the lease's expires_at and
-//	             broken_at and their payloads (a result set: TookOver),
-//	             UPDATE lease SET
-//	             broken_at, DELETE its holds of the name; then INSERT hold
-//	             (AUTO_INCREMENT token), [DELETE upgraded hold], UPDATE lock
-//	             row, DELETE own waiter, COMMIT; the status row, with the
-//	             number of holds taken over, last. A lease or hold locked by
-//	             another transaction (a fence) is not waited for: Blocked.
+//	             live waiters ahead.
+//	             Phase 2, only if nothing blocked: SELECT lock row FOR
+//	             UPDATE; SELECT own lease LOCK IN SHARE MODE and re-check it
+//	             by SYSDATE(6); [INSERT lock row ... ON DUPLICATE KEY
+//	             UPDATE]; hold of this request again; [upgrade: own shared
+//	             hold FOR UPDATE SKIP LOCKED, reading its payload];
+//	             conflicting holds and waiters again; per dead lease with a
+//	             conflicting hold, in id order: SELECT lease FOR UPDATE SKIP
+//	             LOCKED, re-check it (a locking read) by SYSDATE(6) (dead for
+//	             the lock delay), SELECT each of its holds of the name FOR
+//	             UPDATE SKIP LOCKED (by primary key). Once all are locked:
+//	             INSERT hold (AUTO_INCREMENT token); per dead lease, per hold
+//	             of the name (by primary key): a result set (TookOver) if it
+//	             conflicts, [audit: takeover], DELETE; UPDATE lease SET
+//	             broken_at; [audit: grant or upgrade]; [DELETE upgraded
+//	             hold]; UPDATE lock row; DELETE own waiter; COMMIT. Then the
+//	             status row, with the number of holds taken over. Blocked:
+//	             ROLLBACK, [INSERT waiter ... ON DUPLICATE KEY]. A lease or
+//	             hold locked by another transaction (a fence) is not waited
+//	             for: Blocked.
+//	AcquireTx    CALL sqldlm_acquire_tx, in the caller's transaction:
+//	             sqldlm_acquire_decide as above, but the own lease is read
+//	             without a lock (its renewals go on), and right after the lock
+//	             row's FOR UPDATE its token is compared with a consistent
+//	             read of it (a REPEATABLE READ snapshot older than the name's
+//	             last grant raises 'sqldlm isolation: ...' before any
+//	             change); when granted, DELETE the pending row
+//	CreatePending  CALL sqldlm_create_pending: INSERT pending row
+//	PendingOutcome CALL sqldlm_pending_outcome: SELECT pending row (no
+//	             lock); SELECT it FOR UPDATE SKIP LOCKED; DELETE it
 //	Abandon      CALL sqldlm_abandon: SELECT the request's holds FOR UPDATE
-//	             (the result); DELETE them; DELETE its waiter
-//	Release      CALL sqldlm_release: DELETE hold
+//	             (the result); [audit: release 'abandoned']; DELETE them;
+//	             DELETE its waiter
+//	Release      CALL sqldlm_release: [audit: SELECT hold FOR UPDATE,
+//	             release]; DELETE hold
+//	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: the same
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
-//	             live (no lock); UPDATE hold SET mode = 'S'
+//	             live (no lock); UPDATE hold SET mode = 'S'; [audit:
+//	             downgrade]
 //	SetPayload   CALL sqldlm_set_payload: SELECT hold FOR UPDATE; SELECT
 //	             lease live (no lock); UPDATE hold SET payload
 //	Fence        CALL sqldlm_fence, in the caller's transaction: SELECT hold
@@ -54,9 +76,14 @@ package mysql
 //	             idle_transaction_timeout, MySQL wait_timeout)
 //	Reap         CALL sqldlm_reap: SELECT dead leases ORDER BY expires_at
 //	             LIMIT n FOR UPDATE SKIP LOCKED; per lease: lock its holds
-//	             (SKIP LOCKED; a pinned lease waits for a later pass), SELECT
-//	             their names (a result set), DELETE holds, waiters, lease;
-//	             COMMIT; then DELETE idle lock rows LIMIT n; COMMIT
+//	             and its pending rows (SKIP LOCKED; a pinned lease, or one
+//	             with a grant in an open transaction, waits for a later
+//	             pass), SELECT their names (a result set), per hold (by
+//	             primary key) [audit: expire] and DELETE; DELETE waiters,
+//	             pending rows, lease; COMMIT; then, each picked FOR UPDATE
+//	             SKIP LOCKED LIMIT n and deleted by key: idle lock rows,
+//	             pending rows of missing leases, audit rows older than the
+//	             retention; COMMIT
 //
 // MySQL has no notifications: waiters poll (no dialect.Notifier).
 //
@@ -123,83 +150,118 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 
 // Acquire calls sqldlm_acquire. Its last result set is the status row (seven
 // columns, the first named status); before it, a takeover returns one result
-// set per dead lease, with its conflicting holds as they were before the
-// grant (seven columns, the first named owner). Those
-// are sent before the procedure's COMMIT: they count only when the status
-// row, sent after the COMMIT, reports a grant that took over as many holds
-// (a takeover that ended Blocked was rolled back). call reads every result
-// set, so an error the COMMIT raises is returned.
+// set per conflicting hold of a dead lease, as it was before the grant (seven
+// columns, the first named owner). Those are sent before the procedure's
+// COMMIT: they count only when the status row, sent after the COMMIT,
+// reports a grant that took over as many holds (a takeover that ended
+// Blocked was rolled back). call reads every result set, so an error the
+// COMMIT raises is returned.
 func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
-	var (
-		status    int
-		token     sql.NullInt64
-		owner     sql.NullString
-		mode      sql.NullString
-		expiresUS sql.NullInt64
-		ahead     int
-		tookOver  int
-		got       bool
-		taken     []dialect.TakenHold
-	)
-	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
-		if len(columns) != 7 {
-			return fmt.Errorf("sqldlm_acquire returned a result set of %d columns", len(columns))
-		}
-		switch columns[0] {
-		case "status":
-			if got {
-				return errors.New("sqldlm_acquire returned two status rows")
-			}
-			got = true
-			return rows.Scan(&status, &token, &owner, &mode, &expiresUS, &ahead, &tookOver)
-		case "owner":
-			if got {
-				return errors.New("sqldlm_acquire returned a taken-over hold after its status")
-			}
-			var (
-				h         dialect.TakenHold
-				hmode     string
-				expiredUS int64
-			)
-			if err := rows.Scan(&h.Owner, &h.LeaseID, &h.Token, &hmode, &expiredUS, &h.Broken, &h.Payload); err != nil {
-				return err
-			}
-			if len(hmode) != 1 {
-				return fmt.Errorf("sqldlm_acquire returned a taken-over hold of mode %q", hmode)
-			}
-			h.Mode = dialect.Mode(hmode[0])
-			h.ExpiredAt = time.UnixMicro(expiredUS).UTC()
-			taken = append(taken, h)
-			return nil
-		default:
-			return fmt.Errorf("sqldlm_acquire returned a result set starting with column %q", columns[0])
-		}
-	}, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), p.Enqueue, p.UpgradeToken,
-		p.Payload, p.LockDelay.Microseconds())
+	r := acquireReader{proc: "sqldlm_acquire"}
+	err := d.call(ctx, db, r.scan, `CALL sqldlm_acquire(?, ?, ?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID,
+		string(p.Mode), p.Enqueue, p.UpgradeToken, p.Payload, p.LockDelay.Microseconds())
 	if err != nil {
 		return nil, err
 	}
-	if !got {
-		return nil, errors.New("sqldlm_acquire returned no status")
+	return r.result()
+}
+
+// AcquireTx calls sqldlm_acquire_tx in tx: the same decision and result sets
+// as sqldlm_acquire, with no transaction control of its own, and, when it
+// grants, the deletion of the request's pending row. It never locks the own
+// lease row, so the lease's renewals go on while tx is open. It works at
+// READ COMMITTED and at REPEATABLE READ, but raises an error matching
+// dialect.ErrIsolation, having changed nothing, when tx's snapshot is older
+// than the name's last grant (or than the request's pending row, while the
+// lease looks dead in it): run tx at READ COMMITTED.
+func (d mysqlDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	if p.Enqueue || p.UpgradeToken != 0 {
+		return nil, fmt.Errorf("AcquireTx neither queues nor upgrades (Enqueue %v, UpgradeToken %d)", p.Enqueue, p.UpgradeToken)
 	}
-	switch status {
-	case statusGranted:
-		if !token.Valid {
-			return nil, errors.New("sqldlm_acquire granted without a token")
+	r := acquireReader{proc: "sqldlm_acquire_tx"}
+	rows, err := tx.QueryContext(ctx, `CALL sqldlm_acquire_tx(?, ?, ?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID,
+		string(p.Mode), p.Payload, p.LockDelay.Microseconds())
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	if err := d.readAll(rows, r.scan); err != nil {
+		return nil, err
+	}
+	return r.result()
+}
+
+// acquireReader collects the result sets of sqldlm_acquire and
+// sqldlm_acquire_tx.
+type acquireReader struct {
+	proc      string
+	status    int
+	token     sql.NullInt64
+	owner     sql.NullString
+	mode      sql.NullString
+	expiresUS sql.NullInt64
+	ahead     int
+	tookOver  int
+	got       bool
+	taken     []dialect.TakenHold
+}
+
+func (r *acquireReader) scan(rows *sql.Rows, columns []string) error {
+	if len(columns) != 7 {
+		return fmt.Errorf("%s returned a result set of %d columns", r.proc, len(columns))
+	}
+	switch columns[0] {
+	case "status":
+		if r.got {
+			return fmt.Errorf("%s returned two status rows", r.proc)
 		}
-		res := &dialect.AcquireResult{Status: dialect.Granted, Token: token.Int64}
-		if tookOver > 0 {
-			if tookOver != len(taken) {
-				return nil, fmt.Errorf("sqldlm_acquire took over %d holds but returned %d", tookOver, len(taken))
+		r.got = true
+		return rows.Scan(&r.status, &r.token, &r.owner, &r.mode, &r.expiresUS, &r.ahead, &r.tookOver)
+	case "owner":
+		if r.got {
+			return fmt.Errorf("%s returned a taken-over hold after its status", r.proc)
+		}
+		var (
+			h         dialect.TakenHold
+			hmode     string
+			expiredUS int64
+		)
+		if err := rows.Scan(&h.Owner, &h.LeaseID, &h.Token, &hmode, &expiredUS, &h.Broken, &h.Payload); err != nil {
+			return err
+		}
+		if len(hmode) != 1 {
+			return fmt.Errorf("%s returned a taken-over hold of mode %q", r.proc, hmode)
+		}
+		h.Mode = dialect.Mode(hmode[0])
+		h.ExpiredAt = time.UnixMicro(expiredUS).UTC()
+		r.taken = append(r.taken, h)
+		return nil
+	default:
+		return fmt.Errorf("%s returned a result set starting with column %q", r.proc, columns[0])
+	}
+}
+
+func (r *acquireReader) result() (*dialect.AcquireResult, error) {
+	if !r.got {
+		return nil, fmt.Errorf("%s returned no status", r.proc)
+	}
+	switch r.status {
+	case statusGranted:
+		if !r.token.Valid {
+			return nil, fmt.Errorf("%s granted without a token", r.proc)
+		}
+		res := &dialect.AcquireResult{Status: dialect.Granted, Token: r.token.Int64}
+		if r.tookOver > 0 {
+			if r.tookOver != len(r.taken) {
+				return nil, fmt.Errorf("%s took over %d holds but returned %d", r.proc, r.tookOver, len(r.taken))
 			}
-			res.TookOver = taken
+			res.TookOver = r.taken
 		}
 		return res, nil
 	case statusBlocked:
-		b := &dialect.Blocker{Owner: owner.String, WaitersAhead: ahead}
-		if mode.Valid && mode.String != "" {
-			b.Mode = dialect.Mode(mode.String[0])
-			b.ExpiresIn = time.Duration(expiresUS.Int64) * time.Microsecond
+		b := &dialect.Blocker{Owner: r.owner.String, WaitersAhead: r.ahead}
+		if r.mode.Valid && r.mode.String != "" {
+			b.Mode = dialect.Mode(r.mode.String[0])
+			b.ExpiresIn = time.Duration(r.expiresUS.Int64) * time.Microsecond
 		}
 		return &dialect.AcquireResult{Status: dialect.Blocked, Blocker: b}, nil
 	case statusLeaseLost:
@@ -209,7 +271,50 @@ func (d mysqlDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acquir
 	case statusUpgradeConflict:
 		return &dialect.AcquireResult{Status: dialect.UpgradeConflict}, nil
 	default:
-		return nil, fmt.Errorf("sqldlm_acquire returned unknown status %d", status)
+		return nil, fmt.Errorf("%s returned unknown status %d", r.proc, r.status)
+	}
+}
+
+// CreatePending calls sqldlm_create_pending, which inserts the record with
+// the server's clock in a transaction of its own.
+func (d mysqlDialect) CreatePending(ctx context.Context, db *sql.DB, leaseID, requestID int64) error {
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_create_pending(?, ?)`)
+	if err != nil {
+		return err
+	}
+	_, err = stmt.ExecContext(ctx, leaseID, requestID)
+	return d.ClassifyError(err)
+}
+
+// Outcomes returned by sqldlm_pending_outcome.
+const (
+	outcomeOpen         = 1
+	outcomeCommitted    = 2
+	outcomeNotCommitted = 3
+)
+
+// PendingOutcome calls sqldlm_pending_outcome, which, in a short READ
+// COMMITTED transaction of its own, reads the record without a lock (gone:
+// committed), then tries to lock it with FOR UPDATE SKIP LOCKED (locked: the
+// granting transaction is open) and deletes it if it can (not committed).
+func (d mysqlDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (dialect.TxOutcome, error) {
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_pending_outcome(?, ?)`)
+	if err != nil {
+		return 0, err
+	}
+	var out int
+	if err := stmt.QueryRowContext(ctx, leaseID, requestID).Scan(&out); err != nil {
+		return 0, d.ClassifyError(err)
+	}
+	switch out {
+	case outcomeOpen:
+		return dialect.TxOpen, nil
+	case outcomeCommitted:
+		return dialect.TxCommitted, nil
+	case outcomeNotCommitted:
+		return dialect.TxNotCommitted, nil
+	default:
+		return 0, fmt.Errorf("sqldlm_pending_outcome returned unknown outcome %d", out)
 	}
 }
 
@@ -233,16 +338,15 @@ func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRe
 	return d.callBool(ctx, db, `CALL sqldlm_release(?, ?, ?)`, p.Name, p.LeaseID, p.Token)
 }
 
-// ReleaseTx deletes the hold with a plain statement in the caller's
-// transaction: the release procedure starts a transaction of its own, which
-// would commit the caller's.
+// ReleaseTx calls sqldlm_release_tx in the caller's transaction: the
+// release procedure starts a transaction of its own, which would commit the
+// caller's. It writes the audit row in tx too.
 func (d mysqlDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
-	res, err := tx.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
-	if err != nil {
+	var n int64
+	if err := tx.QueryRowContext(ctx, `CALL sqldlm_release_tx(?, ?, ?)`, p.Name, p.LeaseID, p.Token).Scan(&n); err != nil {
 		return false, d.ClassifyError(err)
 	}
-	n, err := res.RowsAffected()
-	return n > 0, d.ClassifyError(err)
+	return n != 0, nil
 }
 
 func (d mysqlDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -303,9 +407,9 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 	res := &dialect.ReapResult{}
 	var counted bool
 	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
-		if len(columns) == 4 {
+		if len(columns) == 5 {
 			counted = true
-			return rows.Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks)
+			return rows.Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks, &res.AuditRows)
 		}
 		var name string
 		if err := rows.Scan(&name); err != nil {
@@ -351,6 +455,12 @@ func (d mysqlDialect) call(ctx context.Context, db *sql.DB, scan func(rows *sql.
 	if err != nil {
 		return d.ClassifyError(err)
 	}
+	return d.readAll(rows, scan)
+}
+
+// readAll passes each row of each result set of rows to scan, with the
+// result set's column names, reading to the end and closing rows.
+func (d mysqlDialect) readAll(rows *sql.Rows, scan func(rows *sql.Rows, columns []string) error) error {
 	defer rows.Close()
 	for {
 		cols, err := rows.Columns()

@@ -20,6 +20,7 @@ var sqlStateKinds = map[string]error{
 	"57P02": dialect.ErrConnection,     // crash_shutdown
 	"57P03": dialect.ErrConnection,     // cannot_connect_now
 	"25P03": dialect.ErrConnection,     // idle_in_transaction_session_timeout
+	"SQD01": dialect.ErrIsolation,      // sqldlm_acquire_tx: the transaction is not at READ COMMITTED
 }
 
 // ClassifyError is the one place that looks inside pgx's error types.

@@ -3,7 +3,8 @@ package postgres
 // Introspection. Locks and Leases are each one SELECT, so one snapshot, with
 // the server's clock_timestamp() read once per statement (a materialized
 // CTE) and returned with every row: the ages and expiries of one answer all
-// agree. Break is one call of sqldlm_break (migration version 2).
+// agree. Break is one call of sqldlm_break (migration version 2; since
+// version 3 it also writes the audit rows of the holds it breaks).
 
 import (
 	"context"
@@ -124,8 +125,9 @@ func (d postgresDialect) Leases(ctx context.Context, db *sql.DB) ([]dialect.Leas
 }
 
 // Break is one call of sqldlm_break, which locks the live leases holding
-// name FOR NO KEY UPDATE in id order (as a takeover does), marks them broken
-// and notifies the names they hold or wait for, all in one transaction.
+// name FOR NO KEY UPDATE in id order (as a takeover does), marks them broken,
+// writes a break audit row for each of their holds when audit is on, and
+// notifies the names they hold or wait for, all in one transaction.
 func (d postgresDialect) Break(ctx context.Context, db *sql.DB, name, owner string) ([]dialect.LeaseState, error) {
 	return d.leaseStates(ctx, db, `SELECT o_id, o_owner, o_created_at, o_renewed_at, o_expires_at, o_holds, o_waits, o_now, true
 		FROM sqldlm_break($1, $2)`, name, owner)

@@ -12,7 +12,8 @@ package postgres
 //	             lock re-checks the condition, with a fresh clock, on the
 //	             row's newest version)
 //	DeleteLease  SELECT sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE
-//	             its holds and waiters, DELETE it, NOTIFY the names
+//	             its holds, waiters and pending records, DELETE it, NOTIFY
+//	             the names
 //	Acquire      SELECT sqldlm_acquire. Phase 1, no row locks: one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
 //	             (idempotent retry), own waiter, [upgrade: own shared hold,
@@ -24,13 +25,16 @@ package postgres
 //	             evaluate again; lock the leases of conflicting holds dead
 //	             for the lock delay FOR NO KEY UPDATE and evaluate again,
 //	             until stable; [lock their holds of the name FOR UPDATE SKIP
-//	             LOCKED: blocked if a fence pins one]; then [DELETE upgraded
-//	             hold RETURNING its payload], DELETE the dead leases' (and
+//	             LOCKED: blocked if a fence pins one]; then SELECT the audit
+//	             setting and the own lease's owner, [DELETE upgraded hold
+//	             RETURNING its payload], DELETE the dead leases' (and
 //	             orphaned) holds of the name RETURNING them, joined to their
-//	             leases (the holds taken over, with their payloads), [UPDATE
-//	             dead leases SET broken_at], INSERT hold (with its payload, or
-//	             the upgraded hold's) RETURNING token, UPDATE the name's row,
-//	             DELETE own waiter; or, if blocked after all, [INSERT waiter]
+//	             leases (the holds taken over, with their payloads) [and
+//	             INSERT their takeover audit rows], [UPDATE dead leases SET
+//	             broken_at], INSERT hold (with its payload, or the upgraded
+//	             hold's) RETURNING token, [INSERT its audit row], UPDATE the
+//	             name's row, DELETE own waiter; or, if blocked after all,
+//	             [INSERT waiter]
 //	Abandon      SELECT sqldlm_abandon: DELETE waiter, DELETE hold, NOTIFY
 //	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
 //	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
@@ -39,9 +43,25 @@ package postgres
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
 //	             FOR KEY SHARE; SELECT lease live
 //	Reap         SELECT sqldlm_reap: lock up to limit dead leases FOR UPDATE
-//	             SKIP LOCKED, re-check, DELETE their holds, waiters, leases;
-//	             lock up to limit idle lock rows FOR UPDATE SKIP LOCKED,
-//	             DELETE those still idle; NOTIFY the names
+//	             SKIP LOCKED, re-check, DELETE their holds, waiters, leases,
+//	             and the pending records of leases gone (SKIP LOCKED); lock
+//	             up to limit idle lock rows FOR UPDATE SKIP LOCKED, DELETE
+//	             those still idle; DELETE up to limit audit rows past the
+//	             retention (SKIP LOCKED); NOTIFY the names
+//	AcquireTx    SELECT sqldlm_acquire_tx, in the caller's tx: refuse any
+//	             isolation but READ COMMITTED (SQLSTATE SQD01); Acquire's
+//	             statements (without enqueue or upgrade); if granted, DELETE
+//	             the pending record
+//	CreatePending  INSERT pending record (created_at from clock_timestamp())
+//	PendingOutcome SELECT sqldlm_pending_outcome: DELETE the record if it can
+//	             be locked FOR UPDATE SKIP LOCKED (not committed); otherwise
+//	             SELECT it plainly: there (open) or gone (committed)
+//
+// Since schema version 3 (migrations/postgres/00003_tx_acquire_and_audit.sql)
+// every function that grants, upgrades, downgrades or deletes holds also
+// INSERTs their audit rows when the audit setting is on: in the statement
+// that changes them (a data-modifying CTE joined to the setting's row),
+// except for Acquire's grant row; still one round trip per operation.
 
 import (
 	"context"
@@ -93,6 +113,41 @@ var acquireStatus = map[string]dialect.AcquireStatus{
 }
 
 func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	rows, err := db.QueryContext(ctx, `SELECT `+acquireColumns+` FROM sqldlm_acquire($1, $2, $3, $4, $5, $6, $7, $8)`,
+		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Enqueue, p.UpgradeToken,
+		p.Payload, max(p.LockDelay, 0).Microseconds())
+	return d.acquireResult(rows, err, "sqldlm_acquire")
+}
+
+// AcquireTx runs sqldlm_acquire_tx in tx, which refuses a transaction that
+// is not at READ COMMITTED (dialect.ErrIsolation; PostgreSQL then aborts tx)
+// and deletes the pending record of a granted request.
+func (d postgresDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	if p.Enqueue || p.UpgradeToken != 0 {
+		return nil, fmt.Errorf("AcquireTx neither queues nor upgrades (Enqueue %v, UpgradeToken %d)", p.Enqueue, p.UpgradeToken)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT `+acquireColumns+` FROM sqldlm_acquire_tx($1, $2, $3, $4, $5, $6)`,
+		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Payload, max(p.LockDelay, 0).Microseconds())
+	return d.acquireResult(rows, err, "sqldlm_acquire_tx")
+}
+
+// acquireColumns are the result columns of sqldlm_acquire and
+// sqldlm_acquire_tx, as acquireResult scans them.
+const acquireColumns = `o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead,
+	o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken, o_took_payloads`
+
+// acquireResult reads the one row of an acquire function (fn, for errors).
+func (d postgresDialect) acquireResult(rows *sql.Rows, err error, fn string) (*dialect.AcquireResult, error) {
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, d.ClassifyError(err)
+		}
+		return nil, fmt.Errorf("%s: no result row", fn)
+	}
 	var (
 		status    string
 		token     sql.NullInt64
@@ -103,28 +158,26 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 		took      tookOver
 	)
 	m := pgtype.NewMap()
-	err := db.QueryRowContext(ctx, `SELECT o_status, o_token, o_owner, o_mode, o_expires_us, o_ahead,
-			o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken,
-			o_took_payloads
-		FROM sqldlm_acquire($1, $2, $3, $4, $5, $6, $7, $8)`,
-		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Enqueue, p.UpgradeToken,
-		p.Payload, max(p.LockDelay, 0).Microseconds(),
-	).Scan(&status, &token, &owner, &mode, &expiresUs, &ahead,
+	err = rows.Scan(&status, &token, &owner, &mode, &expiresUs, &ahead,
 		m.SQLScanner(&took.owners), m.SQLScanner(&took.leases), m.SQLScanner(&took.tokens),
 		m.SQLScanner(&took.modes), m.SQLScanner(&took.expires), m.SQLScanner(&took.broken),
 		m.SQLScanner(&took.payloads))
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
+	// Close reports an error the server sent after the row, if any.
+	if err := rows.Close(); err != nil {
+		return nil, d.ClassifyError(err)
+	}
 	st, ok := acquireStatus[status]
 	if !ok {
-		return nil, fmt.Errorf("sqldlm_acquire: unexpected status %q", status)
+		return nil, fmt.Errorf("%s: unexpected status %q", fn, status)
 	}
 	res := &dialect.AcquireResult{Status: st}
 	switch st {
 	case dialect.Granted:
 		if !token.Valid {
-			return nil, fmt.Errorf("sqldlm_acquire: granted without a token")
+			return nil, fmt.Errorf("%s: granted without a token", fn)
 		}
 		res.Token = token.Int64
 		if res.TookOver, err = took.holds(); err != nil {
@@ -172,6 +225,30 @@ func (t *tookOver) holds() ([]dialect.TakenHold, error) {
 		}
 		out[i] = dialect.TakenHold{Owner: t.owners[i], LeaseID: t.leases[i], Token: t.tokens[i],
 			Mode: dialect.Mode(t.modes[i][0]), ExpiredAt: t.expires[i].UTC(), Broken: t.broken[i], Payload: t.payloads[i]}
+	}
+	return out, nil
+}
+
+// CreatePending inserts the record in its own (autocommit) transaction.
+func (d postgresDialect) CreatePending(ctx context.Context, db *sql.DB, leaseID, requestID int64) error {
+	_, err := db.ExecContext(ctx, `INSERT INTO sqldlm_pending (lease_id, request_id, created_at)
+		VALUES ($1, $2, clock_timestamp())`, leaseID, requestID)
+	return d.ClassifyError(err)
+}
+
+// pendingOutcomes maps sqldlm_pending_outcome's result onto the dialect's.
+var pendingOutcomes = map[int32]dialect.TxOutcome{1: dialect.TxOpen, 2: dialect.TxCommitted, 3: dialect.TxNotCommitted}
+
+// PendingOutcome is one call of sqldlm_pending_outcome, in its own
+// (autocommit) transaction; it takes no lock it would wait for.
+func (d postgresDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (dialect.TxOutcome, error) {
+	var n int32
+	if err := db.QueryRowContext(ctx, `SELECT sqldlm_pending_outcome($1, $2)`, leaseID, requestID).Scan(&n); err != nil {
+		return 0, d.ClassifyError(err)
+	}
+	out, ok := pendingOutcomes[n]
+	if !ok {
+		return 0, fmt.Errorf("sqldlm_pending_outcome: unexpected result %d", n)
 	}
 	return out, nil
 }
@@ -233,9 +310,10 @@ func (d postgresDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAf
 		freed []string
 	)
 	m := pgtype.NewMap()
-	err := db.QueryRowContext(ctx, `SELECT o_leases, o_holds, o_waiters, o_idle_locks, o_freed FROM sqldlm_reap($1, $2)`,
+	err := db.QueryRowContext(ctx, `SELECT o_leases, o_holds, o_waiters, o_idle_locks, o_freed, o_audit_rows
+		FROM sqldlm_reap($1, $2)`,
 		int32(min(max(limit, 0), math.MaxInt32)), idleAfter.Microseconds(),
-	).Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks, m.SQLScanner(&freed))
+	).Scan(&res.Leases, &res.Holds, &res.Waiters, &res.IdleLocks, m.SQLScanner(&freed), &res.AuditRows)
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}

@@ -117,6 +117,11 @@ func (d *sqliteDialect) Break(ctx context.Context, db *sql.DB, name, owner strin
 		if err != nil {
 			return err
 		}
+		if err := auditHolds(ctx, conn, now, dialect.AuditBreak, `CASE WHEN h.name = ? THEN '' ELSE 'with ' || ? END`, []any{name, name},
+			`h.lease_id IN (SELECT l.id FROM sqldlm_leases l WHERE l.broken_at IS NULL AND l.expires_at > ? AND (? = '' OR l.owner = ?)
+				AND l.id IN (SELECT lease_id FROM sqldlm_holders WHERE name = ?))`, now, owner, owner, name); err != nil {
+			return err
+		}
 		_, err = conn.ExecContext(ctx, `UPDATE sqldlm_leases AS l SET broken_at = ?1, expires_at = MIN(expires_at, ?1) WHERE `+victims, now, name, owner)
 		return err
 	})

@@ -94,7 +94,10 @@ func (d *sqliteDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int6
 }
 
 func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) (names []string, err error) {
-	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		if err := auditHolds(ctx, conn, now, dialect.AuditRelease, `'lease closed'`, nil, `h.lease_id = ?`, leaseID); err != nil {
+			return err
+		}
 		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? RETURNING name`, leaseID)
 		if err != nil {
 			return err
@@ -171,9 +174,10 @@ func (d *sqliteDialect) readTx(ctx context.Context, db *sql.DB, fn func(conn *sq
 
 // acquire decides one attempt. With readOnly it returns errNeedsWrite
 // instead of writing anything.
-func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, p *dialect.AcquireParams, readOnly bool) (*dialect.AcquireResult, error) {
+func (d *sqliteDialect) acquire(ctx context.Context, conn dialect.Querier, now int64, p *dialect.AcquireParams, readOnly bool) (*dialect.AcquireResult, error) {
 	var live bool
-	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ? FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live)
+	var owner string
+	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ?, owner FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live, &owner)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
 		return &dialect.AcquireResult{Status: dialect.LeaseLost}, nil
 	}
@@ -283,6 +287,10 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 		if _, err := conn.ExecContext(ctx, `UPDATE sqldlm_leases SET broken_at = ? WHERE id = ? AND broken_at IS NULL`, now, leaseID); err != nil {
 			return nil, err
 		}
+		if err := auditHolds(ctx, conn, now, dialect.AuditTakeover, `?`, []any{"by " + owner},
+			`h.name = ? AND h.lease_id = ?`, p.Name, leaseID); err != nil {
+			return nil, err
+		}
 		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE name = ? AND lease_id = ?`, p.Name, leaseID); err != nil {
 			return nil, err
 		}
@@ -290,6 +298,13 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 	if err := conn.QueryRowContext(ctx, `INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
 		VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?6 = '' AND ?7 <> 0 THEN COALESCE((SELECT payload FROM sqldlm_holders WHERE token = ?7), '') ELSE ?6 END)
 		RETURNING token`, p.Name, p.LeaseID, p.RequestID, string(p.Mode), now, p.Payload, p.UpgradeToken).Scan(&token); err != nil {
+		return nil, err
+	}
+	event, detail := dialect.AuditGrant, ""
+	if upgrade {
+		event, detail = dialect.AuditUpgrade, fmt.Sprintf("from token %d", p.UpgradeToken)
+	}
+	if err := auditHolds(ctx, conn, now, event, `?`, []any{detail}, `h.token = ?`, token); err != nil {
 		return nil, err
 	}
 	if upgrade {
@@ -309,7 +324,7 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn *sql.Conn, now int64, 
 
 // holds returns the holds of name with the state of their leases; a hold
 // whose lease row is missing counts as dead.
-func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, now int64) ([]hold, error) {
+func (d *sqliteDialect) holds(ctx context.Context, conn dialect.Querier, name string, now int64) ([]hold, error) {
 	rows, err := conn.QueryContext(ctx, `SELECT h.token, h.lease_id, h.mode, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0),
 			COALESCE(l.broken_at IS NULL AND l.expires_at > ?, 0), COALESCE(l.broken_at IS NOT NULL, 0),
 			COALESCE(MIN(l.expires_at, COALESCE(l.broken_at, l.expires_at)), 0), h.payload
@@ -335,7 +350,7 @@ func (d *sqliteDialect) holds(ctx context.Context, conn *sql.Conn, name string, 
 // waitersAhead counts the live waiters that must be served before p: for an
 // upgrade none (upgrades go first; a competing upgrade was refused earlier),
 // otherwise any pending upgrade, and earlier waiters whose mode conflicts.
-func (d *sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dialect.AcquireParams, now int64) (int, error) {
+func (d *sqliteDialect) waitersAhead(ctx context.Context, conn dialect.Querier, p *dialect.AcquireParams, now int64) (int, error) {
 	if p.UpgradeToken != 0 {
 		return 0, nil
 	}
@@ -351,8 +366,12 @@ func (d *sqliteDialect) waitersAhead(ctx context.Context, conn *sql.Conn, p *dia
 }
 
 func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
-	err = d.writeTx(ctx, db, func(conn *sql.Conn, _ int64) error {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
 		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, requestID); err != nil {
+			return err
+		}
+		if err := auditHolds(ctx, conn, now, dialect.AuditRelease, `'abandoned'`, nil,
+			`h.lease_id = ? AND h.request_id = ?`, leaseID, requestID); err != nil {
 			return err
 		}
 		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? AND request_id = ? RETURNING name`, leaseID, requestID)
@@ -361,15 +380,40 @@ func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, reques
 	return names, err
 }
 
-func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
-	res, err := d.exec(ctx, db, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
-	return affected(res, err, d)
+func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (ok bool, err error) {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		ok, err = release(ctx, conn, now, p)
+		return err
+	})
+	return ok, err
 }
 
 // ReleaseTx deletes the hold in the caller's transaction.
 func (d *sqliteDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
-	res, err := tx.ExecContext(ctx, `DELETE FROM sqldlm_holders WHERE token = ? AND lease_id = ? AND name = ?`, p.Token, p.LeaseID, p.Name)
-	return affected(res, err, d)
+	now, err := readNow(ctx, tx)
+	if err != nil {
+		return false, d.ClassifyError(err)
+	}
+	ok, err := release(ctx, tx, now, p)
+	return ok, d.ClassifyError(err)
+}
+
+func release(ctx context.Context, q dialect.Querier, now int64, p *dialect.HoldRef) (bool, error) {
+	const where = `h.token = ? AND h.lease_id = ? AND h.name = ?`
+	if err := auditHolds(ctx, q, now, dialect.AuditRelease, noDetail, nil, where, p.Token, p.LeaseID, p.Name); err != nil {
+		return false, err
+	}
+	res, err := q.ExecContext(ctx, `DELETE FROM sqldlm_holders AS h WHERE `+where, p.Token, p.LeaseID, p.Name)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+func readNow(ctx context.Context, q dialect.Querier) (now int64, err error) {
+	err = q.QueryRowContext(ctx, `SELECT `+nowMicros).Scan(&now)
+	return now, err
 }
 
 // liveHold is the condition that the hold (?1 token, ?2 lease, ?3 name)
@@ -377,9 +421,15 @@ func (d *sqliteDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.Ho
 const liveHold = `token = ?1 AND lease_id = ?2 AND name = ?3 AND EXISTS (SELECT 1 FROM sqldlm_leases
 	WHERE id = ?2 AND broken_at IS NULL AND expires_at > ` + nowMicros + `)`
 
-func (d *sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
-	res, err := d.exec(ctx, db, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
-	return affected(res, err, d)
+func (d *sqliteDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (ok bool, err error) {
+	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
+		res, err := conn.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = 'S' WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
+		if ok, err = affected(res, err, d); err != nil || !ok {
+			return err
+		}
+		return auditHolds(ctx, conn, now, dialect.AuditDowngrade, noDetail, nil, `h.token = ?`, p.Token)
+	})
+	return ok, err
 }
 
 func (d *sqliteDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (bool, error) {
@@ -401,6 +451,11 @@ func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAft
 	res = &dialect.ReapResult{}
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
 		const dead = `SELECT id FROM sqldlm_leases WHERE broken_at IS NOT NULL OR expires_at <= ?1 ORDER BY expires_at LIMIT ?2`
+		if err := auditHolds(ctx, conn, now, dialect.AuditExpire, noDetail, nil,
+			`h.lease_id IN (SELECT id FROM sqldlm_leases WHERE broken_at IS NOT NULL OR expires_at <= ? ORDER BY expires_at LIMIT ?)`,
+			now, limit); err != nil {
+			return err
+		}
 		names, err := queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id IN (`+dead+`) RETURNING name`, now, limit)
 		if err != nil {
 			return err
@@ -418,6 +473,8 @@ func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAft
 				  AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = l.name)
 				  AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = l.name)
 				LIMIT ?3)`, []any{now, idleAfter.Microseconds(), limit}},
+			{&res.AuditRows, `DELETE FROM sqldlm_audit WHERE id IN (SELECT id FROM sqldlm_audit
+				WHERE at < ?1 - (SELECT audit_retention_us FROM sqldlm_settings WHERE id = 1) ORDER BY id LIMIT ?2)`, []any{now, limit}},
 		}
 		for _, s := range steps {
 			r, err := conn.ExecContext(ctx, s.query, s.args...)
@@ -464,4 +521,74 @@ func queryStrings(ctx context.Context, conn *sql.Conn, query string, args ...any
 		out = append(out, s)
 	}
 	return out, rows.Err()
+}
+
+// AcquireTx runs the acquire in the caller's transaction. SQLite
+// transactions are serializable, so any isolation will do; the first write
+// takes the database's write lock, which the caller's transaction then keeps
+// until it ends (every other writer, the lease's renewal included, waits).
+//
+// SQLite needs no pending record: a transaction that granted holds the
+// write lock until it ends, and the hold tells whether it committed (see
+// PendingOutcome). Writing a record outside the caller's transaction would
+// even break it: a deferred transaction that has read cannot write after
+// another connection committed (SQLITE_BUSY_SNAPSHOT).
+func (d *sqliteDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	now, err := readNow(ctx, tx)
+	if err != nil {
+		return nil, d.ClassifyError(err)
+	}
+	res, err := d.acquire(ctx, tx, now, &dialect.AcquireParams{Name: p.Name, LeaseID: p.LeaseID, RequestID: p.RequestID,
+		Mode: p.Mode, Payload: p.Payload, LockDelay: p.LockDelay}, false)
+	return res, d.ClassifyError(err)
+}
+
+// CreatePending writes nothing on SQLite (see AcquireTx).
+func (d *sqliteDialect) CreatePending(context.Context, *sql.DB, int64, int64) error { return nil }
+
+// PendingOutcome: while the write lock cannot be had at once, the
+// transaction may be open (TxOpen: a write lock held by anyone else reads
+// the same; ask again later). Once it can, the transaction has ended, and
+// committed if and only if the request's hold exists (a hold released
+// since reads as not committed, which is as good: nothing is left to undo).
+// It writes nothing, so it never breaks other transactions' snapshots.
+func (d *sqliteDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (out dialect.TxOutcome, err error) {
+	leave, err := d.enter(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	defer leave()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return 0, d.ClassifyError(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA busy_timeout = 0`); err != nil {
+		return 0, d.ClassifyError(err)
+	}
+	defer func() {
+		if _, rErr := conn.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); rErr != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
+	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		if errors.Is(d.ClassifyError(err), dialect.ErrLockTimeout) {
+			return dialect.TxOpen, nil
+		}
+		return 0, d.ClassifyError(err)
+	}
+	defer func() {
+		if _, rbErr := conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`); rbErr != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
+	var n int
+	if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`,
+		leaseID, requestID).Scan(&n); err != nil {
+		return 0, d.ClassifyError(err)
+	}
+	if n > 0 {
+		return dialect.TxCommitted, nil
+	}
+	return dialect.TxNotCommitted, nil
 }

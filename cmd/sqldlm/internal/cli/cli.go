@@ -58,6 +58,7 @@ var commands = map[string]command{
 	"leases":  {"show the clients' leases, live and dead", runLeases},
 	"break":   {"force-release a stuck holder by breaking its lease", runBreak},
 	"run":     {"run a command while holding a lock: a distributed flock(1)", runRun},
+	"log":     {"show the audit log (who held what, when), or turn it on or off", runLog},
 }
 
 // hidden commands are not listed in the help.

@@ -13,7 +13,8 @@ import (
 const reapSynopsis = `--dsn URL [--every DURATION] [flags]
 
 Deletes leases that expired (or were broken) with their holds and waiters,
-and lock rows idle for longer than --idle-after, then prints what it freed.
+lock rows idle for longer than --idle-after, and audit rows older than the
+audit retention, then prints what it freed.
 With --every it repeats until interrupted. Clients run this by themselves
 unless they set Config.ReapInterval to sqldlm.ReapDisabled; waiters never
 depend on it (they take over expired holders themselves).`
@@ -25,6 +26,7 @@ type reapJSON struct {
 	Holds     int       `json:"holds"`
 	Waiters   int       `json:"waiters"`
 	IdleLocks int       `json:"idle_locks"`
+	AuditRows int       `json:"audit_rows"`
 	Freed     []string  `json:"freed"`
 }
 
@@ -67,12 +69,12 @@ func runReap(ctx context.Context, args []string, s streams) error {
 			if freed == nil {
 				freed = []string{}
 			}
-			if err := json.NewEncoder(stdout).Encode(reapJSON{time.Now().UTC(), res.Leases, res.Holds, res.Waiters, res.IdleLocks, freed}); err != nil {
+			if err := json.NewEncoder(stdout).Encode(reapJSON{time.Now().UTC(), res.Leases, res.Holds, res.Waiters, res.IdleLocks, res.AuditRows, freed}); err != nil {
 				return err
 			}
 		} else {
-			fmt.Fprintf(stdout, "%s reaped %d dead lease(s), %d hold(s), %d waiter(s), %d idle lock row(s)",
-				time.Now().UTC().Format(time.RFC3339), res.Leases, res.Holds, res.Waiters, res.IdleLocks)
+			fmt.Fprintf(stdout, "%s reaped %d dead lease(s), %d hold(s), %d waiter(s), %d idle lock row(s), %d old audit row(s)",
+				time.Now().UTC().Format(time.RFC3339), res.Leases, res.Holds, res.Waiters, res.IdleLocks, res.AuditRows)
 			if len(res.Freed) > 0 {
 				fmt.Fprintf(stdout, "; freed %q", res.Freed)
 			}

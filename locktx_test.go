@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -265,5 +266,48 @@ func TestGivenUpWaiterNotGrantedAfterTx(t *testing.T) {
 			locks, err := a.Locks(ctx, Filter{Prefix: "job/5"})
 			return err == nil && len(locks) > 0 && len(locks[0].Holders) > 0
 		}, time.Second, 50*time.Millisecond, "a given-up request was granted after the transaction ended")
+	})
+}
+
+// TryLockTx as the first statement of a transaction succeeds while other
+// clients keep committing (on SQLite a read-then-write transaction would
+// fail with SQLITE_BUSY_SNAPSHOT if AcquireTx read before taking the write
+// lock).
+func TestTryLockTxWhileOthersCommit(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		// A long TTL: on a loaded machine SQLite's single writer can hold a
+		// renewal back for a while, which is not what this test is about.
+		a, other := b.client(t, Config{Owner: "a", TTL: time.Minute}), b.client(t, Config{Owner: "other", TTL: time.Minute})
+		stop := make(chan struct{})
+		busy := make(chan error, 1)
+		go func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					busy <- nil
+					return
+				default:
+				}
+				l, err := other.Lock(ctx, fmt.Sprintf("busy/%d", i%10), Exclusive)
+				if err == nil {
+					err = l.Release(ctx)
+				}
+				if err != nil {
+					busy <- err
+					return
+				}
+			}
+		}()
+		for i := range 100 {
+			tx := beginRC(t, b.db.DB)
+			l, err := a.TryLockTx(ctx, tx, fmt.Sprintf("job/%d", i), Exclusive)
+			require.NoError(t, err, "attempt %d", i)
+			require.NoError(t, tx.Commit())
+			require.NoError(t, l.Release(ctx))
+		}
+		close(stop)
+		require.NoError(t, <-busy)
 	})
 }

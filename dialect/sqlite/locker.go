@@ -534,6 +534,13 @@ func queryStrings(ctx context.Context, conn *sql.Conn, query string, args ...any
 // even break it: a deferred transaction that has read cannot write after
 // another connection committed (SQLITE_BUSY_SNAPSHOT).
 func (d *sqliteDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	// Write first: that takes the write lock now (waiting for other writers
+	// as the busy timeout allows), so no other connection can commit between
+	// the reads below and the grant, which would fail the transaction with
+	// SQLITE_BUSY_SNAPSHOT.
+	if _, err := tx.ExecContext(ctx, `UPDATE sqldlm_settings SET audit = audit WHERE id = 1`); err != nil {
+		return nil, d.ClassifyError(err)
+	}
 	now, err := readNow(ctx, tx)
 	if err != nil {
 		return nil, d.ClassifyError(err)

@@ -230,11 +230,15 @@ func TestUpgradeWaitsFirst(t *testing.T) {
 // in UTC, whatever the session's time zone; dead leases' waiters are hidden.
 func TestViewsShowTextInUTC(t *testing.T) {
 	e := newEnv(t)
-	a, w, dead := e.lease(e.db.DB, "owner-a", time.Minute), e.lease(e.db.DB, "owner-w", time.Minute), e.lease(e.db.DB, "owner-dead", 100*time.Millisecond)
+	a, w := e.lease(e.db.DB, "owner-a", time.Minute), e.lease(e.db.DB, "owner-w", time.Minute)
 	e.grant(e.db.DB, "name/1", a, dialect.Exclusive)
+	// Created right before its one use, with room for a loaded machine; it
+	// queues before owner-w, whose position must not count it once dead.
+	const ttl = 500 * time.Millisecond
+	dead := e.lease(e.db.DB, "owner-dead", ttl)
 	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, dialect.AcquireParams{Name: "name/1", LeaseID: dead, Mode: dialect.Shared, Enqueue: true}).Status)
 	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, dialect.AcquireParams{Name: "name/1", LeaseID: w, Mode: dialect.Shared, Enqueue: true}).Status)
-	e.expire(100 * time.Millisecond)
+	e.expire(ttl)
 	east := e.pool(url.Values{"time_zone": {"'+05:00'"}})
 
 	rows, err := east.QueryContext(e.ctx, `SELECT name, owner, acquired_at, held_seconds, expires_in_seconds, live FROM sqldlm_holders_view`)

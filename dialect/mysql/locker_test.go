@@ -190,9 +190,9 @@ func TestSessionSettingsDoNotMatter(t *testing.T) {
 
 	// A session whose NOW() is in the future does not make leases live.
 	future := e.pool(url.Values{"timestamp": {"2000000000"}})
-	dead := e.lease(future, "dead", 100*time.Millisecond)
+	dead := e.lease(future, "dead", 500*time.Millisecond)
 	held := e.grant(future, "m", dead, dialect.Exclusive)
-	e.expire(100 * time.Millisecond)
+	e.expire(500 * time.Millisecond)
 	ok, err = d.RenewLease(e.ctx, future, dead)
 	require.NoError(t, err)
 	require.False(t, ok, "expired by the real clock")

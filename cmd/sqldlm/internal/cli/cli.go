@@ -59,6 +59,7 @@ var commands = map[string]command{
 	"break":   {"force-release a stuck holder by breaking its lease", runBreak},
 	"run":     {"run a command while holding a lock: a distributed flock(1)", runRun},
 	"log":     {"show the audit log (who held what, when), or turn it on or off", runLog},
+	"bench":   {"measure acquire+release against the server's floors (INSERT/DELETE, advisory locks)", runBench},
 }
 
 // hidden commands are not listed in the help.

@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"image/png"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+func TestBackendDatabase(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		title  string
+		db     string
+		client bool
+	}{
+		{"postgres: 15/main: postgres bench 127.0.0.1(40084) idle in transaction\x00\x00", "bench", true},
+		{"postgres: app test [local] idle", "test", true},
+		{"postgres: 15/main: checkpointer", "", false},
+		{"postgres: walwriter   ", "", false},
+		{"postgres: autovacuum worker bench", "", false},
+		{"/usr/lib/postgresql/15/bin/postgres\x00-D\x00/var/lib/postgresql/15/main", "", false},
+	}
+	for _, tt := range tests {
+		db, ok := backendDatabase(tt.title)
+		require.Equal(t, tt.client, ok, tt.title)
+		require.Equal(t, tt.db, db, tt.title)
+	}
+}
+
+func TestHandoverTracker(t *testing.T) {
+	t.Parallel()
+	base := time.Now()
+	at := func(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond) }
+	h := &handoverTracker{from: base, end: at(1000)}
+	h.granted(at(1), at(2))   // first grant: the lock was free
+	h.released(at(10))        //
+	h.granted(at(3), at(12))  // asked at 3, while held: a handover of 2ms
+	h.released(at(13))        //
+	h.granted(at(20), at(21)) // asked after the release: no handover
+	h.granted(at(20), at(30)) // waited; its grant returns before the release does
+	h.released(at(31))        //
+	h.released(at(40))        //
+	require.Equal(t, []time.Duration{2 * time.Millisecond, 0}, h.samples)
+}
+
+func TestParseWorkloads(t *testing.T) {
+	t.Parallel()
+	all, err := ParseWorkloads("")
+	require.NoError(t, err)
+	require.Equal(t, Workloads, all)
+	got, err := ParseWorkloads("shared, hot-exclusive")
+	require.NoError(t, err)
+	var names []string
+	for _, w := range got {
+		names = append(names, w.Name())
+	}
+	require.Equal(t, []string{"distinct-shared", "hot-exclusive", "hot-shared"}, names)
+	_, err = ParseWorkloads("lukewarm")
+	require.ErrorContains(t, err, `unknown workload "lukewarm"`)
+}
+
+func TestPercentileAndMedian(t *testing.T) {
+	t.Parallel()
+	var d []time.Duration
+	for i := 1; i <= 1000; i++ {
+		d = append(d, time.Duration(i))
+	}
+	require.Equal(t, time.Duration(500), percentile(d, 0.5))
+	require.Equal(t, time.Duration(990), percentile(d, 0.99))
+	require.Equal(t, time.Duration(999), percentile(d, 0.999))
+	require.Equal(t, time.Duration(0), percentile(nil, 0.5))
+	require.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	require.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	require.Equal(t, "1,234,568", thousands(1234567.8))
+}
+
+// TestRun runs every cell and the scale runs, tiny, on SQLite, and checks
+// the report's shape (not its speed).
+func TestRun(t *testing.T) {
+	t.Parallel()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	var steps []Progress
+	r, err := Run(context.Background(), Config{
+		DSN: db.DSN, Duration: 150 * time.Millisecond, Warmup: 50 * time.Millisecond, Workers: []int{1, 3}, Runs: 2,
+		Scale: true, HeldLocks: 300, Clients: 5, ClientsDuration: time.Second, ScaleTTL: time.Second,
+		Progress: func(p Progress) {
+			if p.Done {
+				steps = append(steps, p)
+			}
+		},
+	})
+	require.NoError(t, err)
+	// SQLite: no advisory floor; the two-commit floor has no shared mode.
+	want := []string{
+		"distinct-exclusive/1/sqldlm", "distinct-exclusive/1/two-commit", "distinct-exclusive/3/sqldlm", "distinct-exclusive/3/two-commit",
+		"distinct-shared/1/sqldlm", "distinct-shared/3/sqldlm",
+		"hot-exclusive/1/sqldlm", "hot-exclusive/1/two-commit", "hot-exclusive/3/sqldlm", "hot-exclusive/3/two-commit",
+		"hot-shared/1/sqldlm", "hot-shared/3/sqldlm",
+	}
+	var got []string
+	for _, row := range r.Rows {
+		got = append(got, row.Workload+"/"+itoa(row.Workers)+"/"+row.Impl)
+		require.Positive(t, row.PairsPerSecond, "%+v", row)
+		require.Len(t, row.RunsPairsPerSecond, 2)
+		require.Positive(t, row.StatementsPerPair, "%+v", row)
+		require.Nil(t, row.DBCPUSeconds, "SQLite has no server process")
+		if row.Impl == ImplSqldlm && row.Mode == "exclusive" {
+			require.NotNil(t, row.RatioTwoCommit)
+		} else {
+			require.Nil(t, row.RatioTwoCommit)
+		}
+		require.Nil(t, row.RatioAdvisory)
+	}
+	require.Equal(t, want, got)
+	require.Len(t, steps, len(want)*2+8, "one done report per cell and run, and per phase of the scale runs")
+
+	h := r.Scale.Held
+	require.Equal(t, 300, h.Locks)
+	require.Positive(t, h.PairsPerSecondNoneHeld)
+	require.Positive(t, h.PairsPerSecondHeld)
+	require.Equal(t, 1.0, h.StatementsPerRenewalNoneHeld, "a renewal is one statement")
+	require.Equal(t, 1.0, h.StatementsPerRenewalHeld, "however many locks are held")
+	require.Positive(t, h.HeapBytesPerLock)
+	require.Zero(t, h.LeasesLost)
+	c := r.Scale.Clients
+	require.Equal(t, 5, c.Clients)
+	require.Zero(t, c.LeasesLost)
+	require.Zero(t, c.LocksLost)
+	require.Positive(t, c.Renewals)
+
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	require.Regexp(t, `(?m)^hot-exclusive +3 +two-commit +[0-9,]+ `, table.String())
+	require.Contains(t, table.String(), "statements per renewal: 1.00 with none held, 1.00 with all held")
+	var img bytes.Buffer
+	require.NoError(t, r.WritePlot(&img))
+	_, err = png.Decode(&img)
+	require.NoError(t, err)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,225 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sqldlm/sqldlm"
+	"github.com/sqldlm/sqldlm/bench"
+)
+
+const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--runs N]
+       [--scale] [--vacuum] [--plot FILE.png] [--cpuprofile FILE] [--output table|json]
+
+Measures sqldlm's acquire+release next to the floors of the same server, in
+one process and one run: the two-commit floor (an autocommit INSERT of a
+lock row, then a DELETE; waiters poll) and the dialect's non-durable session
+lock (pg_advisory_lock on PostgreSQL, GET_LOCK on MySQL/MariaDB; SQLite has
+none). Workloads: distinct-exclusive, distinct-shared, hot-exclusive,
+hot-shared (one name for all workers). Each row gives pairs/s, the pair's
+latency p50/p99/p99.9, the acquire's wait p99, the handover latency on a hot
+name, the server's CPU when it runs on this host, statements per pair and
+the ratio sqldlm/floor. --scale adds one Client holding --held locks and
+--clients Clients renewing for --clients-duration.
+
+sqldlm's schema must be migrated (or pass --migrate). The floors create the
+table sqldlm_bench_floor and drop it after; lock names start with
+sqldlm-bench/. Progress goes to stderr. Run it on a quiet machine: anything
+else running shares the CPUs with the server and the clients.`
+
+func runBench(ctx context.Context, args []string, s streams) error {
+	fs := newFlagSet("bench", benchSynopsis, s.err)
+	dsnURL := dsnFlag(fs)
+	duration := fs.Duration("duration", bench.DurationDefault, "measured time of each cell")
+	warmup := fs.Duration("warmup", 0, "unmeasured time before each cell's window (default a fifth of --duration, at most 1s)")
+	workers := fs.String("workers", "1,8,64", "comma-separated worker counts")
+	workloads := fs.String("workloads", "", "comma-separated workloads: distinct-exclusive, distinct-shared, hot-exclusive, hot-shared, or hot, distinct, exclusive, shared (default all)")
+	impls := fs.String("impls", "", "comma-separated implementations: sqldlm, two-commit, advisory (default all)")
+	runs := fs.Int("runs", bench.RunsDefault, "repeat every cell N times and report medians (the scale runs run once)")
+	procs := fs.Int("procs", bench.ProcsDefault, "on a hot name, spread the sqldlm workers over up to N Clients (as N processes)")
+	ttl := fs.Duration("ttl", bench.TTLDefault, "lease TTL of the benchmark's Clients")
+	vacuum := fs.Bool("vacuum", false, "before each cell and after the scale run's fill, VACUUM (ANALYZE) sqldlm's tables on PostgreSQL (use it when autovacuum is off), ANALYZE TABLE them on MySQL")
+	scale := fs.Bool("scale", false, "add the scale runs: one Client holding --held locks, then --clients Clients")
+	scaleOnly := fs.Bool("scale-only", false, "run the scale runs alone, without the cells")
+	held := fs.Int("held", bench.HeldLocksDefault, "with --scale: locks one Client holds")
+	clients := fs.Int("clients", bench.ClientsDefault, "with --scale: Clients renewing at once, one lock each")
+	clientsDuration := fs.Duration("clients-duration", bench.ClientsDurationDefault, "with --scale: how long the Clients run")
+	scaleTTL := fs.Duration("scale-ttl", 0, "with --scale: lease TTL of the scale runs' Clients (default --ttl)")
+	scalePool := fs.Int("scale-pool", bench.ScalePoolDefault, "with --scale: connections the --clients Clients share")
+	scaleListen := fs.Bool("scale-listen", false, "with --scale on PostgreSQL: keep each Client's LISTEN connection (needs --clients more server connections)")
+	migrate := fs.Bool("migrate", false, "apply sqldlm's migrations first")
+	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile over the whole run to this `FILE` (go tool pprof)")
+	plotFile := fs.String("plot", "", "also draw pairs/s per workload as a PNG to this `FILE`")
+	output := outputFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	ws, err := parseWorkers(*workers)
+	if err != nil {
+		return err
+	}
+	wls, err := bench.ParseWorkloads(*workloads)
+	if err != nil {
+		return usagef("--workloads: %v", err)
+	}
+	switch {
+	case *duration <= 0:
+		return usagef("--duration must be positive")
+	case *warmup < 0:
+		return usagef("--warmup must not be negative")
+	case *runs < 1 || *procs < 1:
+		return usagef("--runs and --procs must be at least 1")
+	case *ttl < sqldlm.TTLMin || (*scaleTTL != 0 && *scaleTTL < sqldlm.TTLMin):
+		return usagef("--ttl and --scale-ttl must be at least %s", sqldlm.TTLMin)
+	case (*scale || *scaleOnly) && (*held < 1 || *clients < 1 || *clientsDuration <= 0 || *scalePool < 1):
+		return usagef("--held, --clients, --clients-duration and --scale-pool must be positive")
+	}
+	var implList []string
+	for _, f := range strings.Split(*impls, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			if !slices.Contains(bench.Impls, f) {
+				return usagef("--impls: unknown implementation %q: use %s", f, strings.Join(bench.Impls, ", "))
+			}
+			implList = append(implList, f)
+		}
+	}
+	db, d, err := openDSN(ctx, *dsnURL)
+	if err != nil {
+		return err
+	}
+	if *migrate {
+		if err := sqldlm.Migrate(ctx, db, d); err != nil {
+			db.Close()
+			return err
+		}
+	}
+	db.Close()
+
+	prog := newProgress(s.err)
+	cfg := bench.Config{
+		DSN: *dsnURL, Duration: *duration, Warmup: *warmup, Workers: ws, Workloads: wls, Impls: implList, Runs: *runs, Procs: *procs, TTL: *ttl, Vacuum: *vacuum,
+		Scale: *scale, ScaleOnly: *scaleOnly, HeldLocks: *held, Clients: *clients, ClientsDuration: *clientsDuration, ScaleTTL: *scaleTTL,
+		ScalePool: *scalePool, ScaleListen: *scaleListen, Progress: prog.update,
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	report, err := bench.Run(ctx, cfg)
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	prog.finish()
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if *plotFile != "" {
+		f, err := os.Create(*plotFile)
+		if err != nil {
+			return err
+		}
+		if err := report.WritePlot(f); err != nil {
+			f.Close()
+			return fmt.Errorf("plot: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(s.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(report)
+	}
+	return report.WriteTable(s.out)
+}
+
+// parseWorkers parses a comma-separated list of positive worker counts.
+func parseWorkers(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, usagef("--workers: %q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, usagef("--workers names no worker count")
+	}
+	return out, nil
+}
+
+// progress shows the benchmark's progress on stderr: one line rewritten in
+// place when stderr is a terminal, one line per finished step otherwise.
+type progress struct {
+	w    io.Writer
+	tty  bool
+	mu   sync.Mutex
+	last time.Time
+	wide bool // a line is on the terminal, to be cleared
+}
+
+func newProgress(w io.Writer) *progress {
+	p := &progress{w: w}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(u bench.Progress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	line := fmt.Sprintf("[%d/%d] %s", u.Step, u.Steps, u.What)
+	if u.Elapsed > 0 || u.Done {
+		line += fmt.Sprintf(": %s, %d, %.0f/s", u.Elapsed.Round(100*time.Millisecond), u.Count, u.Rate)
+	}
+	if !p.tty {
+		if u.Done {
+			fmt.Fprintln(p.w, line)
+		}
+		return
+	}
+	if !u.Done && time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprint(p.w, "\r\033[K"+line)
+	p.wide = true
+}
+
+func (p *progress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty && p.wide {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}

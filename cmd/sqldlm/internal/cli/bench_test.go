@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"image/png"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+// benchRowsWant lists the rows `sqldlm bench --workers 1,8` must report on
+// each dialect: sqldlm everywhere; the two-commit floor for exclusive
+// workloads; the advisory floor on PostgreSQL (with a shared mode) and MySQL
+// (exclusive only).
+func benchRowsWant(kind string) []string {
+	var want []string
+	for _, wl := range []string{"distinct-exclusive", "distinct-shared", "hot-exclusive", "hot-shared"} {
+		shared := wl == "distinct-shared" || wl == "hot-shared"
+		for _, w := range []int{1, 8} {
+			want = append(want, fmt.Sprintf("%s/%d/sqldlm", wl, w))
+			if !shared {
+				want = append(want, fmt.Sprintf("%s/%d/two-commit", wl, w))
+			}
+			if kind == testdb.Postgres || (kind == testdb.MySQL && !shared) {
+				want = append(want, fmt.Sprintf("%s/%d/advisory", wl, w))
+			}
+		}
+	}
+	return want
+}
+
+// TestBench is the smoke test of `sqldlm bench`: every expected row with a
+// positive rate in JSON, a valid PNG, and the table. No timing is asserted.
+func TestBench(t *testing.T) {
+	t.Parallel()
+	for _, kind := range testdb.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			db := testdb.Open(t, kind)
+			code, _, errOut := run(t, "migrate", "up", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code, errOut)
+
+			plot := filepath.Join(t.TempDir(), "bench.png")
+			code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "300ms", "--workers", "1,8",
+				"--output", "json", "--plot", plot)
+			require.Equal(t, ExitOK, code, errOut)
+			require.Contains(t, errOut, "[1/", "progress lines on stderr")
+
+			var report map[string]any
+			require.NoError(t, json.Unmarshal([]byte(out), &report), out)
+			require.Equal(t, kind, report["dialect"])
+			for _, field := range []string{"server", "host", "settings", "machine", "duration_seconds", "runs", "db_cpu", "rows", "scale"} {
+				require.Contains(t, report, field)
+			}
+			var got []string
+			for _, r := range report["rows"].([]any) {
+				row := r.(map[string]any)
+				got = append(got, fmt.Sprintf("%s/%v/%s", row["workload"], row["workers"], row["impl"]))
+				require.Positive(t, row["pairs_per_second"].(float64), "%v", row)
+				for _, field := range []string{"p50_ms", "p99_ms", "p999_ms", "wait_p99_ms", "handover_p50_ms", "handover_p99_ms",
+					"db_cpu_seconds", "db_cpu_seconds_per_1000_pairs", "statements_per_pair", "ratio_two_commit", "ratio_advisory"} {
+					require.Contains(t, row, field)
+				}
+				if row["impl"] == "sqldlm" && row["mode"] == "exclusive" {
+					require.Positive(t, row["ratio_two_commit"].(float64), "%v", row)
+				}
+			}
+			require.Equal(t, benchRowsWant(kind), got)
+
+			f, err := os.Open(plot)
+			require.NoError(t, err)
+			defer f.Close()
+			img, err := png.Decode(f)
+			require.NoError(t, err)
+			require.Greater(t, img.Bounds().Dx(), 500)
+
+			code, out, errOut = run(t, "bench", "--dsn", db.DSN, "--duration", "100ms", "--workers", "2", "--workloads", "hot-exclusive", "--vacuum")
+			require.Equal(t, ExitOK, code, errOut)
+			require.Regexp(t, `(?m)^WORKLOAD +W +IMPL +PAIRS/S +P50 ms +P99 ms +P99.9 ms +WAIT P99 +HANDOVER P50/P99 +DB CPU s +DB ms/1k +STMT/PAIR +÷2-COMMIT +÷ADVISORY$`, out)
+			require.Regexp(t, `(?m)^hot-exclusive +2 +sqldlm +[1-9][0-9,]* `, out)
+			require.Regexp(t, `(?m)^hot-exclusive +2 +two-commit +[1-9][0-9,]* `, out)
+			if kind != testdb.SQLite {
+				require.Regexp(t, `(?m)^hot-exclusive +2 +advisory +[1-9][0-9,]* `, out)
+			}
+		})
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--workers", "1,zero"}, `--workers: "zero" is not a positive number`},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--workloads", "tepid"}, `unknown workload "tepid"`},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--duration", "0s"}, "--duration must be positive"},
+		{[]string{"bench", "--dsn", ""}, "pass --dsn URL"},
+	} {
+		code, _, errOut := run(t, tt.args...)
+		require.Equal(t, ExitUsage, code, errOut)
+		require.Contains(t, errOut, tt.want)
+	}
+}
+
+func TestBenchNotMigrated(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.SQLite)
+	code, _, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "100ms")
+	require.Equal(t, ExitError, code)
+	require.Contains(t, errOut, "sqldlm migrate up")
+}

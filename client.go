@@ -195,15 +195,21 @@ func (c *Client) abandon(l *lease, id int64, uncertain bool) {
 		c.janitor.abandon(l, id, c.cfg.TTL)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/2, 5*time.Second))
-	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
+	err := c.withdraw(ctx, l, id)
 	cancel()
 	if err != nil {
 		c.janitor.abandon(l, id, 0)
-		return
 	}
+}
+
+// withdraw deletes request id of lease l (its waiter row and any hold it
+// obtained) and wakes the waiters of the names it freed.
+func (c *Client) withdraw(ctx context.Context, l *lease, id int64) error {
+	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
 	for _, n := range names {
 		c.waiters.wake(n)
 	}
+	return err
 }
 
 // notified reports whether releases currently arrive as notifications.

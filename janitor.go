@@ -72,11 +72,7 @@ func (j *janitor) abandon(l *lease, requestID int64, delay time.Duration) {
 		notBefore: time.Now().Add(delay),
 		what:      "withdraw request",
 		run: func(ctx context.Context) error {
-			names, err := j.c.dialect.Abandon(ctx, j.c.db, l.id, requestID)
-			for _, n := range names {
-				j.c.waiters.wake(n)
-			}
-			return err
+			return j.c.withdraw(ctx, l, requestID)
 		},
 		until: l.live,
 	})

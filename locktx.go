@@ -131,11 +131,7 @@ func (c *Client) settlePending(l *lease, req int64) {
 			case out == dialect.TxOpen:
 				return errTxStillOpen
 			case out == dialect.TxCommitted:
-				names, err := c.dialect.Abandon(ctx, c.db, l.id, req)
-				for _, n := range names {
-					c.waiters.wake(n)
-				}
-				return err
+				return c.withdraw(ctx, l, req)
 			}
 			return nil
 		},

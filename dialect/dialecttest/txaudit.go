@@ -70,13 +70,11 @@ func (b *lockerBundle) countArgs(query string, args ...any) int {
 	b.t.Helper()
 	if b.d.Name() == "postgres" {
 		for i := range args {
-			query = replaceFirst(query, "?", fmt.Sprintf("$%d", i+1))
+			query = strings.Replace(query, "?", fmt.Sprintf("$%d", i+1), 1)
 		}
 	}
 	return b.count(query, args...)
 }
-
-func replaceFirst(s, old, repl string) string { return strings.Replace(s, old, repl, 1) }
 
 // testAcquireTxCommit: a grant made in a transaction is invisible to
 // others until the commit, PendingOutcome follows the transaction, and after

@@ -32,7 +32,14 @@ import (
 
 // writeTx runs fn in a BEGIN IMMEDIATE transaction on one connection, with
 // the database's clock read after the write lock was taken.
-func (d *sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) (err error) {
+func (d *sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *sql.Conn, now int64) error) error {
+	return d.writeTxWaiting(ctx, db, busyTimeout, fn)
+}
+
+// writeTxWaiting is writeTx waiting at most wait for the write lock (an
+// error matching ErrLockTimeout after that). The connection goes back to
+// the pool with the usual busy timeout.
+func (d *sqliteDialect) writeTxWaiting(ctx context.Context, db *sql.DB, wait time.Duration, fn func(conn *sql.Conn, now int64) error) (err error) {
 	leave, err := d.enter(ctx, db)
 	if err != nil {
 		return err
@@ -43,8 +50,15 @@ func (d *sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *s
 		return d.ClassifyError(err)
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); err != nil {
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, wait.Milliseconds())); err != nil {
 		return d.ClassifyError(err)
+	}
+	if wait != busyTimeout {
+		defer func() {
+			if _, rErr := conn.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); rErr != nil {
+				_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+		}()
 	}
 	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
 		return d.ClassifyError(err)
@@ -559,42 +573,18 @@ func (d *sqliteDialect) CreatePending(context.Context, *sql.DB, int64, int64) er
 // committed if and only if the request's hold exists (a hold released
 // since reads as not committed, which is as good: nothing is left to undo).
 // It writes nothing, so it never breaks other transactions' snapshots.
-func (d *sqliteDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (out dialect.TxOutcome, err error) {
-	leave, err := d.enter(ctx, db)
-	if err != nil {
+func (d *sqliteDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (dialect.TxOutcome, error) {
+	var held int
+	err := d.writeTxWaiting(ctx, db, 0, func(conn *sql.Conn, _ int64) error {
+		return conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`,
+			leaseID, requestID).Scan(&held)
+	})
+	switch {
+	case errors.Is(err, dialect.ErrLockTimeout):
+		return dialect.TxOpen, nil
+	case err != nil:
 		return 0, err
-	}
-	defer leave()
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return 0, d.ClassifyError(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `PRAGMA busy_timeout = 0`); err != nil {
-		return 0, d.ClassifyError(err)
-	}
-	defer func() {
-		if _, rErr := conn.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds())); rErr != nil {
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		}
-	}()
-	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
-		if errors.Is(d.ClassifyError(err), dialect.ErrLockTimeout) {
-			return dialect.TxOpen, nil
-		}
-		return 0, d.ClassifyError(err)
-	}
-	defer func() {
-		if _, rbErr := conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`); rbErr != nil {
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		}
-	}()
-	var n int
-	if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`,
-		leaseID, requestID).Scan(&n); err != nil {
-		return 0, d.ClassifyError(err)
-	}
-	if n > 0 {
+	case held > 0:
 		return dialect.TxCommitted, nil
 	}
 	return dialect.TxNotCommitted, nil

@@ -60,13 +60,7 @@ func runBench(ctx context.Context, args []string, s streams) error {
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile over the whole run to this `FILE` (go tool pprof)")
 	plotFile := fs.String("plot", "", "also draw pairs/s per workload as a PNG to this `FILE`")
 	output := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := requireDSN(*dsnURL); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
 	ws, err := parseWorkers(*workers)

@@ -161,6 +161,22 @@ func dsnFlag(fs *flag.FlagSet) *string {
 	return fs.String("dsn", os.Getenv("SQLDLM_DSN"), "database `URL`: "+dsn.Schemes+" (default $SQLDLM_DSN)")
 }
 
+// parseCommand parses a database command's flags and checks the ones they
+// share: --dsn must be given, and --output (when output is not nil) must
+// name a known format.
+func parseCommand(fs *flag.FlagSet, args []string, dsnURL, output *string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireDSN(*dsnURL); err != nil {
+		return err
+	}
+	if output != nil {
+		return checkOutput(*output)
+	}
+	return nil
+}
+
 func requireDSN(raw string) error {
 	if strings.TrimSpace(raw) == "" {
 		return usagef("no database given: pass --dsn URL or set SQLDLM_DSN (schemes: %s)", dsn.Schemes)

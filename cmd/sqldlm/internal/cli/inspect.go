@@ -127,13 +127,7 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
 	interval := fs.Duration("interval", time.Second, "with --watch: refresh interval")
 	output := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := requireDSN(*dsnURL); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
 	if *watch && *interval <= 0 {
@@ -254,13 +248,7 @@ func runLeases(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("leases", leasesSynopsis, s.err)
 	dsnURL := dsnFlag(fs)
 	output := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := requireDSN(*dsnURL); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
 	db, d, err := openDSN(ctx, *dsnURL)

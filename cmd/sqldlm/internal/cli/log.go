@@ -58,13 +58,7 @@ func runLog(ctx context.Context, args []string, s streams) error {
 	limit := fs.Int("limit", 0, "only the newest K rows (0: all)")
 	retention := fs.Duration("retention", 7*24*time.Hour, `with "on": keep rows this long`)
 	output := outputFlag(fs)
-	if err := parseFlags(fs, rest); err != nil {
-		return err
-	}
-	if err := requireDSN(*dsnURL); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := parseCommand(fs, rest, dsnURL, output); err != nil {
 		return err
 	}
 	if *since < 0 || *limit < 0 {

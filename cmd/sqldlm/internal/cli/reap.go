@@ -38,13 +38,7 @@ func runReap(ctx context.Context, args []string, s streams) error {
 	idleAfter := fs.Duration("idle-after", reaper.IdleAfterDefault, "delete lock rows with no holder or waiter idle for this long")
 	batch := fs.Int("batch", reaper.BatchSizeDefault, "leases deleted per statement")
 	output := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := requireDSN(*dsnURL); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
+	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
 	if *every < 0 || *idleAfter < 0 || *batch <= 0 {

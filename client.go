@@ -207,7 +207,7 @@ func (c *Client) abandon(l *lease, id int64, uncertain bool) {
 func (c *Client) withdraw(ctx context.Context, l *lease, id int64) error {
 	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
 	for _, n := range names {
-		c.waiters.wake(n)
+		c.waiters.wakeHead(n)
 	}
 	return err
 }
@@ -225,7 +225,7 @@ func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
 			c.listener.Store(true)
 			c.waiters.wakeAll() // releases may have been missed while down
 			wait = 100 * time.Millisecond
-		}, c.waiters.wake)
+		}, c.wakeup)
 		c.listener.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -240,6 +240,16 @@ func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
 		}
 		wait = min(wait*2, 5*time.Second)
 	}
+}
+
+// wakeup routes a notification to the request it names, or to every
+// waiter of its name.
+func (c *Client) wakeup(w dialect.Wakeup) {
+	if w.RequestID == 0 {
+		c.waiters.wake(w.Name)
+		return
+	}
+	c.waiters.wakeRequest(w.Name, w.RequestID)
 }
 
 // Dialect returns the client's dialect.

@@ -291,7 +291,7 @@ type request struct {
 // of dead leases the grant took over.
 func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, error) {
 	c := r.c
-	wake, unregister := c.waiters.register(r.name)
+	wake, unregister := c.waiters.register(r.name, r.id)
 	defer unregister()
 	backoff := newBackoff(c)
 	var enqueuedOn *lease // the lease a waiter row of this request may exist under
@@ -337,7 +337,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 				// Same request id: a retry returns a grant the lost answer carried.
 				enqueuedOn = l
 				c.logger.Debug("sqldlm: acquire failed, retrying", "lock_name", r.name, "error", err)
-				if err := backoff.sleep(ctx, wake, 0); err != nil {
+				if err := backoff.sleep(ctx, wake, 0, -1); err != nil {
 					return abandon(err)
 				}
 				continue
@@ -364,9 +364,10 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		if !r.wait {
 			return 0, nil, nil, &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
 		}
-		// Wake up when the name is released (in this process, or by a
-		// notification), when the holder's lease would expire if not
-		// renewed, or at the next poll.
+		// Wake up when this request reaches the head of the queue (a
+		// release in this process, or a notification), when the holder's
+		// lease would expire if not renewed, or at the next poll, which
+		// comes sooner the nearer the request is to the head.
 		var expiry time.Duration
 		if b.Owner != "" {
 			expiry = b.ExpiresIn + time.Millisecond
@@ -376,7 +377,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			continue
 		default:
 		}
-		if err := backoff.sleep(ctx, wake, expiry); err != nil {
+		if err := backoff.sleep(ctx, wake, expiry, b.WaitersAhead); err != nil {
 			return abandon(err)
 		}
 	}
@@ -442,14 +443,16 @@ func (l *Lock) Release(ctx context.Context) error {
 		c.janitor.release(l.lease, ref)
 	case !released && l.releasedInTx():
 		// ReleaseTx's transaction committed: the lock was released with it.
-		c.waiters.wake(l.name)
+		c.waiters.wakeHead(l.name)
 	case !released:
 		// The hold was gone: taken over or reaped after the lease died.
 		l.setRelErr(ErrLost)
 		l.lease.renewNow()
 		return ErrLost
 	default:
-		c.waiters.wake(l.name)
+		// The database notifies the head of the queue; in this process,
+		// wake the request that has waited longest.
+		c.waiters.wakeHead(l.name)
 	}
 	return nil
 }

@@ -197,10 +197,19 @@ type Auditor interface {
 // Notifier is implemented by dialects that can wake waiters when a name is
 // released (PostgreSQL's LISTEN/NOTIFY). Others are polled.
 type Notifier interface {
-	// Listen blocks, calling onRelease with each released name, until ctx
-	// ends or the connection fails (it then returns the error). ready is
-	// called once listening has started.
-	Listen(ctx context.Context, db *sql.DB, ready func(), onRelease func(name string)) error
+	// Listen blocks, calling onWake with each wake-up, until ctx ends or the
+	// connection fails (it then returns the error). ready is called once
+	// listening has started.
+	Listen(ctx context.Context, db *sql.DB, ready func(), onWake func(Wakeup)) error
+}
+
+// Wakeup is one notification of a [Notifier]: the request (LeaseID,
+// RequestID) waiting for Name may now be granted, because it is at the head
+// of the name's queue. A Wakeup with RequestID 0 is for every waiter of Name.
+type Wakeup struct {
+	Name      string
+	LeaseID   int64
+	RequestID int64
 }
 
 // CreateLeaseParams are the arguments of [Locker.CreateLease].

@@ -357,24 +357,7 @@ func TestMigrationDownRestoresVersion2(t *testing.T) {
 	p, err := migrations.NewProvider(db.DB, d)
 	require.NoError(t, err)
 
-	catalog := func() map[string]string {
-		rows, err := db.QueryContext(ctx, `
-			SELECT 'function ' || p.oid::regprocedure::text, pg_get_functiondef(p.oid)
-			  FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace
-			UNION ALL
-			SELECT 'relation ' || c.relname, c.relkind::text
-			  FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace`)
-		require.NoError(t, err)
-		defer rows.Close()
-		out := map[string]string{}
-		for rows.Next() {
-			var k, v string
-			require.NoError(t, rows.Scan(&k, &v))
-			out[k] = v
-		}
-		require.NoError(t, rows.Err())
-		return out
-	}
+	catalog := func() map[string]string { return schemaCatalog(ctx, t, db.DB) }
 	_, err = p.UpTo(ctx, 2)
 	require.NoError(t, err)
 	v2 := catalog()
@@ -392,4 +375,58 @@ func TestMigrationDownRestoresVersion2(t *testing.T) {
 	_, err = p.DownTo(ctx, 2)
 	require.NoError(t, err)
 	require.Equal(t, v2, catalog())
+}
+
+// schemaCatalog returns the functions (with their definitions) and relations
+// of db's current schema.
+func schemaCatalog(ctx context.Context, t *testing.T, db *sql.DB) map[string]string {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, `
+		SELECT 'function ' || p.oid::regprocedure::text, pg_get_functiondef(p.oid)
+		  FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace
+		UNION ALL
+		SELECT 'relation ' || c.relname, c.relkind::text
+		  FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace`)
+	require.NoError(t, err)
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		require.NoError(t, rows.Scan(&k, &v))
+		out[k] = v
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// Down from version 4 restores version 3's functions exactly (as a schema
+// migrated only to version 3 has them), and drops sqldlm_wake.
+func TestMigrationDownRestoresVersion3(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := postgres.Dialect()
+	db := testdb.Open(t, testdb.Postgres)
+	p, err := migrations.NewProvider(db.DB, d)
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 3)
+	require.NoError(t, err)
+	v3 := schemaCatalog(ctx, t, db.DB)
+	require.NotContains(t, v3, "function sqldlm_wake(text)")
+
+	_, err = p.UpTo(ctx, 4)
+	require.NoError(t, err)
+	v4 := schemaCatalog(ctx, t, db.DB)
+	require.Contains(t, v4, "function sqldlm_wake(text)")
+	for _, fn := range []string{"sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
+		"sqldlm_release(text,bigint,bigint)", "sqldlm_abandon(bigint,bigint)", "sqldlm_downgrade(text,bigint,bigint)",
+		"sqldlm_delete_lease(bigint)", "sqldlm_reap(integer,bigint)", "sqldlm_break(text,text)"} {
+		require.Contains(t, v3, "function "+fn)
+		require.NotEqual(t, v3["function "+fn], v4["function "+fn], fn)
+	}
+
+	_, err = p.DownTo(ctx, 3)
+	require.NoError(t, err)
+	require.Equal(t, v3, schemaCatalog(ctx, t, db.DB))
 }

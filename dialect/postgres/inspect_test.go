@@ -16,9 +16,9 @@ import (
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
-// Break wakes the waiters of every name the broken lease held or waited
-// for (a broken lease loses them all), and a Break that breaks nothing
-// wakes nobody.
+// Break wakes the waiters at the head of the queue of every name the broken
+// lease held or waited for (a broken lease loses them all), and a Break
+// that breaks nothing wakes nobody.
 func TestBreakNotifiesTheNamesOfTheBrokenLeases(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -43,6 +43,11 @@ func TestBreakNotifiesTheNamesOfTheBrokenLeases(t *testing.T) {
 	acquire("y", a, dialect.Shared, dialect.Granted)
 	acquire("z", c, dialect.Exclusive, dialect.Granted)
 	acquire("z", a, dialect.Exclusive, dialect.Blocked) // a waits for z
+	// Notifications go to the live waiters at the head of each queue: one
+	// per name (on z, the one behind a, whose lease the break kills).
+	acquire("x", lease("wx"), dialect.Exclusive, dialect.Blocked)
+	acquire("y", lease("wy"), dialect.Exclusive, dialect.Blocked)
+	acquire("z", lease("wz"), dialect.Exclusive, dialect.Blocked)
 	tm := acquire("marker", c, dialect.Exclusive, dialect.Granted)
 	acquire("marker", lease("w"), dialect.Exclusive, dialect.Blocked) // a release notifies only when someone waits
 
@@ -52,7 +57,7 @@ func TestBreakNotifiesTheNamesOfTheBrokenLeases(t *testing.T) {
 	ok, err := d.Release(ctx, db.DB, &dialect.HoldRef{Name: "marker", LeaseID: c, Token: tm})
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.Equal(t, "marker", l.next(t), "a Break that breaks nothing notifies nothing")
+	require.Equal(t, "marker", l.next(t).Name, "a Break that breaks nothing notifies nothing")
 
 	broken, err = d.Break(ctx, db.DB, "x", "a")
 	require.NoError(t, err)
@@ -65,7 +70,7 @@ func TestBreakNotifiesTheNamesOfTheBrokenLeases(t *testing.T) {
 	require.LessOrEqual(t, broken[0].ExpiresIn, time.Duration(0))
 	heard := map[string]bool{}
 	for range 3 {
-		heard[l.next(t)] = true
+		heard[l.next(t).Name] = true
 	}
 	require.Equal(t, map[string]bool{"x": true, "y": true, "z": true}, heard)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -20,10 +22,10 @@ var _ dialect.Notifier = postgresDialect{}
 const channelQuery = `SELECT 'sqldlm_' || substr(md5(current_schema()), 1, 16)`
 
 // Listen takes a connection of its own from db, LISTENs on the schema's
-// channel, calls ready, then calls onRelease with each released name until
-// ctx ends or the connection fails. The connection never goes back to the
+// channel, calls ready, then calls onWake with each notification until ctx
+// ends or the connection fails. The connection never goes back to the
 // pool: it is closed, so that no pooled connection is left listening.
-func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), onRelease func(name string)) error {
+func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), onWake func(dialect.Wakeup)) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("listen: %w", d.ClassifyError(err))
@@ -52,8 +54,30 @@ func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), o
 			if err != nil {
 				return err
 			}
-			onRelease(n.Payload)
+			onWake(parseWakeup(n.Payload))
 		}
 	})
 	return fmt.Errorf("listen: %w", d.ClassifyError(err))
+}
+
+// parseWakeup reads a notification's payload. sqldlm_wake (schema version 4)
+// sends "<lease id> <request id> <name>" for one waiter at the head of the
+// name's queue. Anything else (a bare name, as version 3's functions sent
+// while a migration runs) wakes every waiter of the payload taken as a name:
+// a wake-up too many costs one acquire attempt, one too few a poll.
+func parseWakeup(payload string) dialect.Wakeup {
+	lease, rest, ok := strings.Cut(payload, " ")
+	if !ok {
+		return dialect.Wakeup{Name: payload}
+	}
+	req, name, ok := strings.Cut(rest, " ")
+	if !ok || name == "" {
+		return dialect.Wakeup{Name: payload}
+	}
+	l, err1 := strconv.ParseInt(lease, 10, 64)
+	r, err2 := strconv.ParseInt(req, 10, 64)
+	if err1 != nil || err2 != nil || r == 0 {
+		return dialect.Wakeup{Name: payload}
+	}
+	return dialect.Wakeup{Name: name, LeaseID: l, RequestID: r}
 }

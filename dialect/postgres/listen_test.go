@@ -16,7 +16,7 @@ import (
 
 // listener runs Listen on db in the background and delivers what it hears.
 type listener struct {
-	names  chan string
+	wakes  chan dialect.Wakeup
 	done   chan error
 	cancel context.CancelFunc
 }
@@ -26,10 +26,10 @@ func listen(t *testing.T, db *sql.DB) *listener {
 	n, ok := postgres.Dialect().(dialect.Notifier)
 	require.True(t, ok, "the PostgreSQL dialect is a Notifier")
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &listener{names: make(chan string, 100), done: make(chan error, 1), cancel: cancel}
+	l := &listener{wakes: make(chan dialect.Wakeup, 100), done: make(chan error, 1), cancel: cancel}
 	ready := make(chan struct{})
 	go func() {
-		l.done <- n.Listen(ctx, db, func() { close(ready) }, func(name string) { l.names <- name })
+		l.done <- n.Listen(ctx, db, func() { close(ready) }, func(w dialect.Wakeup) { l.wakes <- w })
 	}()
 	t.Cleanup(func() { l.stop(t) })
 	select {
@@ -42,17 +42,17 @@ func listen(t *testing.T, db *sql.DB) *listener {
 	return l
 }
 
-func (l *listener) next(t *testing.T) string {
+func (l *listener) next(t *testing.T) dialect.Wakeup {
 	t.Helper()
 	select {
-	case name := <-l.names:
-		return name
+	case w := <-l.wakes:
+		return w
 	case err := <-l.done:
 		t.Fatalf("listener ended: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("no notification")
 	}
-	return ""
+	return dialect.Wakeup{}
 }
 
 func (l *listener) stop(t *testing.T) {
@@ -101,15 +101,15 @@ func TestListenDeliversReleasesOfItsSchemaOnly(t *testing.T) {
 	}
 
 	grantRelease(a.DB, "node/1")
-	require.Equal(t, "node/1", sameSchema.next(t))
+	require.Equal(t, "node/1", sameSchema.next(t).Name)
 
 	// Notifications reach a listener in commit order: had the other schema's
 	// listener heard node/1, it would hear it before this later release.
 	grantRelease(other.DB, "marker")
-	require.Equal(t, "marker", otherSchema.next(t), "a release in another schema is not delivered")
+	require.Equal(t, "marker", otherSchema.next(t).Name, "a release in another schema is not delivered")
 	select {
-	case name := <-sameSchema.names:
-		t.Fatalf("the other schema's release reached this schema's listener: %q", name)
+	case w := <-sameSchema.wakes:
+		t.Fatalf("the other schema's release reached this schema's listener: %+v", w)
 	default:
 	}
 }
@@ -128,4 +128,87 @@ func TestListenDiscardsItsConnection(t *testing.T) {
 	var channels int
 	require.NoError(t, pool.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_listening_channels()`).Scan(&channels))
 	require.Zero(t, channels, "the pool's connection is not listening")
+}
+
+// A release notifies only the head of the name's queue, addressed to its
+// request: the first waiter, or, when it is shared, every shared waiter up
+// to the first exclusive one. Waiters whose lease is dead are skipped.
+func TestReleaseWakesOnlyTheHeadOfTheQueue(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := postgres.Dialect()
+	db := testdb.OpenMigrated(t, testdb.Postgres)
+	l := listen(t, testdb.Reopen(t, db.Kind, db.DSN).DB)
+
+	lease := func(ttl time.Duration) int64 {
+		id := rand.Int64()
+		require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: id, Owner: "o", TTL: ttl}))
+		return id
+	}
+	type req struct{ lease, id int64 }
+	acquire := func(name string, r req, mode dialect.Mode, want dialect.AcquireStatus) int64 {
+		t.Helper()
+		res, err := d.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: name, LeaseID: r.lease, RequestID: r.id, Mode: mode, Enqueue: true})
+		require.NoError(t, err)
+		require.Equal(t, want, res.Status)
+		return res.Token
+	}
+	release := func(name string, r req, token int64) {
+		t.Helper()
+		ok, err := d.Release(ctx, db.DB, &dialect.HoldRef{Name: name, LeaseID: r.lease, Token: token})
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	// wakes collects the notifications up to the marker's.
+	marker := req{lease(time.Minute), rand.Int64()}
+	markerHolder := req{lease(time.Minute), rand.Int64()}
+	wakes := func() []dialect.Wakeup {
+		t.Helper()
+		tok := acquire("marker", markerHolder, dialect.Exclusive, dialect.Granted)
+		acquire("marker", marker, dialect.Exclusive, dialect.Blocked)
+		release("marker", markerHolder, tok)
+		var out []dialect.Wakeup
+		for {
+			w := l.next(t)
+			if w.Name == "marker" {
+				require.Equal(t, dialect.Wakeup{Name: "marker", LeaseID: marker.lease, RequestID: marker.id}, w)
+				_, err := d.Abandon(ctx, db.DB, marker.lease, marker.id)
+				require.NoError(t, err)
+				return out
+			}
+			out = append(out, w)
+		}
+	}
+
+	// Exclusive waiters: only the first is woken.
+	holder := req{lease(time.Minute), rand.Int64()}
+	tok := acquire("x", holder, dialect.Exclusive, dialect.Granted)
+	dead := req{lease(300 * time.Millisecond), rand.Int64()}
+	acquire("x", dead, dialect.Exclusive, dialect.Blocked)
+	w1, w2, w3 := req{lease(time.Minute), rand.Int64()}, req{lease(time.Minute), rand.Int64()}, req{lease(time.Minute), rand.Int64()}
+	acquire("x", w1, dialect.Exclusive, dialect.Blocked)
+	acquire("x", w2, dialect.Exclusive, dialect.Blocked)
+	acquire("x", w3, dialect.Shared, dialect.Blocked)
+	require.Eventually(t, func() bool {
+		var expired bool
+		require.NoError(t, db.QueryRowContext(ctx,
+			`SELECT expires_at <= clock_timestamp() FROM sqldlm_leases WHERE id = $1`, dead.lease).Scan(&expired))
+		return expired
+	}, 10*time.Second, 50*time.Millisecond, "the first waiter's lease expires")
+	release("x", holder, tok)
+	require.Equal(t, []dialect.Wakeup{{Name: "x", LeaseID: w1.lease, RequestID: w1.id}}, wakes(),
+		"the first live waiter, and no one behind it")
+
+	// Shared waiters at the head are woken together, up to the first
+	// exclusive one.
+	tok = acquire("s", holder, dialect.Exclusive, dialect.Granted)
+	s1, s2, x3, s4 := req{lease(time.Minute), rand.Int64()}, req{lease(time.Minute), rand.Int64()}, req{lease(time.Minute), rand.Int64()}, req{lease(time.Minute), rand.Int64()}
+	acquire("s", s1, dialect.Shared, dialect.Blocked)
+	acquire("s", s2, dialect.Shared, dialect.Blocked)
+	acquire("s", x3, dialect.Exclusive, dialect.Blocked)
+	acquire("s", s4, dialect.Shared, dialect.Blocked)
+	release("s", holder, tok)
+	got := wakes()
+	require.ElementsMatch(t, []dialect.Wakeup{{Name: "s", LeaseID: s1.lease, RequestID: s1.id}, {Name: "s", LeaseID: s2.lease, RequestID: s2.id}}, got)
 }

@@ -1,0 +1,182 @@
+package sqldlm
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+// countingDialect counts Acquire calls per lease. With notifier set it is a
+// dialect.Notifier too (the wrapped dialect's); otherwise its Clients poll.
+type countingDialect struct {
+	dialect.Dialect
+	mu       sync.Mutex
+	acquires map[int64]int
+	total    atomic.Int64
+}
+
+func (d *countingDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	d.mu.Lock()
+	d.acquires[p.LeaseID]++
+	d.mu.Unlock()
+	d.total.Add(1)
+	return d.Dialect.Acquire(ctx, db, p)
+}
+
+func (d *countingDialect) count(lease int64) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.acquires[lease]
+}
+
+type notifyingCountingDialect struct {
+	*countingDialect
+	dialect.Notifier
+}
+
+// waitersOf returns how many requests wait for name.
+func waitersOf(ctx context.Context, t *testing.T, c *Client, name string) int {
+	t.Helper()
+	locks, err := c.Locks(ctx, Filter{Prefix: name})
+	require.NoError(t, err)
+	for _, l := range locks {
+		if l.Name == name {
+			return len(l.Waiters)
+		}
+	}
+	return 0
+}
+
+// On PostgreSQL a release wakes only the waiter at the head of the queue,
+// not every waiter of the name: a chain of handovers through waiters in
+// separate Clients costs about one acquire attempt per grant, where waking
+// the whole herd costs one per waiter still queued (here 8+7+...+1 = 36
+// for 8 grants).
+func TestReleaseWakesOnlyTheHeadWaiter(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	db := testdb.OpenMigrated(t, testdb.Postgres)
+	b := &lockBundle{db: db, kind: testdb.Postgres}
+	n, ok := db.Dialect.(dialect.Notifier)
+	require.True(t, ok)
+	counting := &countingDialect{Dialect: db.Dialect, acquires: map[int64]int{}}
+	holder := b.client(t, Config{TTL: 10 * time.Second})
+	const k = 8
+	clients := make([]*Client, k)
+	for i := range clients {
+		clients[i] = b.client(t, Config{TTL: 10 * time.Second, Dialect: notifyingCountingDialect{counting, n}})
+	}
+	for _, c := range clients {
+		require.Eventually(t, c.notified, 10*time.Second, time.Millisecond, "the client listens")
+	}
+	first, err := holder.Lock(ctx, "hot", Exclusive)
+	require.NoError(t, err)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, k)
+	for i, c := range clients {
+		// Queue them one by one, so that each Client's request has its
+		// place (and its lease exists before the counting starts).
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := c.Lock(ctx, "hot", Exclusive)
+			if err == nil {
+				err = l.Release(ctx)
+			}
+			errs <- err
+		}()
+		require.Eventually(t, func() bool { return waitersOf(ctx, t, holder, "hot") == i+1 }, 10*time.Second, time.Millisecond)
+	}
+	// Let the waiters' polls back off to the long interval of a notified
+	// Client (about every 1-2s): no acquire attempt for a while.
+	require.Eventually(t, func() bool {
+		before := counting.total.Load()
+		time.Sleep(300 * time.Millisecond)
+		return counting.total.Load() == before
+	}, 20*time.Second, time.Millisecond)
+
+	before := counting.total.Load()
+	require.NoError(t, first.Release(ctx))
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	attempts := counting.total.Load() - before
+	t.Logf("%d acquire attempts for %d grants", attempts, k)
+	require.LessOrEqual(t, attempts, int64(2*k), "a release wakes the head of the queue, not every waiter")
+}
+
+// Where waiters poll (no notifications: MySQL, SQLite, PostgreSQL with its
+// listener down), the waiter at the head of the queue polls every few
+// milliseconds while one further back polls less often, so that a handover
+// takes milliseconds without every waiter polling that fast.
+func TestPollingByQueuePosition(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		counting := &countingDialect{Dialect: b.db.Dialect, acquires: map[int64]int{}}
+		holder := b.client(t, Config{TTL: 10 * time.Second})
+		l, err := holder.Lock(ctx, "hot", Exclusive)
+		require.NoError(t, err)
+		const k = 6
+		clients := make([]*Client, k)
+		leases := make([]int64, k)
+		wctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		for i := range clients {
+			clients[i] = b.client(t, Config{TTL: 10 * time.Second, Dialect: counting})
+			ls, err := clients[i].currentLease(ctx)
+			require.NoError(t, err)
+			leases[i] = ls.id
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := clients[i].Lock(wctx, "hot", Exclusive)
+				if err != context.Canceled {
+					t.Errorf("waiter %d: %v, want context.Canceled", i, err)
+				}
+			}()
+			require.Eventually(t, func() bool { return waitersOf(ctx, t, holder, "hot") == i+1 }, 10*time.Second, time.Millisecond)
+		}
+		// Count each waiter's polls over the same while, once they have
+		// backed off to their cadence.
+		time.Sleep(300 * time.Millisecond)
+		start := make([]int, k)
+		for i := range leases {
+			start[i] = counting.count(leases[i])
+		}
+		time.Sleep(time.Second)
+		polls := make([]int, k)
+		for i := range leases {
+			polls[i] = counting.count(leases[i]) - start[i]
+		}
+		cancel()
+		wg.Wait()
+		require.NoError(t, l.Release(ctx))
+		t.Logf("polls in 1s by queue position: %v", polls)
+		require.Greater(t, polls[0], 2*polls[k-1], "the head polls much more often than the last waiter")
+	})
+}
+
+// The cap of a waiter's poll interval by its place in the queue.
+func TestPollLimitByQueuePosition(t *testing.T) {
+	c := &Client{}
+	b := newBackoff(c)
+	require.Equal(t, pollHeadMax, b.limit(0))
+	require.Equal(t, 2*pollHeadMax, b.limit(1))
+	require.Equal(t, 4*pollHeadMax, b.limit(2))
+	require.Equal(t, pollMax, b.limit(20))
+	require.Equal(t, pollMax, b.limit(-1), "unknown place")
+	c.listener.Store(true)
+	require.Equal(t, pollMaxNotified, b.limit(0), "notified: polls only cover missed notifications")
+}

@@ -101,7 +101,9 @@ func (w *waiters) wakeAll() {
 // Polling bounds. Waiters poll with capped exponential backoff and jitter.
 // Where the database notifies releases (PostgreSQL, while its listening
 // connection is up) the cap is long, since the waiter at the head of the
-// queue is notified and polls only cover missed notifications. Otherwise
+// queue is notified and polls only cover missed notifications; a waiter
+// that is not at the head sleeps the long interval at once (its place
+// moves up only by grants, releases and withdrawals, which notify). Otherwise
 // the cap depends on the waiter's place in the queue: the head (no waiter
 // ahead) polls every few milliseconds, since it is the one a release lets
 // in, and every place further back doubles the cap, up to pollMax; a
@@ -140,6 +142,11 @@ func (b *backoff) limit(ahead int) time.Duration {
 // client closes.
 func (b *backoff) sleep(ctx context.Context, wake <-chan struct{}, expiry time.Duration, ahead int) error {
 	limit := b.limit(ahead)
+	if ahead > 0 && b.c.notified() {
+		// Notified, and not at the head: the notification comes when the
+		// request reaches the head, so there is nothing to poll for soon.
+		b.next = limit
+	}
 	d := min(b.next, limit)
 	b.next = min(b.next*2, max(limit, pollMax))
 	d = d/2 + rand.N(d/2+1) // jitter: [d/2, d]

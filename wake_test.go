@@ -128,7 +128,7 @@ func TestPollingByQueuePosition(t *testing.T) {
 		holder := b.client(t, Config{TTL: 10 * time.Second})
 		l, err := holder.Lock(ctx, "hot", Exclusive)
 		require.NoError(t, err)
-		const k = 6
+		const k = 7
 		clients := make([]*Client, k)
 		leases := make([]int64, k)
 		wctx, cancel := context.WithCancel(ctx)

@@ -62,12 +62,23 @@ package postgres
 // INSERTs their audit rows when the audit setting is on: in the statement
 // that changes them (a data-modifying CTE joined to the setting's row),
 // except for Acquire's grant row; still one round trip per operation.
+//
+// Since schema version 4 (migrations/postgres/00004_fast_grant_and_head_wake.sql)
+// Acquire first tries a fast path: if plain reads find no hold and no waiter
+// of the name, it locks the name's row and the own lease, checks again after
+// the locks, and grants with INSERT hold [, INSERT audit row], UPDATE the
+// name's row; anything else falls through to the statements above. And the
+// functions that used to NOTIFY a name (Abandon, Release, Downgrade,
+// DeleteLease, Reap, Break) call sqldlm_wake, which notifies only the live
+// waiters at the head of the name's queue, with the payload
+// "<lease id> <request id> <name>" (see Listen).
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -102,6 +113,11 @@ func (d postgresDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int
 func (d postgresDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64) ([]string, error) {
 	return d.names(ctx, db, `SELECT sqldlm_delete_lease($1)`, leaseID)
 }
+
+// typeMaps holds pgtype maps for scanning arrays: building one registers
+// every type pgx knows (hundreds of allocations), so they are reused. A map
+// is used by one scan at a time.
+var typeMaps = sync.Pool{New: func() any { return pgtype.NewMap() }}
 
 // acquireStatus maps sqldlm_acquire's o_status onto the dialect's outcomes.
 var acquireStatus = map[string]dialect.AcquireStatus{
@@ -157,7 +173,8 @@ func (d postgresDialect) acquireResult(rows *sql.Rows, err error, fn string) (*d
 		ahead     sql.NullInt64
 		took      tookOver
 	)
-	m := pgtype.NewMap()
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
 	err = rows.Scan(&status, &token, &owner, &mode, &expiresUs, &ahead,
 		m.SQLScanner(&took.owners), m.SQLScanner(&took.leases), m.SQLScanner(&took.tokens),
 		m.SQLScanner(&took.modes), m.SQLScanner(&took.expires), m.SQLScanner(&took.broken),
@@ -309,7 +326,8 @@ func (d postgresDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAf
 		res   dialect.ReapResult
 		freed []string
 	)
-	m := pgtype.NewMap()
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
 	err := db.QueryRowContext(ctx, `SELECT o_leases, o_holds, o_waiters, o_idle_locks, o_freed, o_audit_rows
 		FROM sqldlm_reap($1, $2)`,
 		int32(min(max(limit, 0), math.MaxInt32)), idleAfter.Microseconds(),
@@ -324,7 +342,8 @@ func (d postgresDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAf
 // names runs a statement whose one value is a text[] of lock names.
 func (d postgresDialect) names(ctx context.Context, db *sql.DB, query string, args ...any) ([]string, error) {
 	var names []string
-	m := pgtype.NewMap()
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
 	if err := db.QueryRowContext(ctx, query, args...).Scan(m.SQLScanner(&names)); err != nil {
 		return nil, d.ClassifyError(err)
 	}

@@ -436,7 +436,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if l.finish(ErrReleased) {
 		c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
 	}
-	released, err := c.dialect.Release(ctx, c.db, ref)
+	released, err := c.release(ctx, ref)
 	switch {
 	case err != nil:
 		c.logger.Info("sqldlm: release failed, retrying in the background", "lock_name", l.name, "token", ref.Token, "error", err)
@@ -455,6 +455,15 @@ func (l *Lock) Release(ctx context.Context) error {
 		c.waiters.wakeHead(l.name)
 	}
 	return nil
+}
+
+// release deletes a hold; where the dialect can, it hands the name over to
+// the waiters at the head of its queue in the same transaction.
+func (c *Client) release(ctx context.Context, ref *dialect.HoldRef) (bool, error) {
+	if n, ok := c.dialect.(dialect.Notifier); ok {
+		return n.ReleaseHandOver(ctx, c.db, ref)
+	}
+	return c.dialect.Release(ctx, c.db, ref)
 }
 
 func (l *Lock) releasedInTx() bool {

@@ -201,6 +201,13 @@ type Notifier interface {
 	// connection fails (it then returns the error). ready is called once
 	// listening has started.
 	Listen(ctx context.Context, db *sql.DB, ready func(), onWake func(Wakeup)) error
+	// ReleaseHandOver is [Locker.Release] that also hands the name over:
+	// in the same transaction it grants the waiters at the head of the
+	// name's queue that no remaining hold conflicts with (exactly as their
+	// own Acquire with Enqueue would, with the payload they queued with),
+	// and notifies them; their next Acquire returns that hold (a repeated
+	// request). A waiter withdrawn with Abandon loses the hold too.
+	ReleaseHandOver(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
 }
 
 // Wakeup is one notification of a [Notifier]: the request (LeaseID,

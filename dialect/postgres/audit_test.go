@@ -419,6 +419,7 @@ func TestMigrationDownRestoresVersion3(t *testing.T) {
 	require.NoError(t, err)
 	v4 := schemaCatalog(ctx, t, db.DB)
 	require.Contains(t, v4, "function sqldlm_wake(text)")
+	require.Contains(t, v4, "function sqldlm_release_next(text,bigint,bigint)")
 	for _, fn := range []string{"sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
 		"sqldlm_release(text,bigint,bigint)", "sqldlm_abandon(bigint,bigint)", "sqldlm_downgrade(text,bigint,bigint)",
 		"sqldlm_delete_lease(bigint)", "sqldlm_reap(integer,bigint)", "sqldlm_break(text,text)"} {

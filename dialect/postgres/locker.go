@@ -71,7 +71,11 @@ package postgres
 // functions that used to NOTIFY a name (Abandon, Release, Downgrade,
 // DeleteLease, Reap, Break) call sqldlm_wake, which notifies only the live
 // waiters at the head of the name's queue, with the payload
-// "<lease id> <request id> <name>" (see Listen).
+// "<lease id> <request id> <name>" (see Listen). ReleaseHandOver runs
+// sqldlm_release_next: when someone waits, it locks the name's row
+// first, deletes the hold, and grants the waiter(s) at the head of the queue
+// in the same transaction (sqldlm_acquire on their behalf, with the payload
+// their waiter row keeps) when no hold conflicts, notifying them.
 
 import (
 	"context"
@@ -277,6 +281,14 @@ func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, reque
 func (d postgresDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
 	var ok bool
 	err := db.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
+	return ok, d.ClassifyError(err)
+}
+
+// ReleaseHandOver runs sqldlm_release_next, which also grants the name to
+// the waiter(s) at the head of the queue in the same transaction.
+func (d postgresDialect) ReleaseHandOver(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT sqldlm_release_next($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
 	return ok, d.ClassifyError(err)
 }
 

@@ -25,9 +25,21 @@
 -- notification, a waiter row not yet committed when the release ran, a head
 -- whose lease dies while it waits).
 --
--- Down restores version 3's functions exactly and drops sqldlm_wake.
+-- Handover. Release (out of the caller's transaction) calls the new
+-- sqldlm_release_next, which grants the name to the waiter(s) at the head of
+-- the queue in the releasing transaction when nothing else conflicts, and
+-- notifies them: their next sqldlm_acquire returns the hold (a repeated
+-- request). Waiter rows keep their request's payload (new column
+-- sqldlm_waiters.payload) for that grant.
+--
+-- Down restores version 3's functions exactly, and drops sqldlm_wake,
+-- sqldlm_release_next and sqldlm_waiters.payload.
 
 -- +goose Up
+-- A waiter keeps the payload of its request, for a grant the release makes
+-- on its behalf (sqldlm_release_next).
+ALTER TABLE sqldlm_waiters ADD COLUMN payload text NOT NULL DEFAULT '' CHECK (octet_length(payload) <= 1024);
+
 -- sqldlm_wake notifies the live waiters at the head of p_name's queue (see
 -- above), in the caller's transaction (so at its commit). A waiter row that
 -- the caller's snapshot does not see yet is not notified: it was just
@@ -157,8 +169,8 @@ BEGIN
                 o_status := 'lease_lost';
                 RETURN;
             END IF;
-            INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
-            VALUES (p_name, p_lease, p_request, p_mode, NULL, clock_timestamp())
+            INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since, payload)
+            VALUES (p_name, p_lease, p_request, p_mode, NULL, clock_timestamp(), v_payload)
             ON CONFLICT (lease_id, request_id) DO NOTHING;
             o_status := 'blocked';
             o_owner := e.blocker_owner; o_mode := e.blocker_mode; o_expires_us := e.blocker_expires_us;
@@ -210,8 +222,8 @@ BEGIN
             RETURN;
         ELSIF e.blocker_owner IS NOT NULL OR e.waiters_ahead > 0 THEN
             IF p_enqueue AND e.waiter_id IS NULL THEN
-                INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
-                VALUES (p_name, p_lease, p_request, p_mode, v_upgrade, v_now)
+                INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since, payload)
+                VALUES (p_name, p_lease, p_request, p_mode, v_upgrade, v_now, v_payload)
                 ON CONFLICT (lease_id, request_id) DO NOTHING;
             END IF;
             o_status := 'blocked';
@@ -247,8 +259,8 @@ BEGIN
              ORDER BY h.mode DESC
              LIMIT 1;
             IF p_enqueue AND e.waiter_id IS NULL THEN
-                INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
-                VALUES (p_name, p_lease, p_request, p_mode, v_upgrade, v_now)
+                INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since, payload)
+                VALUES (p_name, p_lease, p_request, p_mode, v_upgrade, v_now, v_payload)
                 ON CONFLICT (lease_id, request_id) DO NOTHING;
             END IF;
             o_status := 'blocked';
@@ -566,6 +578,79 @@ BEGIN
       FROM sqldlm_leases l
      WHERE l.id = ANY (v_ids)
      ORDER BY l.owner COLLATE "C", l.id;
+END
+$$;
+-- +goose StatementEnd
+
+-- sqldlm_release_next is sqldlm_release (out of the caller's transaction:
+-- Release, not ReleaseTx) that also hands the name over: when someone waits,
+-- it grants the request at the head of the queue in the same transaction, as
+-- that request's own sqldlm_acquire would (same checks, same hold, token and
+-- audit rows), and notifies it; the request's next sqldlm_acquire returns
+-- that hold (a repeated request). So a handover costs one commit, not two,
+-- and the waiter's wake-up is a read. It hands over only to live,
+-- non-upgrade waiters at the head, each only if no hold of the name
+-- conflicts with it (a dead holder to take over waits for the waiter's own
+-- lock delay), shared ones up to the first exclusive one; otherwise, or if
+-- nothing was granted, it wakes the head as sqldlm_release does.
+--
+-- Row locks, in the global order: the name's row FOR UPDATE (before the
+-- hold it deletes), then per waiter its lease FOR KEY SHARE and its waiter
+-- row FOR UPDATE: a waiter withdrawn meanwhile (sqldlm_abandon deletes the
+-- row first) is skipped, and one withdrawn after waits for this commit and
+-- then deletes the granted hold with its row.
+-- +goose StatementBegin
+CREATE FUNCTION sqldlm_release_next(p_name text, p_lease bigint, p_token bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_n       integer;
+    w         record;
+    r         record;
+    v_granted boolean := false;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name) THEN
+        RETURN sqldlm_release(p_name, p_lease, p_token);
+    END IF;
+    PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
+    WITH d AS (
+        DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
+        RETURNING token, mode, payload),
+    a AS (
+        INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+        SELECT clock_timestamp(), 'release', p_name, coalesce(l.owner, ''), p_lease, d.token, d.mode, d.payload, ''
+          FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
+          LEFT JOIN sqldlm_leases l ON l.id = p_lease)
+    SELECT count(*) INTO v_n FROM d;
+    IF v_n = 0 THEN
+        RETURN false;
+    END IF;
+    FOR w IN
+        SELECT q.lease_id, q.request_id, q.mode, q.upgrade_token, q.payload
+          FROM (SELECT x.id, x.lease_id, x.request_id, x.mode::text AS mode, x.upgrade_token, x.payload,
+                       row_number() OVER o AS pos,
+                       count(*) FILTER (WHERE x.mode = 'X') OVER o AS exclusive
+                  FROM sqldlm_waiters x JOIN sqldlm_leases l ON l.id = x.lease_id
+                 WHERE x.name = p_name AND l.broken_at IS NULL AND l.expires_at > clock_timestamp()
+                WINDOW o AS (ORDER BY x.upgrade_token IS NULL, x.id ROWS UNBOUNDED PRECEDING)) q
+         WHERE q.pos = 1 OR q.exclusive = 0
+         ORDER BY q.pos
+    LOOP
+        EXIT WHEN w.upgrade_token IS NOT NULL
+               OR EXISTS (SELECT 1 FROM sqldlm_holders h
+                           WHERE h.name = p_name AND (w.mode = 'X' OR h.mode = 'X'));
+        PERFORM 1 FROM sqldlm_leases WHERE id = w.lease_id FOR KEY SHARE;
+        EXIT WHEN NOT FOUND;
+        PERFORM 1 FROM sqldlm_waiters WHERE lease_id = w.lease_id AND request_id = w.request_id FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        SELECT * INTO r FROM sqldlm_acquire(p_name, w.lease_id, w.request_id, w.mode, true, 0, w.payload, 0);
+        EXIT WHEN r.o_status <> 'granted';
+        PERFORM pg_notify(sqldlm_channel(), w.lease_id || ' ' || w.request_id || ' ' || p_name);
+        v_granted := true;
+    END LOOP;
+    IF NOT v_granted THEN
+        PERFORM sqldlm_wake(p_name);
+    END IF;
+    RETURN true;
 END
 $$;
 -- +goose StatementEnd
@@ -1035,4 +1120,6 @@ END
 $$;
 -- +goose StatementEnd
 
+DROP FUNCTION sqldlm_release_next(text, bigint, bigint);
 DROP FUNCTION sqldlm_wake(text);
+ALTER TABLE sqldlm_waiters DROP COLUMN payload;

@@ -1,0 +1,110 @@
+package postgres_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/dialect/postgres"
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+// ReleaseHandOver grants the name to the head of the queue in the releasing
+// transaction, with the payload the waiter queued with, and notifies it; its
+// next Acquire returns that hold. Shared waiters at the head are granted
+// together, up to the first exclusive one; a withdrawn waiter loses the hold
+// it was handed; nothing is handed over while a conflicting hold remains.
+func TestReleaseHandOver(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := postgres.Dialect()
+	n := d.(dialect.Notifier)
+	db := testdb.OpenMigrated(t, testdb.Postgres)
+	l := listen(t, testdb.Reopen(t, db.Kind, db.DSN).DB)
+
+	type req struct{ lease, id int64 }
+	newReq := func() req {
+		id := rand.Int64()
+		require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: id, Owner: "o", TTL: time.Minute}))
+		return req{id, rand.Int64()}
+	}
+	acquire := func(name string, r req, mode dialect.Mode, payload string) *dialect.AcquireResult {
+		t.Helper()
+		res, err := d.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: name, LeaseID: r.lease, RequestID: r.id, Mode: mode,
+			Enqueue: true, Payload: payload})
+		require.NoError(t, err)
+		return res
+	}
+	holds := func(name string) map[int64]string { // lease -> payload
+		t.Helper()
+		rows, err := db.QueryContext(ctx, `SELECT lease_id, payload FROM sqldlm_holders WHERE name = $1`, name)
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[int64]string{}
+		for rows.Next() {
+			var id int64
+			var p string
+			require.NoError(t, rows.Scan(&id, &p))
+			out[id] = p
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	handOver := func(name string, r req, token int64) {
+		t.Helper()
+		ok, err := n.ReleaseHandOver(ctx, db.DB, &dialect.HoldRef{Name: name, LeaseID: r.lease, Token: token})
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+
+	// Exclusive: the head gets the hold; the one behind it still waits.
+	h, w1, w2 := newReq(), newReq(), newReq()
+	tok := acquire("x", h, dialect.Exclusive, "").Token
+	require.Equal(t, dialect.Blocked, acquire("x", w1, dialect.Exclusive, "w1 works").Status)
+	require.Equal(t, dialect.Blocked, acquire("x", w2, dialect.Exclusive, "").Status)
+	handOver("x", h, tok)
+	require.Equal(t, map[int64]string{w1.lease: "w1 works"}, holds("x"), "handed over, with the waiter's payload")
+	require.Equal(t, dialect.Wakeup{Name: "x", LeaseID: w1.lease, RequestID: w1.id}, l.next(t))
+	got := acquire("x", w1, dialect.Exclusive, "w1 works")
+	require.Equal(t, dialect.Granted, got.Status)
+	require.Greater(t, got.Token, tok)
+	require.Equal(t, dialect.Blocked, acquire("x", w2, dialect.Exclusive, "").Status)
+
+	// A waiter withdrawn after the handover loses the hold with its row.
+	handOver("x", w1, got.Token)
+	require.Equal(t, dialect.Wakeup{Name: "x", LeaseID: w2.lease, RequestID: w2.id}, l.next(t))
+	freed, err := d.Abandon(ctx, db.DB, w2.lease, w2.id)
+	require.NoError(t, err)
+	require.Equal(t, []string{"x"}, freed)
+	require.Empty(t, holds("x"))
+	var waiting int
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM sqldlm_waiters`).Scan(&waiting))
+	require.Zero(t, waiting)
+
+	// Shared: the shared waiters at the head, up to the exclusive one.
+	h = newReq()
+	tok = acquire("s", h, dialect.Exclusive, "").Token
+	s1, s2, x3, s4 := newReq(), newReq(), newReq(), newReq()
+	acquire("s", s1, dialect.Shared, "")
+	acquire("s", s2, dialect.Shared, "")
+	acquire("s", x3, dialect.Exclusive, "")
+	acquire("s", s4, dialect.Shared, "")
+	handOver("s", h, tok)
+	require.Equal(t, map[int64]string{s1.lease: "", s2.lease: ""}, holds("s"))
+	woken := []dialect.Wakeup{l.next(t), l.next(t)}
+	require.ElementsMatch(t, []dialect.Wakeup{{Name: "s", LeaseID: s1.lease, RequestID: s1.id}, {Name: "s", LeaseID: s2.lease, RequestID: s2.id}}, woken)
+
+	// A conflicting hold remains (the other shared holder): nothing is
+	// handed over to the exclusive head, which is only woken.
+	s1tok := acquire("s", s1, dialect.Shared, "").Token
+	handOver("s", s1, s1tok)
+	require.Equal(t, map[int64]string{s2.lease: ""}, holds("s"))
+	require.Equal(t, dialect.Wakeup{Name: "s", LeaseID: x3.lease, RequestID: x3.id}, l.next(t),
+		"not handed over: the head is only woken")
+	require.Equal(t, dialect.Blocked, acquire("s", x3, dialect.Exclusive, "").Status)
+}

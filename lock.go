@@ -323,10 +323,12 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		if r.wait {
 			enqueuedOn = l // any attempt may leave a waiter row or an unseen grant
 		}
+		sent := time.Now()
 		res, err := c.dialect.Acquire(ctx, c.db, &dialect.AcquireParams{
 			Name: r.name, LeaseID: l.id, RequestID: r.id, Mode: r.mode.stored(),
 			Enqueue: r.wait, UpgradeToken: r.upgradeToken, Payload: r.payload, LockDelay: c.cfg.LockDelay,
 		})
+		backoff.cost = time.Since(sent)
 		uncertain = err != nil
 		if err != nil {
 			if ctx.Err() != nil {

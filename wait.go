@@ -116,9 +116,16 @@ const (
 	pollMaxNotified = 2 * time.Second
 )
 
+// pollCostFactor spaces a polling waiter's attempts by at least this many
+// times what its last attempt took: on a busy database (or one with a
+// single writer, SQLite) the polls of the head of a queue cannot crowd out
+// the statements that matter, releases and lease renewals.
+const pollCostFactor = 4
+
 type backoff struct {
 	c    *Client
 	next time.Duration
+	cost time.Duration // how long the last acquire attempt took
 }
 
 func newBackoff(c *Client) *backoff { return &backoff{c: c, next: pollMin} }
@@ -149,6 +156,9 @@ func (b *backoff) sleep(ctx context.Context, wake <-chan struct{}, expiry time.D
 	}
 	d := min(b.next, limit)
 	b.next = min(b.next*2, max(limit, pollMax))
+	if !b.c.notified() {
+		d = max(d, min(pollCostFactor*b.cost, pollMax))
+	}
 	d = d/2 + rand.N(d/2+1) // jitter: [d/2, d]
 	if expiry > 0 && expiry < d {
 		d = expiry

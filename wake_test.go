@@ -180,3 +180,16 @@ func TestPollLimitByQueuePosition(t *testing.T) {
 	c.listener.Store(true)
 	require.Equal(t, pollMaxNotified, b.limit(0), "notified: polls only cover missed notifications")
 }
+
+// A polling waiter spaces its attempts by a multiple of what the last one
+// took, so that on a slow database the head's polls do not crowd out
+// releases and renewals.
+func TestPollSpacedByAttemptCost(t *testing.T) {
+	c := &Client{closed: make(chan struct{})}
+	b := newBackoff(c)
+	b.cost = 10 * time.Millisecond
+	wake := make(chan struct{})
+	start := time.Now()
+	require.NoError(t, b.sleep(context.Background(), wake, 0, 0))
+	require.GreaterOrEqual(t, time.Since(start), pollCostFactor*b.cost/2, "at least half the spacing (jitter)")
+}

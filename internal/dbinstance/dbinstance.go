@@ -265,7 +265,8 @@ func (i *Instance) serverCommand() *exec.Cmd {
 			"--max-connections=200",
 			"--default-time-zone=+00:00",
 			"--init-file=" + filepath.Join(i.dir, "init.sql"),
-			"--log-error=" + i.log,
+			// No --log-error: the log goes to stderr, which Start appends to
+			// the log file.
 		}
 		if i.cred == nil && os.Geteuid() == 0 {
 			args = append(args, "--user=mysql")

@@ -3,6 +3,7 @@
 package integration_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -137,10 +138,14 @@ func TestDestructiveServerCrash(t *testing.T) {
 			}
 			var allMax int64
 			grantedAfter := 0
+			firstAfter := int64(-1)
 			for _, g := range grants {
 				allMax = max(allMax, g.token)
 				if g.called.After(restartedAt) {
 					grantedAfter++
+					if firstAfter < 0 || g.token < firstAfter {
+						firstAfter = g.token
+					}
 					require.Greater(t, g.token, ackedBefore,
 						"%s: token %d granted after the restart is not above %d, acknowledged before the crash", g.name, g.token, ackedBefore)
 				}
@@ -169,8 +174,8 @@ func TestDestructiveServerCrash(t *testing.T) {
 					require.True(t, inJournal[tok], "%s: the fenced write acknowledged under token %d is lost", name, tok)
 				}
 			}
-			t.Logf("%s: %d fenced writes acknowledged (%d before the crash, highest token %d), %d journal rows; kill -9 to answering again: %s",
-				kind, totalAcks, ackedBeforeN, ackedBefore, journalRows, restartedAt.Sub(down).Round(time.Millisecond))
+			t.Logf("%s: %d fenced writes acknowledged (%d before the crash, highest token %d; lowest token granted after the restart %d), %d journal rows; kill -9 to answering again: %s",
+				kind, totalAcks, ackedBeforeN, ackedBefore, firstAfter, journalRows, restartedAt.Sub(down).Round(time.Millisecond))
 
 			// Garbage-collect every hold and name row, then crash again, so
 			// that nothing but the token sequence remembers the tokens.
@@ -199,17 +204,19 @@ func TestDestructiveServerCrash(t *testing.T) {
 			require.NoError(t, inst.Start())
 			dropIdle(db.DB)
 			c := instClient(t, db, sqldlm.Config{Owner: "after-gc"})
+			var firstAfterGC int64
 			for _, name := range names {
 				l, err := c.Lock(ctx, name, sqldlm.Exclusive)
 				require.NoError(t, err)
 				require.Greater(t, l.Token(), allMax,
 					"%s: token %d after garbage collection and a crash is not above %d, granted earlier", name, l.Token(), allMax)
+				firstAfterGC = cmp.Or(firstAfterGC, l.Token())
 				require.NoError(t, fencedWrite(ctx, db.DB, kind, l, "after-gc"))
 				require.NoError(t, l.Release(ctx))
 				checkJournal(t, ctx, db.DB, kind, name)
 			}
-			t.Logf("%s: after garbage collection and a second crash, tokens resume above %d; S13 took %s",
-				kind, allMax, time.Since(began).Round(time.Millisecond))
+			t.Logf("%s: after garbage collection and a second crash, tokens resume at %d (highest before: %d); S13 took %s",
+				kind, firstAfterGC, allMax, time.Since(began).Round(time.Millisecond))
 		})
 	}
 }

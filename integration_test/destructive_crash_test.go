@@ -54,9 +54,10 @@ func TestDestructiveServerCrash(t *testing.T) {
 				at    time.Time // when the fenced commit returned nil
 			}
 			var (
-				mu     sync.Mutex
-				grants []grant
-				acks   []ack
+				mu                  sync.Mutex
+				grants              []grant
+				acks                []ack
+				lockErrs, writeErrs int // attempts the outage made fail
 			)
 			countAcks := func(after time.Time) int {
 				mu.Lock()
@@ -94,6 +95,9 @@ func TestDestructiveServerCrash(t *testing.T) {
 							l, err := c.Lock(lctx, name, sqldlm.Exclusive)
 							lcancel()
 							if err != nil {
+								mu.Lock()
+								lockErrs++
+								mu.Unlock()
 								time.Sleep(20 * time.Millisecond) // back off while the server is down
 								continue
 							}
@@ -101,11 +105,14 @@ func TestDestructiveServerCrash(t *testing.T) {
 							grants = append(grants, grant{name, l.Token(), called})
 							mu.Unlock()
 							wctx, wcancel := context.WithTimeout(ctx, 3*ttl)
-							if fencedWrite(wctx, db.DB, kind, l, owner) == nil {
-								mu.Lock()
+							err = fencedWrite(wctx, db.DB, kind, l, owner)
+							mu.Lock()
+							if err == nil {
 								acks = append(acks, ack{name, l.Token(), time.Now()})
-								mu.Unlock()
+							} else {
+								writeErrs++
 							}
+							mu.Unlock()
 							_ = l.Release(wctx)
 							wcancel()
 						}
@@ -158,6 +165,7 @@ func TestDestructiveServerCrash(t *testing.T) {
 				ackedTokens[a.name][a.token] = true
 			}
 			totalAcks := len(acks)
+			t.Logf("%s: failed attempts during the outage: %d Lock, %d fenced writes", kind, lockErrs, writeErrs)
 			mu.Unlock()
 			require.Positive(t, grantedAfter)
 

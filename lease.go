@@ -35,6 +35,8 @@ type lease struct {
 	kick     chan struct{}
 }
 
+func init() { testhook.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id } }
+
 // margin is how much earlier than the server the client gives up a lease:
 // a tenth of the TTL covers clock rate differences and scheduling delays.
 func margin(ttl time.Duration) time.Duration {

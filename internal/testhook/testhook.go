@@ -36,3 +36,7 @@ func LeaseEnded(e LeaseEnd) {
 		(*f)(e)
 	}
 }
+
+// LeaseOf returns the id of the lease a *sqldlm.Lock belongs to (set by
+// package sqldlm at init).
+var LeaseOf func(lock any) int64

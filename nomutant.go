@@ -7,8 +7,9 @@ package sqldlm
 // randomized fault test in integration_test sees the bugs it is meant to
 // catch.
 const (
-	// mutantFenceUnchecked makes Fence skip the database's check that the
-	// lock is still held by a live lease.
+	// mutantFenceUnchecked makes Fence check nothing: neither the lock's
+	// local state nor, in the database, that it is still held by a live
+	// lease.
 	mutantFenceUnchecked = false
 	// mutantLateDeadline makes the local trust deadline TTL + 1s after a
 	// renewal was sent, instead of TTL minus the safety margin.

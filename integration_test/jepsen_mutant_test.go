@@ -1,0 +1,65 @@
+//go:build linux
+
+package integration_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/internal/testdb"
+)
+
+// The checkers of the randomized fault test can see the bugs they are
+// meant to catch (RELIABILITY-PLAN §8.5, item 6; Jepsen's lock-set
+// demonstration): this builds the test binary with -tags sqldlm_mutant,
+// in which Fence checks nothing in the database and the client trusts its
+// lease until TTL + 1s, runs TestJepsen for 20s with pauses as the only
+// fault, and requires the linearizability, journal and holder-knows-first
+// checkers each to report a violation.
+func TestJepsenMutant(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs a mutant for about a minute; it runs without -short")
+	}
+	kind := testdb.Postgres
+	if os.Getenv("SQLDLM_TEST_POSTGRES_DSN") == "" && os.Getenv("SQLDLM_TEST_MYSQL_DSN") != "" {
+		kind = testdb.MySQL
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mutant.test")
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	build := exec.Command(goTool, "test", "-c", "-tags", "sqldlm_mutant", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "building the mutant: %s", out)
+
+	run := exec.Command(bin, "-test.run", "^TestJepsen$/^"+kind+"$", "-test.v", "-test.timeout", "5m")
+	run.Env = append(os.Environ(), "SQLDLM_ALLOW_MUTANT=1", "SQLDLM_JEPSEN_TIME=20s", "SQLDLM_JEPSEN_FAULTS=pause",
+		"SQLDLM_JEPSEN_OUT="+dir)
+	if os.Getenv("SQLDLM_JEPSEN_SEED") != "" {
+		run.Env = append(run.Env, "SQLDLM_JEPSEN_SEED="+os.Getenv("SQLDLM_JEPSEN_SEED"))
+	}
+	out, err = run.CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "jepsen_test.go") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
+	if strings.Contains(string(out), "--- SKIP") {
+		t.Skipf("the mutant's run was skipped:\n%s", out)
+	}
+	require.NoError(t, err, "the mutant's run: %s", out)
+	data, err := os.ReadFile(filepath.Join(dir, "summary-"+kind+".json"))
+	require.NoError(t, err, "the mutant's verdicts")
+	var summary map[string]int
+	require.NoError(t, json.Unmarshal(data, &summary))
+	t.Logf("mutant on %s: violations per checker %v", kind, summary)
+	for _, checker := range []string{"linearizable", "journal", "holder"} {
+		require.Positive(t, summary[checker], "checker %q saw no violation in the mutant", checker)
+	}
+}

@@ -20,8 +20,8 @@ import (
 // meant to catch (RELIABILITY-PLAN §8.5, item 6; Jepsen's lock-set
 // demonstration): this builds the test binary with -tags sqldlm_mutant,
 // in which Fence checks nothing in the database and the client trusts its
-// lease until TTL + 1s, runs TestJepsen for 20s with pauses as the only
-// fault, and requires the linearizability, journal and holder-knows-first
+// lease until TTL + 1s, runs TestJepsen for 20s with pauses of 1-3 TTLs
+// as the only fault, and requires the linearizability, journal and holder-knows-first
 // checkers each to report a violation.
 func TestJepsenMutant(t *testing.T) {
 	if testing.Short() {
@@ -40,6 +40,7 @@ func TestJepsenMutant(t *testing.T) {
 
 	run := exec.Command(bin, "-test.run", "^TestJepsen$/^"+kind+"$", "-test.v", "-test.timeout", "5m")
 	run.Env = append(os.Environ(), "SQLDLM_ALLOW_MUTANT=1", "SQLDLM_JEPSEN_TIME=20s", "SQLDLM_JEPSEN_FAULTS=pause",
+		"SQLDLM_JEPSEN_HOLD=1,3", // every pause outlasts the TTL
 		"SQLDLM_JEPSEN_OUT="+dir)
 	if os.Getenv("SQLDLM_JEPSEN_SEED") != "" {
 		run.Env = append(run.Env, "SQLDLM_JEPSEN_SEED="+os.Getenv("SQLDLM_JEPSEN_SEED"))

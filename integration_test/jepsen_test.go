@@ -41,6 +41,7 @@ import (
 //	SQLDLM_JEPSEN_TIME    how long the workload runs per dialect (default 60s)
 //	SQLDLM_JEPSEN_SEED    replay a run (the seed is printed)
 //	SQLDLM_JEPSEN_FAULTS  comma-separated fault kinds (default all; see jepsenFaults)
+//	SQLDLM_JEPSEN_HOLD    how long a fault lasts, "lo,hi" in TTLs (default 0.2,3)
 //	SQLDLM_JEPSEN_OUT     directory for histories, logs and porcupine's
 //	                      visualisation (default a temporary directory)
 //	SQLDLM_ALLOW_MUTANT=1 in a binary built with -tags sqldlm_mutant: the
@@ -83,6 +84,8 @@ type jepsenRun struct {
 	rng      *rand.Rand
 	duration time.Duration
 	faults   []string
+	holdLo   float64 // a fault lasts U(holdLo, holdHi) x TTL
+	holdHi   float64
 	mutant   bool
 	appTag   string // PostgreSQL application_name prefix of this run's children
 	rec      *jepsen.Recorder
@@ -112,8 +115,15 @@ type jepsenProc struct {
 }
 
 func newJepsenRun(t *testing.T, kind string) *jepsenRun {
-	r := &jepsenRun{t: t, kind: kind, duration: 60 * time.Second, applied: map[string]int{},
+	r := &jepsenRun{t: t, kind: kind, duration: 60 * time.Second, applied: map[string]int{}, holdLo: 0.2, holdHi: 3,
 		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1"}
+	if v := os.Getenv("SQLDLM_JEPSEN_HOLD"); v != "" {
+		lo, hi, _ := strings.Cut(v, ",")
+		var err1, err2 error
+		r.holdLo, err1 = strconv.ParseFloat(lo, 64)
+		r.holdHi, err2 = strconv.ParseFloat(hi, 64)
+		require.True(t, err1 == nil && err2 == nil && r.holdLo <= r.holdHi, "SQLDLM_JEPSEN_HOLD=%q: want lo,hi", v)
+	}
 	if v := os.Getenv("SQLDLM_JEPSEN_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
 		require.NoError(t, err, "SQLDLM_JEPSEN_TIME")
@@ -139,8 +149,8 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 	r.out = filepath.Join(r.out, kind)
 	require.NoError(t, os.MkdirAll(r.out, 0o755))
 	r.appTag = fmt.Sprintf("sqldlm-jepsen-%d-", rand.Uint32())
-	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, faults %v, output in %s",
-		kind, r.seed, r.seed, r.duration, r.faults, r.out)
+	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, faults %v held U(%g, %g) x TTL, output in %s",
+		kind, r.seed, r.seed, r.duration, r.faults, r.holdLo, r.holdHi, r.out)
 	return r
 }
 
@@ -296,7 +306,7 @@ func (r *jepsenRun) startProc(s *jepsenSlot) {
 
 // nemesis injects one fault at a time, after a 2s warm-up, until the
 // workload's end: sleep U(1, 3)s, pick a fault by weight, hold it for
-// U(0.2, 3) x TTL, heal it. It returns what it did.
+// U(0.2, 3) x TTL (SQLDLM_JEPSEN_HOLD), heal it. It returns what it did.
 func (r *jepsenRun) nemesis() []string {
 	var log []string
 	var total int
@@ -335,7 +345,7 @@ func (r *jepsenRun) nemesis() []string {
 			}
 		}
 		s := r.slots[r.rng.IntN(len(r.slots))]
-		hold := time.Duration((0.2 + 2.8*r.rng.Float64()) * float64(jepsenTTL))
+		hold := time.Duration((r.holdLo + (r.holdHi-r.holdLo)*r.rng.Float64()) * float64(jepsenTTL))
 		at := time.Since(r.start).Round(time.Millisecond)
 		desc := r.inject(kind, s, hold)
 		log = append(log, fmt.Sprintf("%s %s", at, desc))
@@ -473,10 +483,12 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 
 	audit, err := final.AuditLog(ctx, sqldlm.AuditFilter{})
 	require.NoError(t, err)
-	var grants []jepsen.Grant
+	var auditRows []jepsen.AuditRow
+	grants := 0
 	for _, a := range audit {
+		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String()})
 		if a.Event == "grant" || a.Event == "upgrade" {
-			grants = append(grants, jepsen.Grant{ID: a.ID, Name: a.Name, Token: a.Token, Lease: a.LeaseID})
+			grants++
 		}
 	}
 	var rows []jepsen.JournalRow
@@ -502,11 +514,11 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	cr.Close()
 
 	checkStart := time.Now()
-	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops)
+	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops, auditRows)
 	verdicts := map[string][]string{
 		"linearizable": jepsen.CheckLinearizable(ops, 30*time.Second, filepath.Join(r.out, "porcupine.html")),
 		"journal":      jepsen.CheckJournal(ops, rows, cells),
-		"tokens":       jepsen.CheckTokens(grants, ops),
+		"tokens":       jepsen.CheckTokens(auditRows, ops),
 		"holder":       holder,
 		"liveness":     liveness,
 	}
@@ -543,8 +555,8 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	}
 	t.Logf("%s: seed %d; workload %s with %d processes started, %d faults %v; %d operations:%s",
 		r.kind, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
-	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d takeovers checked; checking took %s",
-		r.kind, len(rows), rowsExcl, len(grants), lost, ended, takeovers, checking.Round(time.Millisecond))
+	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d handovers of dead holders' locks checked; checking took %s",
+		r.kind, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
 	for _, f := range faults {
 		t.Logf("%s: nemesis: %s", r.kind, f)
 	}

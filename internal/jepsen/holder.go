@@ -5,15 +5,18 @@ import (
 	"time"
 )
 
-// CheckHolderKnowsFirst checks, for every grant that took a name over from
-// a holder whose lease died without releasing it (Op.TookLease), that the
-// holder knew its lease was gone no later than the grant returned: the
-// earlier of its local trust deadline and the moment the client ended the
-// lease (LeaseEnd events), or the moment its process was killed (Killed
-// events). Without server clock faults this is sqldlm's invariant 5.
+// CheckHolderKnowsFirst checks sqldlm's invariant 5 (the holder knows
+// first; it holds without server clock faults): for every hold that ended
+// without its holder releasing it (the audit log's takeover and expire
+// rows: a grant or the reaper deleted the hold of a dead lease), the next
+// grant of the name that conflicts with it must not have returned before
+// the holder knew its lease was gone. The holder knew at the earlier of
+// its local trust deadline and the moment its client ended the lease
+// (LeaseEnd events), or when its process was killed (Killed events).
 //
-// It returns the violations and how many takeovers it checked.
-func CheckHolderKnowsFirst(events []Event, ops []Op) ([]string, int) {
+// It returns the violations and how many such handovers it checked (those
+// whose next grant the history acknowledged).
+func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string, int) {
 	knew := map[int64]int64{} // lease -> when its holder knew it was gone
 	killed := map[int]int64{}
 	for _, e := range events {
@@ -31,32 +34,56 @@ func CheckHolderKnowsFirst(events []Event, ops []Op) ([]string, int) {
 		}
 	}
 	leaseProc := map[int64]int{}
+	type nameToken struct {
+		name  string
+		token int64
+	}
+	acked := map[nameToken]Op{}
 	for _, o := range ops {
 		if o.Lease != 0 {
 			leaseProc[o.Lease] = o.P
 		}
+		if o.Status == OK && o.NewToken != 0 {
+			acked[nameToken{o.Name, o.NewToken}] = o
+		}
 	}
 	var v []string
 	n := 0
-	for _, o := range ops {
-		if o.Status != OK || o.TookLease == 0 {
+	for i, dead := range audit {
+		if dead.Event != "takeover" && dead.Event != "expire" {
 			continue
 		}
-		n++
-		k, ok := knew[o.TookLease]
+		// The next conflicting grant of the name.
+		var next *AuditRow
+		for j := i + 1; j < len(audit); j++ {
+			a := audit[j]
+			if a.Name == dead.Name && a.granted() && (a.Event == "upgrade" || a.Mode == Exclusive || dead.Mode == Exclusive) {
+				next = &audit[j]
+				break
+			}
+		}
+		if next == nil {
+			continue
+		}
+		b, ok := acked[nameToken{next.Name, next.Token}]
 		if !ok {
-			p, known := leaseProc[o.TookLease]
+			continue // its outcome is unknown to the history
+		}
+		n++
+		k, ok := knew[dead.Lease]
+		if !ok {
+			p, known := leaseProc[dead.Lease]
 			kill, wasKilled := killed[p]
 			if !known || !wasKilled {
-				v = append(v, fmt.Sprintf("holder knows first %q: p%d's grant %d took over lease %d (token %d), whose holder never learned it ended",
-					o.Name, o.P, o.NewToken, o.TookLease, o.TookToken))
+				v = append(v, fmt.Sprintf("holder knows first %q: grant %d (p%d) followed the %s of lease %d's hold %d, whose holder never learned the lease ended",
+					dead.Name, next.Token, b.P, dead.Event, dead.Lease, dead.Token))
 				continue
 			}
 			k = kill
 		}
-		if k > o.Return {
-			v = append(v, fmt.Sprintf("holder knows first %q: p%d's grant %d took over lease %d (token %d) %s before its holder knew the lease was gone",
-				o.Name, o.P, o.NewToken, o.TookLease, o.TookToken, time.Duration(k-o.Return)))
+		if k > b.Return {
+			v = append(v, fmt.Sprintf("holder knows first %q: grant %d (p%d) returned %s before the holder of lease %d (token %d, %s) knew the lease was gone",
+				dead.Name, next.Token, b.P, time.Duration(k-b.Return), dead.Lease, dead.Token, dead.Event))
 		}
 	}
 	return v, n

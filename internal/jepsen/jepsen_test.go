@@ -305,38 +305,53 @@ func slicesClone(r []JournalRow) []JournalRow { return append([]JournalRow(nil),
 
 func TestTokens(t *testing.T) {
 	ops := []Op{grant(0, "a", Exclusive, 1, 3, 0, 1), grant(0, "b", Exclusive, 1, 4, 0, 1)}
-	legal := []Grant{{ID: 1, Name: "a", Token: 1}, {ID: 2, Name: "b", Token: 2}, {ID: 3, Name: "a", Token: 3}, {ID: 4, Name: "b", Token: 4}}
+	g := func(id int64, name string, token int64) AuditRow {
+		return AuditRow{ID: id, Event: "grant", Name: name, Token: token, Mode: Exclusive}
+	}
+	legal := []AuditRow{g(1, "a", 1), g(2, "b", 2), {ID: 3, Event: "release", Name: "a", Token: 1}, g(4, "a", 3), g(5, "b", 4)}
 	require.Empty(t, CheckTokens(legal, ops))
-	repeat := []Grant{{ID: 1, Name: "a", Token: 3}, {ID: 2, Name: "b", Token: 4}, {ID: 3, Name: "a", Token: 3}}
+	repeat := []AuditRow{g(1, "a", 3), g(2, "b", 4), g(3, "a", 3)}
 	require.Contains(t, strings.Join(CheckTokens(repeat, ops), "\n"), "strictly increase")
 	require.Contains(t, strings.Join(CheckTokens(legal[:2], ops), "\n"), "not in the audit log")
 }
 
 func TestHolderKnowsFirst(t *testing.T) {
-	b := grant(1, "a", Exclusive, 2, 2, 100, 200)
-	b.TookLease, b.TookToken = 1, 1
-	a := grant(0, "a", Exclusive, 1, 1, 0, 10)
-	killedHolder := grant(0, "b", Exclusive, 3, 1, 0, 10)
-	killedHolder.P = 2
-	c := grant(1, "b", Exclusive, 2, 2, 100, 200)
-	c.TookLease, c.TookToken = 3, 1
-	ops := []Op{a, b, killedHolder, c}
+	// Lease 1 (process 1) held a, lease 3 (process 2, killed) held b; both
+	// holds were ended by others: a's taken over by a grant, b's reaped.
+	ops := []Op{grant(0, "a", Exclusive, 1, 1, 0, 10), grant(1, "a", Exclusive, 2, 2, 100, 200),
+		grant(1, "b", Exclusive, 2, 4, 100, 200)}
+	ops = append(ops, grant(0, "b", Exclusive, 3, 3, 0, 10))
+	ops[3].P = 2
+	audit := []AuditRow{
+		{ID: 1, Event: "grant", Name: "a", Token: 1, Lease: 1, Mode: Exclusive},
+		{ID: 2, Event: "grant", Name: "b", Token: 3, Lease: 3, Mode: Exclusive},
+		{ID: 3, Event: "takeover", Name: "a", Token: 1, Lease: 1, Mode: Exclusive},
+		{ID: 4, Event: "grant", Name: "a", Token: 2, Lease: 2, Mode: Exclusive},
+		{ID: 5, Event: "expire", Name: "b", Token: 3, Lease: 3, Mode: Exclusive},
+		{ID: 6, Event: "grant", Name: "b", Token: 4, Lease: 2, Mode: Exclusive},
+	}
 
 	legal := []Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 120}}
-	v, n := CheckHolderKnowsFirst(legal, ops)
+	v, n := CheckHolderKnowsFirst(legal, ops, audit)
 	require.Empty(t, v)
 	require.Equal(t, 2, n)
 	// The client ended the lease before its deadline: that is when it knew.
-	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 900, Mono: 180}, {T: Killed, P: 2, Mono: 120}}, ops)
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 900, Mono: 180}, {T: Killed, P: 2, Mono: 120}}, ops, audit)
 	require.Empty(t, v)
+	// A release is not a handover to check.
+	released := append([]AuditRow(nil), audit...)
+	released[2].Event = "release"
+	v, n = CheckHolderKnowsFirst([]Event{{T: Killed, P: 2, Mono: 120}}, ops, released)
+	require.Empty(t, v)
+	require.Equal(t, 1, n)
 
 	late := []Event{{T: LeaseEnd, Lease: 1, Deadline: 250, Mono: 300}, {T: Killed, P: 2, Mono: 120}}
-	v, _ = CheckHolderKnowsFirst(late, ops)
+	v, _ = CheckHolderKnowsFirst(late, ops, audit)
 	require.Len(t, v, 1)
-	require.Contains(t, v[0], "50ns before its holder knew")
-	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}}, ops)
+	require.Contains(t, v[0], "returned 50ns before the holder of lease 1")
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}}, ops, audit)
 	require.Len(t, v, 1)
 	require.Contains(t, v[0], "never learned")
-	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 250}}, ops)
-	require.Len(t, v, 1, "killed after the takeover")
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 250}}, ops, audit)
+	require.Len(t, v, 1, "killed after the reaped hold's successor returned")
 }

@@ -5,25 +5,32 @@ import (
 	"math"
 )
 
-// Grant is one grant of a name: an audit log row of a grant or an upgrade
-// (sqldlm.AuditEntry), in the log's order.
-type Grant struct {
-	ID    int64 // the audit row's id: the order rows were written
+// AuditRow is a row of sqldlm's audit log (sqldlm.AuditEntry): a change
+// to one hold.
+type AuditRow struct {
+	ID    int64  // the order rows were written
+	Event string // grant, upgrade, downgrade, release, takeover, expire, break
 	Name  string
 	Token int64
 	Lease int64
+	Mode  string // Shared or Exclusive
 }
+
+func (a AuditRow) granted() bool { return a.Event == "grant" || a.Event == "upgrade" }
 
 // CheckTokens checks that the tokens of each name's grants strictly
 // increase in the order they were written (for one name, that is commit
 // order: a grant locks the name's row), so that no token repeats. It also
 // checks every grant the history acknowledged is in the log.
-func CheckTokens(grants []Grant, ops []Op) []string {
+func CheckTokens(audit []AuditRow, ops []Op) []string {
 	var v []string
-	last := map[string]Grant{}
+	last := map[string]AuditRow{}
 	seen := map[string]map[int64]bool{}
 	lastID := int64(math.MinInt64)
-	for _, g := range grants {
+	for _, g := range audit {
+		if !g.granted() {
+			continue
+		}
 		if g.ID <= lastID {
 			v = append(v, fmt.Sprintf("tokens: audit rows out of order (id %d after %d)", g.ID, lastID))
 		}

@@ -39,7 +39,7 @@ func TestJepsenMutant(t *testing.T) {
 	require.NoError(t, err, "building the mutant: %s", out)
 
 	run := exec.Command(bin, "-test.run", "^TestJepsen$/^"+kind+"$", "-test.v", "-test.timeout", "5m")
-	run.Env = append(os.Environ(), "SQLDLM_ALLOW_MUTANT=1", "SQLDLM_JEPSEN_TIME=20s", "SQLDLM_JEPSEN_FAULTS=pause",
+	run.Env = append(os.Environ(), "SQLDLM_ALLOW_MUTANT=1", "SQLDLM_JEPSEN_TIME=20s", "SQLDLM_JEPSEN_FAULTS=pause", "SQLDLM_JEPSEN_SERVER=shared",
 		"SQLDLM_JEPSEN_HOLD=1,3", // every pause outlasts the TTL
 		"SQLDLM_JEPSEN_OUT="+dir)
 	if os.Getenv("SQLDLM_JEPSEN_SEED") != "" {

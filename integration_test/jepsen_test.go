@@ -23,9 +23,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm"
+	"github.com/sqldlm/sqldlm/internal/dbinstance"
 	"github.com/sqldlm/sqldlm/internal/faultproxy"
 	"github.com/sqldlm/sqldlm/internal/jepsen"
 	"github.com/sqldlm/sqldlm/internal/testdb"
+	"github.com/sqldlm/sqldlm/migrations"
 )
 
 // The randomized fault test (RELIABILITY-PLAN §8), in the manner of
@@ -42,6 +44,10 @@ import (
 //	SQLDLM_JEPSEN_SEED    replay a run (the seed is printed)
 //	SQLDLM_JEPSEN_FAULTS  comma-separated fault kinds (default all; see jepsenFaults)
 //	SQLDLM_JEPSEN_HOLD    how long a fault lasts, "lo,hi" in TTLs (default 0.2,3)
+//	SQLDLM_JEPSEN_SERVER  "dedicated" (default): a throwaway server of the
+//	                      test's own (internal/dbinstance), with the server
+//	                      faults; "shared": the shared server through
+//	                      internal/testdb, client faults only
 //	SQLDLM_JEPSEN_OUT     directory for histories, logs and porcupine's
 //	                      visualisation (default a temporary directory)
 //	SQLDLM_ALLOW_MUTANT=1 in a binary built with -tags sqldlm_mutant: the
@@ -71,7 +77,18 @@ var jepsenFaults = []struct {
 	{"delay", 10},     // its proxy delays every chunk of data
 	{"reset", 10},     // its proxy resets every connection
 	{"session", 10},   // the server terminates one of the clients' sessions
+	// Dedicated server only:
+	{"server-pause", 10}, // SIGSTOP the database server, SIGCONT after the hold
+	{"server-crash", 5},  // kill -9 the server, restart it (crash recovery)
+	// Only when named in SQLDLM_JEPSEN_FAULTS (the "clock" profile), and on
+	// PostgreSQL: the server's clock jumps 2 x TTL ahead for the hold. The
+	// holder-knows-first checker then counts its violations instead of
+	// failing: a forward jump expires leases early, as documented.
+	{"clock", 5},
 }
+
+// serverFaults need a dedicated server.
+var serverFaults = []string{"server-pause", "server-crash", "clock"}
 
 const jepsenProcs = 4
 
@@ -91,6 +108,8 @@ type jepsenRun struct {
 	rec      *jepsen.Recorder
 	start    time.Time
 	until    int64
+
+	inst *dbinstance.Instance // nil on the shared server
 
 	mu        sync.Mutex
 	slots     []*jepsenSlot
@@ -136,11 +155,24 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 		r.seed = s
 	}
 	r.rng = rand.New(rand.NewPCG(r.seed, 0x5eed))
+	dedicated := os.Getenv("SQLDLM_JEPSEN_SERVER") != "shared"
 	for _, f := range jepsenFaults {
-		r.faults = append(r.faults, f.kind)
+		if f.kind != "clock" && (dedicated || !slices.Contains(serverFaults, f.kind)) {
+			r.faults = append(r.faults, f.kind)
+		}
 	}
 	if v := os.Getenv("SQLDLM_JEPSEN_FAULTS"); v != "" {
 		r.faults = strings.Split(v, ",")
+	}
+	if !dedicated || kind != testdb.Postgres {
+		r.faults = slices.DeleteFunc(r.faults, func(f string) bool {
+			return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres)
+		})
+	}
+	if dedicated {
+		began := time.Now()
+		r.inst = dbinstance.Start(t, kind, dbinstance.Options{FakeTime: slices.Contains(r.faults, "clock")})
+		t.Logf("%s: throwaway server at %s ready in %s", kind, r.inst.Addr(), time.Since(began).Round(time.Millisecond))
 	}
 	r.out = os.Getenv("SQLDLM_JEPSEN_OUT")
 	if r.out == "" {
@@ -244,8 +276,15 @@ func (r *jepsenRun) run() {
 // name) and the journal.
 func (r *jepsenRun) setupDB() *testdb.DB {
 	t := r.t
-	db := testdb.OpenMigrated(t, r.kind)
 	ctx := context.Background()
+	var db *testdb.DB
+	if r.inst != nil {
+		db = testdb.Reopen(t, r.kind, r.inst.DSN())
+		_, err := migrations.Up(ctx, db.DB, db.Dialect)
+		require.NoError(t, err)
+	} else {
+		db = testdb.OpenMigrated(t, r.kind)
+	}
 	for _, stmt := range []string{
 		`CREATE TABLE cells (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL, last_token BIGINT NOT NULL)`,
 		`CREATE TABLE journal (op_id BIGINT NOT NULL, seq INT NOT NULL, name VARCHAR(64) NOT NULL, token BIGINT NOT NULL,
@@ -393,6 +432,28 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 		return fmt.Sprintf("reset p%d's connections", p.idx)
 	case "session":
 		return r.killSession(s)
+	case "server-pause":
+		r.inst.Pause()
+		time.Sleep(hold) // the fault's duration
+		r.inst.Resume()
+		return fmt.Sprintf("paused the server for %s", hold.Round(time.Millisecond))
+	case "server-crash":
+		r.inst.Crash()
+		began := time.Now()
+		if err := r.inst.Start(); err != nil {
+			r.t.Errorf("restarting the server after a crash: %v", err)
+		}
+		return fmt.Sprintf("crashed the server; it was back after %s", time.Since(began).Round(time.Millisecond))
+	case "clock":
+		jump := 2 * jepsenTTL
+		if err := r.inst.SetClockOffset(jump); err != nil {
+			r.t.Errorf("clock jump: %v", err)
+		}
+		time.Sleep(hold) // the fault's duration
+		if err := r.inst.SetClockOffset(0); err != nil {
+			r.t.Errorf("clock jump back: %v", err)
+		}
+		return fmt.Sprintf("moved the server's clock %s ahead for %s", jump, hold.Round(time.Millisecond))
 	}
 	r.t.Fatalf("unknown fault %q", kind)
 	return ""
@@ -437,8 +498,19 @@ func (r *jepsenRun) killSession(s *jepsenSlot) string {
 	return fmt.Sprintf("killed session %d", id)
 }
 
-// healAll resumes every process and proxy.
+// healAll resumes every process, proxy and the server.
 func (r *jepsenRun) healAll() {
+	if r.inst != nil {
+		r.inst.Resume()
+		if slices.Contains(r.faults, "clock") {
+			_ = r.inst.SetClockOffset(0)
+		}
+		if !r.inst.Running() {
+			if err := r.inst.Start(); err != nil {
+				r.t.Errorf("restarting the server: %v", err)
+			}
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range r.procs {
@@ -575,6 +647,11 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(filepath.Dir(r.out), "summary-"+r.kind+".json"), data, 0o644))
 		return
+	}
+	if slices.Contains(r.faults, "clock") {
+		t.Logf("%s: holder knows first: %d violations with server clock jumps (expected: a forward jump expires leases early; fencing must still hold)",
+			r.kind, len(verdicts["holder"]))
+		delete(verdicts, "holder")
 	}
 	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness"} {
 		for i, s := range verdicts[k] {

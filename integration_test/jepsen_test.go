@@ -67,10 +67,12 @@ func TestJepsen(t *testing.T) {
 }
 
 // Fault kinds, with the nemesis's weights (RELIABILITY-PLAN §8.4).
-var jepsenFaults = []struct {
+type jepsenFault struct {
 	kind   string
 	weight int
-}{
+}
+
+var jepsenFaults = []jepsenFault{
 	{"pause", 20},     // SIGSTOP a client process, SIGCONT after the hold
 	{"kill", 10},      // SIGKILL a client process; a fresh one starts after the hold
 	{"partition", 20}, // its proxy stops forwarding until the hold ends
@@ -164,11 +166,13 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 	if v := os.Getenv("SQLDLM_JEPSEN_FAULTS"); v != "" {
 		r.faults = strings.Split(v, ",")
 	}
-	if !dedicated || kind != testdb.Postgres {
-		r.faults = slices.DeleteFunc(r.faults, func(f string) bool {
-			return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres)
-		})
+	for _, f := range r.faults {
+		known := slices.ContainsFunc(jepsenFaults, func(k jepsenFault) bool { return k.kind == f })
+		require.True(t, known, "SQLDLM_JEPSEN_FAULTS: unknown fault %q", f)
 	}
+	r.faults = slices.DeleteFunc(r.faults, func(f string) bool {
+		return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres)
+	})
 	if dedicated {
 		began := time.Now()
 		r.inst = dbinstance.Start(t, kind, dbinstance.Options{FakeTime: slices.Contains(r.faults, "clock")})

@@ -3,6 +3,7 @@
 package integration_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -53,9 +54,10 @@ func TestDestructiveServerCrash(t *testing.T) {
 				at    time.Time // when the fenced commit returned nil
 			}
 			var (
-				mu     sync.Mutex
-				grants []grant
-				acks   []ack
+				mu                  sync.Mutex
+				grants              []grant
+				acks                []ack
+				lockErrs, writeErrs int // attempts the outage made fail
 			)
 			countAcks := func(after time.Time) int {
 				mu.Lock()
@@ -93,6 +95,9 @@ func TestDestructiveServerCrash(t *testing.T) {
 							l, err := c.Lock(lctx, name, sqldlm.Exclusive)
 							lcancel()
 							if err != nil {
+								mu.Lock()
+								lockErrs++
+								mu.Unlock()
 								time.Sleep(20 * time.Millisecond) // back off while the server is down
 								continue
 							}
@@ -100,11 +105,14 @@ func TestDestructiveServerCrash(t *testing.T) {
 							grants = append(grants, grant{name, l.Token(), called})
 							mu.Unlock()
 							wctx, wcancel := context.WithTimeout(ctx, 3*ttl)
-							if fencedWrite(wctx, db.DB, kind, l, owner) == nil {
-								mu.Lock()
+							err = fencedWrite(wctx, db.DB, kind, l, owner)
+							mu.Lock()
+							if err == nil {
 								acks = append(acks, ack{name, l.Token(), time.Now()})
-								mu.Unlock()
+							} else {
+								writeErrs++
 							}
+							mu.Unlock()
 							_ = l.Release(wctx)
 							wcancel()
 						}
@@ -137,10 +145,14 @@ func TestDestructiveServerCrash(t *testing.T) {
 			}
 			var allMax int64
 			grantedAfter := 0
+			firstAfter := int64(-1)
 			for _, g := range grants {
 				allMax = max(allMax, g.token)
 				if g.called.After(restartedAt) {
 					grantedAfter++
+					if firstAfter < 0 || g.token < firstAfter {
+						firstAfter = g.token
+					}
 					require.Greater(t, g.token, ackedBefore,
 						"%s: token %d granted after the restart is not above %d, acknowledged before the crash", g.name, g.token, ackedBefore)
 				}
@@ -153,6 +165,7 @@ func TestDestructiveServerCrash(t *testing.T) {
 				ackedTokens[a.name][a.token] = true
 			}
 			totalAcks := len(acks)
+			t.Logf("%s: failed attempts during the outage: %d Lock, %d fenced writes", kind, lockErrs, writeErrs)
 			mu.Unlock()
 			require.Positive(t, grantedAfter)
 
@@ -169,8 +182,8 @@ func TestDestructiveServerCrash(t *testing.T) {
 					require.True(t, inJournal[tok], "%s: the fenced write acknowledged under token %d is lost", name, tok)
 				}
 			}
-			t.Logf("%s: %d fenced writes acknowledged (%d before the crash, highest token %d), %d journal rows; kill -9 to answering again: %s",
-				kind, totalAcks, ackedBeforeN, ackedBefore, journalRows, restartedAt.Sub(down).Round(time.Millisecond))
+			t.Logf("%s: %d fenced writes acknowledged (%d before the crash, highest token %d; lowest token granted after the restart %d), %d journal rows; kill -9 to answering again: %s",
+				kind, totalAcks, ackedBeforeN, ackedBefore, firstAfter, journalRows, restartedAt.Sub(down).Round(time.Millisecond))
 
 			// Garbage-collect every hold and name row, then crash again, so
 			// that nothing but the token sequence remembers the tokens.
@@ -199,17 +212,19 @@ func TestDestructiveServerCrash(t *testing.T) {
 			require.NoError(t, inst.Start())
 			dropIdle(db.DB)
 			c := instClient(t, db, sqldlm.Config{Owner: "after-gc"})
+			var firstAfterGC int64
 			for _, name := range names {
 				l, err := c.Lock(ctx, name, sqldlm.Exclusive)
 				require.NoError(t, err)
 				require.Greater(t, l.Token(), allMax,
 					"%s: token %d after garbage collection and a crash is not above %d, granted earlier", name, l.Token(), allMax)
+				firstAfterGC = cmp.Or(firstAfterGC, l.Token())
 				require.NoError(t, fencedWrite(ctx, db.DB, kind, l, "after-gc"))
 				require.NoError(t, l.Release(ctx))
 				checkJournal(t, ctx, db.DB, kind, name)
 			}
-			t.Logf("%s: after garbage collection and a second crash, tokens resume above %d; S13 took %s",
-				kind, allMax, time.Since(began).Round(time.Millisecond))
+			t.Logf("%s: after garbage collection and a second crash, tokens resume at %d (highest before: %d); S13 took %s",
+				kind, firstAfterGC, allMax, time.Since(began).Round(time.Millisecond))
 		})
 	}
 }

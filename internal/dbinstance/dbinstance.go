@@ -119,7 +119,8 @@ func Start(t testing.TB, kind string, o Options) *Instance {
 	}
 
 	i := &Instance{t: t, kind: k, opts: o, bins: bins}
-	dir, err := os.MkdirTemp("", "sqldlm-inst-")
+	sweepOnce.Do(sweepStale)
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		t.Fatalf("dbinstance: %v", err)
 	}
@@ -210,6 +211,7 @@ func (i *Instance) Start() error {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
+	watchdog(cmd.Process.Pid)
 	i.cmd, i.done = cmd, done
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -548,6 +550,40 @@ func (i *Instance) LogTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// watchdog makes sure the server (pid) dies with the test process, should
+// Pdeathsig not do it (once, a mariadbd outlived a test binary killed with
+// SIGKILL): a shell, deliberately not tied to the test's lifetime, polls
+// once a second and kills the server with SIGKILL when the test process is
+// gone; it exits by itself when the server does. Its PID-reuse window is
+// one second after the server's exit, and it only acts once the test
+// process is gone.
+func watchdog(pid int) {
+	script := `while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 1; done; kill -9 "$2"`
+	cmd := exec.Command("/bin/sh", "-c", script, "sqldlm-inst-watchdog", strconv.Itoa(os.Getpid()), strconv.Itoa(pid))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // out of the test's process group and its signals
+	if cmd.Start() == nil {
+		go func() { _ = cmd.Wait() }()
+	}
+}
+
+// dirPrefix starts the name of every instance's directory under
+// os.TempDir().
+const dirPrefix = "sqldlm-inst-"
+
+var sweepOnce sync.Once
+
+// sweepStale removes, once per process, the instance directories more than
+// an hour old: leftovers of test processes killed before their cleanup ran
+// (their servers died with them).
+func sweepStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		if st, err := os.Stat(d); err == nil && st.IsDir() && time.Since(st.ModTime()) > time.Hour {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 func findBinaries(k Kind) (binaries, string) {

@@ -31,12 +31,21 @@ func TestInstance(t *testing.T) {
 			_, err = db.ExecContext(ctx, `INSERT INTO kv (k, v) VALUES (1, 10)`)
 			require.NoError(t, err)
 
-			// Paused, the server answers nothing.
+			// Paused, the server answers nothing: not on a new connection, not
+			// on one open before the pause (a PostgreSQL backend process).
+			open, err := db.Conn(ctx)
+			require.NoError(t, err)
+			require.NoError(t, open.PingContext(ctx))
 			inst.Pause()
 			qctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			err = open.QueryRowContext(qctx, `SELECT v FROM kv WHERE k = 1`).Scan(new(int))
+			cancel()
+			require.Error(t, err, "a paused server answered on an open connection")
+			_ = open.Close()
+			qctx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
 			err = db.QueryRowContext(qctx, `SELECT v FROM kv WHERE k = 1`).Scan(new(int))
 			cancel()
-			require.Error(t, err, "a paused server answered")
+			require.Error(t, err, "a paused server answered on a new connection")
 			inst.Resume()
 			var v int
 			require.NoError(t, db.QueryRowContext(ctx, `SELECT v FROM kv WHERE k = 1`).Scan(&v))

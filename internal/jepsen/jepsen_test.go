@@ -355,3 +355,22 @@ func TestHolderKnowsFirst(t *testing.T) {
 	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 250}}, ops, audit)
 	require.Len(t, v, 1, "killed after the reaped hold's successor returned")
 }
+
+// A check that cannot finish in time is a violation (inconclusive), not a
+// pass, and leaves the visualisation too.
+func TestLinearizableInconclusive(t *testing.T) {
+	// 30 concurrent fences by the holder and one by a lease that never held
+	// the name: to find the history illegal, porcupine must try every
+	// subset of the 30 before the impossible one, about 2^30 states.
+	ops := []Op{grant(0, "a", Exclusive, 1, 1, 0, 1)}
+	for w := range 30 {
+		ops = append(ops, op(w+1, Fence, "a", 1, 1, OK, 10, 100))
+	}
+	ops = append(ops, op(31, Fence, "a", 2, 1, OK, 10, 100))
+	path := filepath.Join(t.TempDir(), "inconclusive.html")
+	v := CheckLinearizable(ops, 100*time.Millisecond, path)
+	require.NotEmpty(t, v)
+	require.Contains(t, v[0], "inconclusive")
+	_, err := os.Stat(path)
+	require.NoError(t, err, "the visualisation is written")
+}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -33,7 +32,9 @@ func TestJepsenMutant(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "mutant.test")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// go test puts its own GOROOT/bin first in the test's PATH.
+	goTool, err := exec.LookPath("go")
+	require.NoError(t, err, "the go command builds the mutant")
 	build := exec.Command(goTool, "test", "-c", "-tags", "sqldlm_mutant", "-o", bin, ".")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "building the mutant: %s", out)

@@ -44,6 +44,7 @@ import (
 //	SQLDLM_JEPSEN_SEED    replay a run (the seed is printed)
 //	SQLDLM_JEPSEN_FAULTS  comma-separated fault kinds (default all; see jepsenFaults)
 //	SQLDLM_JEPSEN_HOLD    how long a fault lasts, "lo,hi" in TTLs (default 0.2,3)
+//	SQLDLM_JEPSEN_GAP     the time between faults, "lo,hi" in seconds (default 1,3)
 //	SQLDLM_JEPSEN_SERVER  "dedicated" (default): a throwaway server of the
 //	                      test's own (internal/dbinstance), with the server
 //	                      faults; "shared": the shared server through
@@ -103,8 +104,8 @@ type jepsenRun struct {
 	rng      *rand.Rand
 	duration time.Duration
 	faults   []string
-	holdLo   float64 // a fault lasts U(holdLo, holdHi) x TTL
-	holdHi   float64
+	hold     [2]float64 // a fault lasts U(hold[0], hold[1]) x TTL
+	gap      [2]float64 // U(gap[0], gap[1]) seconds pass between faults
 	mutant   bool
 	appTag   string // PostgreSQL application_name prefix of this run's children
 	rec      *jepsen.Recorder
@@ -136,15 +137,9 @@ type jepsenProc struct {
 }
 
 func newJepsenRun(t *testing.T, kind string) *jepsenRun {
-	r := &jepsenRun{t: t, kind: kind, duration: 60 * time.Second, applied: map[string]int{}, holdLo: 0.2, holdHi: 3,
+	r := &jepsenRun{t: t, kind: kind, duration: 60 * time.Second, applied: map[string]int{},
+		hold: envRange(t, "SQLDLM_JEPSEN_HOLD", [2]float64{0.2, 3}), gap: envRange(t, "SQLDLM_JEPSEN_GAP", [2]float64{1, 3}),
 		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1"}
-	if v := os.Getenv("SQLDLM_JEPSEN_HOLD"); v != "" {
-		lo, hi, _ := strings.Cut(v, ",")
-		var err1, err2 error
-		r.holdLo, err1 = strconv.ParseFloat(lo, 64)
-		r.holdHi, err2 = strconv.ParseFloat(hi, 64)
-		require.True(t, err1 == nil && err2 == nil && r.holdLo <= r.holdHi, "SQLDLM_JEPSEN_HOLD=%q: want lo,hi", v)
-	}
 	if v := os.Getenv("SQLDLM_JEPSEN_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
 		require.NoError(t, err, "SQLDLM_JEPSEN_TIME")
@@ -185,9 +180,22 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 	r.out = filepath.Join(r.out, kind)
 	require.NoError(t, os.MkdirAll(r.out, 0o755))
 	r.appTag = fmt.Sprintf("sqldlm-jepsen-%d-", rand.Uint32())
-	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, faults %v held U(%g, %g) x TTL, output in %s",
-		kind, r.seed, r.seed, r.duration, r.faults, r.holdLo, r.holdHi, r.out)
+	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, faults %v held U(%g, %g) x TTL every U(%g, %g)s, output in %s",
+		kind, r.seed, r.seed, r.duration, r.faults, r.hold[0], r.hold[1], r.gap[0], r.gap[1], r.out)
 	return r
+}
+
+// envRange reads "lo,hi" from the environment variable name, or returns def.
+func envRange(t *testing.T, name string, def [2]float64) [2]float64 {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	a, b, _ := strings.Cut(v, ",")
+	lo, err1 := strconv.ParseFloat(a, 64)
+	hi, err2 := strconv.ParseFloat(b, 64)
+	require.True(t, err1 == nil && err2 == nil && 0 <= lo && lo <= hi, "%s=%q: want lo,hi", name, v)
+	return [2]float64{lo, hi}
 }
 
 func (r *jepsenRun) run() {
@@ -390,7 +398,7 @@ func (r *jepsenRun) startProc(s *jepsenSlot) {
 }
 
 // nemesis injects one fault at a time, after a 2s warm-up, until the
-// workload's end: sleep U(1, 3)s, pick a fault by weight, hold it for
+// workload's end: sleep U(1, 3)s (SQLDLM_JEPSEN_GAP), pick a fault by weight, hold it for
 // U(0.2, 3) x TTL (SQLDLM_JEPSEN_HOLD), heal it. It returns what it did.
 func (r *jepsenRun) nemesis() []string {
 	var log []string
@@ -416,7 +424,7 @@ func (r *jepsenRun) nemesis() []string {
 		return log
 	}
 	for {
-		if !wait(time.Duration((1 + 2*r.rng.Float64()) * float64(time.Second))) {
+		if !wait(time.Duration((r.gap[0] + (r.gap[1]-r.gap[0])*r.rng.Float64()) * float64(time.Second))) {
 			return log
 		}
 		n := r.rng.IntN(total)
@@ -430,7 +438,7 @@ func (r *jepsenRun) nemesis() []string {
 			}
 		}
 		s := r.slots[r.rng.IntN(len(r.slots))]
-		hold := time.Duration((r.holdLo + (r.holdHi-r.holdLo)*r.rng.Float64()) * float64(jepsenTTL))
+		hold := time.Duration((r.hold[0] + (r.hold[1]-r.hold[0])*r.rng.Float64()) * float64(jepsenTTL))
 		at := time.Since(r.start).Round(time.Millisecond)
 		desc := r.inject(kind, s, hold)
 		log = append(log, fmt.Sprintf("%s %s", at, desc))

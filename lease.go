@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testhook"
 )
 
 // A lease is the client's session in the database: one row, renewed by one
@@ -34,9 +35,16 @@ type lease struct {
 	kick     chan struct{}
 }
 
+func init() { testhook.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id } }
+
 // margin is how much earlier than the server the client gives up a lease:
 // a tenth of the TTL covers clock rate differences and scheduling delays.
-func margin(ttl time.Duration) time.Duration { return ttl / 10 }
+func margin(ttl time.Duration) time.Duration {
+	if mutantLateDeadline {
+		return -time.Second // test builds with the sqldlm_mutant tag only
+	}
+	return ttl / 10
+}
 
 // newLease creates a lease row in the database and starts its heartbeat.
 func (c *Client) newLease(ctx context.Context) (*lease, error) {
@@ -134,6 +142,7 @@ func (l *lease) end(err error, why string) {
 	}
 	l.err = err
 	l.expiry.Stop()
+	deadline := l.deadline
 	locks := make([]*Lock, 0, len(l.locks))
 	for lk := range l.locks {
 		locks = append(locks, lk)
@@ -155,6 +164,7 @@ func (l *lease) end(err error, why string) {
 			lost = append(lost, lk)
 		}
 	}
+	testhook.LeaseEnded(testhook.LeaseEnd{LeaseID: l.id, Deadline: deadline, Err: err})
 	if err == ErrLost {
 		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
 		l.c.hooks.LeaseLost(len(locks))

@@ -1,0 +1,322 @@
+//go:build linux
+
+package integration_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sqldlm/sqldlm"
+	"github.com/sqldlm/sqldlm/internal/dsn"
+	"github.com/sqldlm/sqldlm/internal/jepsen"
+	"github.com/sqldlm/sqldlm/internal/testhook"
+)
+
+// Environment of a jepsen-client child process (see jepsen_test.go).
+const (
+	jepsenRole     = "jepsen-client"
+	jepsenProcEnv  = "SQLDLM_JEPSEN_PROC"  // the process's number in the history
+	jepsenHistEnv  = "SQLDLM_JEPSEN_HIST"  // the history file to append to
+	jepsenSeedEnv  = "SQLDLM_JEPSEN_CSEED" // the child's random seed
+	jepsenUntilEnv = "SQLDLM_JEPSEN_UNTIL" // CLOCK_MONOTONIC ns at which to stop
+)
+
+// Workload constants (RELIABILITY-PLAN §8.2).
+const (
+	jepsenTTL          = 2 * time.Second
+	jepsenReap         = time.Second
+	jepsenNames        = 8
+	jepsenClients      = 2 // sqldlm clients per process
+	jepsenWorkers      = 2 // goroutines per client
+	jepsenTxTimeout    = 2 * jepsenTTL
+	jepsenReleaseLimit = time.Second
+)
+
+func jepsenName(i int) string { return "cell-" + strconv.Itoa(i) }
+
+// The jepsen-client role is dispatched here, before TestMain (which this
+// file cannot extend without touching the other roles' dispatch): the
+// child runs its workload and exits.
+func init() {
+	if os.Getenv(childRoleEnv) == jepsenRole {
+		os.Exit(jepsenChild())
+	}
+}
+
+// jepsenChild runs 2 clients x 2 workers until the deadline in
+// SQLDLM_JEPSEN_UNTIL, recording every operation.
+func jepsenChild() int {
+	proc, _ := strconv.Atoi(os.Getenv(jepsenProcEnv))
+	seed, _ := strconv.ParseUint(os.Getenv(jepsenSeedEnv), 10, 64)
+	until, _ := strconv.ParseInt(os.Getenv(jepsenUntilEnv), 10, 64)
+	kind := os.Getenv(childKindEnv)
+	f, err := os.OpenFile(os.Getenv(jepsenHistEnv), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen child:", err)
+		return 1
+	}
+	defer f.Close()
+	rec := jepsen.NewRecorder(f)
+	testhook.SetLeaseEnded(func(e testhook.LeaseEnd) {
+		now := jepsen.Mono()
+		ev := jepsen.Event{P: proc, T: jepsen.LeaseEnd, Lease: e.LeaseID, Deadline: now + int64(time.Until(e.Deadline)), Mono: now}
+		if e.Err != nil {
+			ev.Err = e.Err.Error()
+		}
+		rec.Record(ev)
+	})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var opID atomic.Int64
+	var clients []*sqldlm.Client
+	for ci := range jepsenClients {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		db, _, err := dsn.Open(octx, os.Getenv(childDSNEnv))
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen child:", err)
+			return 1
+		}
+		defer db.Close()
+		c, err := sqldlm.New(db, sqldlm.Config{TTL: jepsenTTL, ReapInterval: jepsenReap, Audit: true,
+			Owner: fmt.Sprintf("p%d.c%d", proc, ci), ConnectTimeout: 30 * time.Second})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen child:", err)
+			return 1
+		}
+		clients = append(clients, c)
+		for wi := range jepsenWorkers {
+			w := &jepsenWorker{
+				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, c: c, db: db, rec: rec, ids: &opID, until: until,
+				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))),
+			}
+			w.zipf = rand.NewZipf(w.rng, 1.2, 1, jepsenNames-1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.run(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+	for _, c := range clients {
+		_ = c.Close()
+	}
+	if err := rec.Err(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen child: history:", err)
+		return 1
+	}
+	return 0
+}
+
+type jepsenWorker struct {
+	proc, w int
+	kind    string
+	c       *sqldlm.Client
+	db      *sql.DB
+	rec     *jepsen.Recorder
+	ids     *atomic.Int64
+	until   int64
+	rng     *rand.Rand
+	zipf    *rand.Zipf
+}
+
+// between returns a duration drawn from U(lo, hi) x TTL.
+func (w *jepsenWorker) between(lo, hi float64) time.Duration {
+	return time.Duration((lo + w.rng.Float64()*(hi-lo)) * float64(jepsenTTL))
+}
+
+func (w *jepsenWorker) event(t, f string, l *sqldlm.Lock, id int64) jepsen.Event {
+	e := jepsen.Event{P: w.proc, W: w.w, Op: id, T: t, F: f}
+	if l != nil {
+		e.Name, e.Token, e.Mode = l.Name(), l.Token(), l.Mode().String()
+	}
+	return e
+}
+
+func (w *jepsenWorker) run(ctx context.Context) {
+	for jepsen.Mono() < w.until {
+		name := jepsenName(int(w.zipf.Uint64()))
+		mode := sqldlm.Exclusive
+		if w.rng.Float64() < 0.3 {
+			mode = sqldlm.Shared
+		}
+		l := w.acquire(ctx, name, mode)
+		if l == nil {
+			time.Sleep(w.between(0, 0.1)) // think time: the workload, not synchronisation
+			continue
+		}
+		w.criticalSection(ctx, l)
+	}
+}
+
+// acquire runs Lock (with a timeout of U(0.1, 2) x TTL) or, 20% of the
+// time, TryLock.
+func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mode) *sqldlm.Lock {
+	id := w.ids.Add(1)
+	f := jepsen.Acquire
+	if w.rng.Float64() < 0.2 {
+		f = jepsen.TryAcquire
+	}
+	w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Invoke, F: f, Name: name, Mode: mode.String()})
+	var (
+		l   *sqldlm.Lock
+		err error
+	)
+	if f == jepsen.TryAcquire {
+		tctx, cancel := context.WithTimeout(ctx, jepsenTTL)
+		l, err = w.c.TryLock(tctx, name, mode)
+		cancel()
+	} else {
+		tctx, cancel := context.WithTimeout(ctx, w.between(0.1, 2))
+		l, err = w.c.Lock(tctx, name, mode)
+		cancel()
+	}
+	if err != nil {
+		e := jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: f, Name: name, Err: err.Error()}
+		// A failed acquire is withdrawn by the library; either way it leaves
+		// the model unchanged, so any error is a failure here.
+		w.rec.Record(e)
+		return nil
+	}
+	e := w.event(jepsen.OK, f, l, id)
+	e.Lease = testhook.LeaseOf(l)
+	if tk := l.Takeover(); tk != nil {
+		e.TookLease, e.TookToken = tk.LeaseID, tk.Token
+	}
+	w.rec.Record(e)
+	go func() {
+		<-l.Done()
+		if errors.Is(l.Err(), sqldlm.ErrLost) {
+			ev := w.event(jepsen.Lost, "", l, 0)
+			ev.Lease = e.Lease
+			w.rec.Record(ev)
+		}
+	}()
+	return l
+}
+
+// criticalSection runs 1-3 fenced transactions under l, with sleeps
+// between them (sometimes longer than the TTL), maybe an upgrade or a
+// downgrade, then releases l with a 1s context.
+func (w *jepsenWorker) criticalSection(ctx context.Context, l *sqldlm.Lock) {
+	lease := testhook.LeaseOf(l)
+	cs := int64(w.proc)<<32 | w.ids.Add(1)
+	k := 1 + w.rng.IntN(3)
+	for seq := 1; seq <= k; seq++ {
+		if l.Mode() == sqldlm.Shared && w.rng.Float64() < 0.1 {
+			w.upgrade(ctx, l, lease)
+		}
+		w.fencedTx(ctx, l, lease, cs, seq)
+		if seq < k {
+			d := w.between(0, 0.6)
+			if w.rng.Float64() < 0.05 {
+				d = w.between(1, 2)
+			}
+			time.Sleep(d) // the workload's pause inside a critical section
+		}
+	}
+	if l.Mode() == sqldlm.Exclusive && w.rng.Float64() < 0.1 {
+		w.simple(ctx, l, lease, jepsen.Downgrade, l.Downgrade)
+	}
+	w.simple(ctx, l, lease, jepsen.Release, l.Release)
+}
+
+func (w *jepsenWorker) upgrade(ctx context.Context, l *sqldlm.Lock, lease int64) {
+	id := w.ids.Add(1)
+	inv := w.event(jepsen.Invoke, jepsen.Upgrade, l, id)
+	inv.Lease = lease
+	w.rec.Record(inv)
+	uctx, cancel := context.WithTimeout(ctx, w.between(0.1, 1))
+	err := l.Upgrade(uctx)
+	cancel()
+	switch {
+	case err == nil:
+		e := w.event(jepsen.OK, jepsen.Upgrade, l, id)
+		if tk := l.Takeover(); tk != nil {
+			e.TookLease, e.TookToken = tk.LeaseID, tk.Token
+		}
+		w.rec.Record(e)
+	case errors.Is(err, sqldlm.ErrLost), errors.Is(err, sqldlm.ErrUpgradeConflict), errors.Is(err, context.DeadlineExceeded):
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: jepsen.Upgrade, Err: err.Error()})
+	default:
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Info, F: jepsen.Upgrade, Err: err.Error()})
+	}
+}
+
+// simple records a Downgrade or Release.
+func (w *jepsenWorker) simple(ctx context.Context, l *sqldlm.Lock, lease int64, f string, call func(context.Context) error) {
+	id := w.ids.Add(1)
+	inv := w.event(jepsen.Invoke, f, l, id)
+	inv.Lease = lease
+	w.rec.Record(inv)
+	cctx, cancel := context.WithTimeout(ctx, jepsenReleaseLimit)
+	err := call(cctx)
+	cancel()
+	switch {
+	case err == nil:
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.OK, F: f})
+	case errors.Is(err, sqldlm.ErrLost), errors.Is(err, sqldlm.ErrReleased):
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: f, Err: err.Error()})
+	default:
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Info, F: f, Err: err.Error()})
+	}
+}
+
+// fencedTx is one fenced transaction: an exclusive holder reads the
+// name's cell and writes counter+1 and its token; every holder appends a
+// journal row. It is recorded as one Fence operation, from Fence to COMMIT:
+// an error before COMMIT rolled it back (Fail), an error from COMMIT leaves
+// it unknown (Info).
+func (w *jepsenWorker) fencedTx(ctx context.Context, l *sqldlm.Lock, lease int64, cs int64, seq int) {
+	id := w.ids.Add(1)
+	inv := w.event(jepsen.Invoke, jepsen.Fence, l, id)
+	inv.Lease, inv.CS, inv.Seq = lease, cs, seq
+	w.rec.Record(inv)
+	fail := func(err error) {
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: jepsen.Fence, Err: err.Error()})
+	}
+	tctx, cancel := context.WithTimeout(ctx, jepsenTxTimeout)
+	defer cancel()
+	tx, err := w.db.BeginTx(tctx, nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer tx.Rollback()
+	if err := l.Fence(tctx, tx); err != nil {
+		fail(err)
+		return
+	}
+	token, mode := l.Token(), l.Mode()
+	var counter int64
+	if err := tx.QueryRowContext(tctx, q(w.kind, `SELECT counter FROM cells WHERE name = ?`), l.Name()).Scan(&counter); err != nil {
+		fail(err)
+		return
+	}
+	if mode == sqldlm.Exclusive {
+		counter++
+		if _, err := tx.ExecContext(tctx, q(w.kind, `UPDATE cells SET counter = ?, last_token = ? WHERE name = ?`), counter, token, l.Name()); err != nil {
+			fail(err)
+			return
+		}
+	}
+	if _, err := tx.ExecContext(tctx, q(w.kind, `INSERT INTO journal (op_id, seq, name, token, lease_id, client, counter, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+		cs, seq, l.Name(), token, lease, fmt.Sprintf("p%d.w%d", w.proc, w.w), counter, mode.String()); err != nil {
+		fail(err)
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Info, F: jepsen.Fence, Err: err.Error()})
+		return
+	}
+	w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.OK, F: jepsen.Fence})
+}

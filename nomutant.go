@@ -1,0 +1,17 @@
+//go:build !sqldlm_mutant
+
+package sqldlm
+
+// Every normal build: the library as designed. The sqldlm_mutant build tag
+// (mutant.go) breaks two safety mechanisms on purpose, to prove that the
+// randomized fault test in integration_test sees the bugs it is meant to
+// catch.
+const (
+	// mutantFenceUnchecked makes Fence check nothing: neither the lock's
+	// local state nor, in the database, that it is still held by a live
+	// lease.
+	mutantFenceUnchecked = false
+	// mutantLateDeadline makes the local trust deadline TTL + 1s after a
+	// renewal was sent, instead of TTL minus the safety margin.
+	mutantLateDeadline = false
+)

@@ -25,7 +25,7 @@ var invalidNames = []struct{ name, want string }{
 	{strings.Repeat("n", NameMaxBytes+1), "256 bytes long, over the limit of 255"},
 	{strings.Repeat("é", 128), "256 bytes long, over the limit of 255"}, // 128 runes, 256 bytes
 	{"bad\xffutf8", "is not valid UTF-8"},
-	{"\xc3", "is not valid UTF-8"}, // a truncated two-byte sequence
+	{"\xc3", "is not valid UTF-8"},         // a truncated two-byte sequence
 	{"\xed\xa0\x80", "is not valid UTF-8"}, // a UTF-16 surrogate encoded as UTF-8
 	{"nul\x00inside", "contains a NUL byte"},
 	{"\x00", "contains a NUL byte"},

@@ -101,7 +101,7 @@ func TestPostgresIsolationLevels(t *testing.T) {
 	var outcomes []levelOutcome
 	for _, level := range []string{"read committed", "repeatable read", "serializable"} {
 		setIsolation(t, admin, level)
-		o, serializationRetries := runLevel(t, own, level)
+		o, serializationRetries := runLevel(t, testdb.Postgres, own, level, `SHOW transaction_isolation`)
 		t.Logf("%s: %+v, user transactions retried after a serialization failure: %d", level, o, serializationRetries)
 		outcomes = append(outcomes, o)
 	}
@@ -110,16 +110,18 @@ func TestPostgresIsolationLevels(t *testing.T) {
 	}
 }
 
-func runLevel(t *testing.T, rawDSN, level string) (levelOutcome, int) {
+// runLevel runs the conformance-ish workload through new pools on rawDSN,
+// whose sessions must report level to shownQuery.
+func runLevel(t *testing.T, kind, rawDSN, level, shownQuery string) (levelOutcome, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var o levelOutcome
 	var clients []*sqldlm.Client
 	var pools []*sql.DB
 	for i := range 3 {
-		pool := testdb.Reopen(t, testdb.Postgres, rawDSN)
+		pool := testdb.Reopen(t, kind, rawDSN)
 		var shown string
-		require.NoError(t, pool.QueryRowContext(ctx, `SHOW transaction_isolation`).Scan(&shown))
+		require.NoError(t, pool.QueryRowContext(ctx, shownQuery).Scan(&shown))
 		require.Equal(t, level, shown, "the new session's isolation")
 		c, err := sqldlm.New(pool.DB, sqldlm.Config{Owner: fmt.Sprintf("c%d", i), TTL: 2 * time.Second, ReapInterval: 300 * time.Millisecond})
 		require.NoError(t, err)
@@ -129,7 +131,7 @@ func runLevel(t *testing.T, rawDSN, level string) (levelOutcome, int) {
 	}
 	o.Shown = true
 	cell := "hot/" + level
-	_, err := pools[0].ExecContext(ctx, `INSERT INTO cells VALUES ($1, 0, 0)`, cell)
+	_, err := pools[0].ExecContext(ctx, q(kind, `INSERT INTO cells VALUES (?, 0, 0)`), cell)
 	require.NoError(t, err)
 
 	var (
@@ -170,7 +172,7 @@ func runLevel(t *testing.T, rawDSN, level string) (levelOutcome, int) {
 						// A fenced write in the user's transaction, at the
 						// database's default level.
 						for attempt := 0; ; attempt++ {
-							err := fencedIncrement(ctx, pools[ci], l, cell)
+							err := fencedIncrement(ctx, kind, pools[ci], l, cell)
 							if err == nil {
 								fence.Add(1)
 								break
@@ -205,7 +207,7 @@ func runLevel(t *testing.T, rawDSN, level string) (levelOutcome, int) {
 	}
 	o.Grants, o.Exclusive, o.FencedCommits = int(grants.Load()), int(exclusives.Load()), int(fence.Load())
 	o.Overlaps, o.TokenRegressions = int(overlaps.Load()), int(regressions.Load())
-	require.NoError(t, pools[0].QueryRowContext(ctx, `SELECT n FROM cells WHERE name = $1`, cell).Scan(&o.Counter))
+	require.NoError(t, pools[0].QueryRowContext(ctx, q(kind, `SELECT n FROM cells WHERE name = ?`), cell).Scan(&o.Counter))
 
 	// TryLock conflict, upgrade and downgrade.
 	l, err := clients[0].TryLock(ctx, "x/"+level, sqldlm.Shared)
@@ -222,7 +224,8 @@ func runLevel(t *testing.T, rawDSN, level string) (levelOutcome, int) {
 
 // fencedIncrement is a user's transaction at the database's default level:
 // Fence, then a write that checks the token.
-func fencedIncrement(ctx context.Context, db *sql.DB, l *sqldlm.Lock, cell string) error {
+func fencedIncrement(ctx context.Context, kind string, db *sql.DB, l *sqldlm.Lock, cell string) error {
+	d := testdb.Dialects()[kind]
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -231,14 +234,14 @@ func fencedIncrement(ctx context.Context, db *sql.DB, l *sqldlm.Lock, cell strin
 	if err := l.Fence(ctx, tx); err != nil {
 		return err
 	}
-	res, err := tx.ExecContext(ctx, `UPDATE cells SET n = n + 1, last_token = $2 WHERE name = $1 AND last_token < $2`, cell, l.Token())
+	res, err := tx.ExecContext(ctx, q(kind, `UPDATE cells SET n = n + 1, last_token = ? WHERE name = ? AND last_token < ?`), l.Token(), cell, l.Token())
 	if err != nil {
-		return postgres.Dialect().ClassifyError(err)
+		return d.ClassifyError(err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
 		return fmt.Errorf("token %d is not above the cell's last token", l.Token())
 	}
-	return postgres.Dialect().ClassifyError(tx.Commit())
+	return d.ClassifyError(tx.Commit())
 }
 
 // TestPostgresStaleSnapshots: deterministic interleavings of a user's

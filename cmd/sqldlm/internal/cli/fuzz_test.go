@@ -3,10 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/internal/testdb"
@@ -107,4 +110,73 @@ func FuzzCommandLine(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestCommandLineStringsAreData: names, prefixes and owners given on the
+// command line are matched as the exact bytes they are, on every dialect:
+// no LIKE wildcards, no quoting tricks, no case or padding folding.
+func TestCommandLineStringsAreData(t *testing.T) {
+	t.Parallel()
+	const hostile = "'; DROP TABLE sqldlm_locks; --"
+	names := []string{hostile, "a%c", "ab", "a_b", `a\d`, "x", "x ", "X"}
+	for _, kind := range testdb.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := testdb.OpenMigrated(t, kind)
+			holder := client(t, db, `o"; --`)
+			other := client(t, db, "other")
+			code, _, errOut := run(t, "log", "on", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code, errOut)
+			for _, n := range names {
+				_, err := holder.TryLock(ctx, n, sqldlm.Exclusive)
+				require.NoError(t, err, n)
+			}
+			_, err := other.TryLock(ctx, "y", sqldlm.Exclusive)
+			require.NoError(t, err)
+
+			locks := func(args ...string) []string {
+				t.Helper()
+				code, out, errOut := run(t, append([]string{"locks", "--dsn", db.DSN, "--output", "json"}, args...)...)
+				require.Equal(t, ExitOK, code, errOut)
+				var got locksJSON
+				require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+				var names []string
+				for _, l := range got.Locks {
+					names = append(names, l.Name)
+				}
+				return names
+			}
+			require.ElementsMatch(t, []string{"a%c"}, locks("--prefix", "a%"))
+			require.ElementsMatch(t, []string{"a_b"}, locks("--prefix", "a_"))
+			require.ElementsMatch(t, []string{`a\d`}, locks("--prefix", `a\`))
+			require.ElementsMatch(t, []string{"x", "x "}, locks("--prefix", "x"))
+			require.ElementsMatch(t, []string{"x "}, locks("--prefix", "x "))
+			require.ElementsMatch(t, []string{hostile}, locks("--prefix", hostile))
+			require.ElementsMatch(t, names, locks("--owner", `o"; --`))
+			require.Empty(t, locks("--owner", "o"))
+
+			code, out, errOut := run(t, "log", "--dsn", db.DSN, "--name", hostile, "--output", "json")
+			require.Equal(t, ExitOK, code, errOut)
+			var entries logJSON
+			require.NoError(t, json.Unmarshal([]byte(out), &entries), out)
+			require.Len(t, entries.Entries, 1)
+			require.Equal(t, hostile, entries.Entries[0].Name)
+
+			// break NAME breaks the holders of exactly NAME: "x" is not
+			// "x " or "X", and the hostile name's holder is the only one.
+			code, out, errOut = run(t, "break", hostile, "--dsn", db.DSN, "--yes", "--output", "json")
+			require.Equal(t, ExitOK, code, errOut)
+			var broke breakJSON
+			require.NoError(t, json.Unmarshal([]byte(out), &broke), out)
+			require.Equal(t, hostile, broke.Name)
+			require.Len(t, broke.Broken, 1)
+			require.Equal(t, `o"; --`, broke.Broken[0].Owner)
+			code, out, errOut = run(t, "break", "y ", "--dsn", db.DSN, "--yes", "--output", "json")
+			require.Equal(t, ExitOK, code, errOut)
+			require.NoError(t, json.Unmarshal([]byte(out), &broke), out)
+			require.Empty(t, broke.Broken, `"y " is not "y"`)
+			require.ElementsMatch(t, []string{"y"}, locks("--owner", "other"))
+		})
+	}
 }

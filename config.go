@@ -147,13 +147,13 @@ func defaultOwner() string {
 func validateOwner(owner string) error {
 	switch {
 	case len(owner) > OwnerMaxBytes:
-		return fmt.Errorf("sqldlm: Config.Owner is %d bytes long: the limit is %d", len(owner), OwnerMaxBytes)
+		return fmt.Errorf("%w: Config.Owner is %d bytes long: the limit is %d; shorten it", ErrInvalidOwner, len(owner), OwnerMaxBytes)
 	case !utf8.ValidString(owner):
-		return fmt.Errorf("sqldlm: Config.Owner %q is not valid UTF-8", owner)
+		return fmt.Errorf("%w: Config.Owner %q is not valid UTF-8", ErrInvalidOwner, owner)
 	}
 	for i := 0; i < len(owner); i++ {
 		if owner[i] == 0 {
-			return fmt.Errorf("sqldlm: Config.Owner %q contains a NUL byte at %d", owner, i)
+			return fmt.Errorf("%w: Config.Owner %q contains a NUL byte at %d", ErrInvalidOwner, owner, i)
 		}
 	}
 	return nil

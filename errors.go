@@ -58,6 +58,10 @@ var (
 	// ErrInvalidPayload is returned for a payload longer than 1024 bytes,
 	// not valid UTF-8 or containing a NUL byte.
 	ErrInvalidPayload = errors.New("sqldlm: invalid payload")
+
+	// ErrInvalidOwner is returned by [New] for a Config.Owner longer than
+	// 255 bytes, not valid UTF-8 or containing a NUL byte.
+	ErrInvalidOwner = errors.New("sqldlm: invalid owner")
 )
 
 // LockedError is the error of a [Client.TryLock] that could not be granted.

@@ -23,6 +23,13 @@ type Request struct {
 // ends, the client closes), those already taken are released before it
 // returns. A name may appear only once.
 func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
+	// Validate every request before taking any lock, so that a bad one
+	// leaves nothing behind in the database.
+	for _, r := range reqs {
+		if _, err := checkRequest(r.Name, r.Mode, []LockOption{WithPayload(r.Payload)}); err != nil {
+			return nil, fmt.Errorf("sqldlm: LockAll: %q: %w", r.Name, err)
+		}
+	}
 	order := make([]int, len(reqs))
 	for i := range order {
 		order[i] = i

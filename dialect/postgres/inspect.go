@@ -51,6 +51,9 @@ func (d postgresDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.Locks
 	// Names are text, so a prefix that is not valid UTF-8 (or has a NUL)
 	// cannot be a parameter: the server gets its longest valid head, and the
 	// exact byte-wise test is repeated here.
+	if f.Owner != "" && textHead(f.Owner) != f.Owner {
+		return nil, nil // owners are text: one PostgreSQL cannot store owns nothing
+	}
 	rows, err := db.QueryContext(ctx, locksQuery, textHead(f.Prefix), f.Owner)
 	if err != nil {
 		return nil, d.ClassifyError(err)

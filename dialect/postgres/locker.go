@@ -316,11 +316,35 @@ func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.
 // and so waits until tx ends, a takeover (which would delete it too) is
 // answered Blocked until then, and renewals of the lease go on. It also sets idle_in_transaction_session_timeout for the rest of tx, so
 // that the server ends tx (and its connection) if the holder pauses inside it.
+//
+// At REPEATABLE READ and SERIALIZABLE, sqldlm_fence reads the lease as of
+// tx's snapshot, and its FOR KEY SHARE lock does not conflict with, so does
+// not detect, a later update of non-key columns: a lease broken after the
+// snapshot was taken would pass. So Fence then also locks the lease FOR
+// SHARE, which fails with a serialization error (retry the transaction) if
+// the row changed since the snapshot, inside a savepoint that it rolls back
+// at once: that releases the lock, so renewals are not blocked for the rest
+// of tx.
 func (d postgresDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
-	var ok bool
-	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4)`,
-		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok)
-	return ok, d.ClassifyError(err)
+	var ok, readCommitted bool
+	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
+		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok, &readCommitted)
+	if err != nil || !ok || readCommitted {
+		return ok, d.ClassifyError(err)
+	}
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT sqldlm_fence`); err != nil {
+		return false, d.ClassifyError(err)
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT 1 FROM sqldlm_leases WHERE id = $1 FOR SHARE`, p.LeaseID); err != nil {
+		return false, d.ClassifyError(err)
+	}
+	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT sqldlm_fence`); err != nil {
+		return false, d.ClassifyError(err)
+	}
+	if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sqldlm_fence`); err != nil {
+		return false, d.ClassifyError(err)
+	}
+	return true, nil
 }
 
 // idleMillis rounds d up to whole milliseconds within PostgreSQL's integer

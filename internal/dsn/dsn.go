@@ -9,6 +9,7 @@
 package dsn
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -63,24 +64,28 @@ func Parse(raw string) (DSN, error) {
 }
 
 func parseMySQL(u *url.URL) (DSN, error) {
-	host := u.Host
-	if host == "" {
-		host = "127.0.0.1:3306"
-	} else if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), "3306")
+	host := "127.0.0.1:3306"
+	if u.Host != "" {
+		host = net.JoinHostPort(u.Hostname(), cmp.Or(u.Port(), "3306"))
 	}
 	db := strings.TrimPrefix(u.Path, "/")
 	if db == "" {
 		return DSN{}, errors.New("mysql DSN names no database: use mysql://user:pass@host:3306/DATABASE")
 	}
 	// Let the driver parse the query parameters (tls, timeout, loc, system
-	// variables), then set the parts that came from the URL.
-	cfg, err := mysql.ParseDSN("tcp(" + host + ")/" + db + "?" + u.RawQuery)
+	// variables), then set the parts that came from the URL: spliced into
+	// the driver's DSN, a database name with "?" or "/" (escaped in the
+	// URL) or a host with ")" would be cut or misread.
+	cfg, err := mysql.ParseDSN("/?" + u.RawQuery)
 	if err != nil {
 		return DSN{}, fmt.Errorf("mysql DSN parameters: %w", err)
 	}
+	cfg.Net, cfg.Addr, cfg.DBName = "tcp", host, db
 	cfg.User = u.User.Username()
 	cfg.Passwd, _ = u.User.Password()
+	if cfg.User == "" && cfg.Passwd != "" {
+		return DSN{}, errors.New("mysql DSN has a password but no user: use mysql://USER:pass@host:3306/db")
+	}
 	return DSN{Dialect: "mysql", DriverName: "mysql", DriverDSN: cfg.FormatDSN(), Host: host}, nil
 }
 

@@ -211,7 +211,7 @@ func (i *Instance) Start() error {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	watchdog(cmd.Process.Pid)
+	watchdog(cmd.Process.Pid, i.data)
 	i.cmd, i.done = cmd, done
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -556,12 +556,15 @@ func (i *Instance) LogTail(n int) string {
 // Pdeathsig not do it (once, a mariadbd outlived a test binary killed with
 // SIGKILL): a shell, deliberately not tied to the test's lifetime, polls
 // once a second and kills the server with SIGKILL when the test process is
-// gone; it exits by itself when the server does. Its PID-reuse window is
-// one second after the server's exit, and it only acts once the test
-// process is gone.
-func watchdog(pid int) {
-	script := `while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 1; done; kill -9 "$2"`
-	cmd := exec.Command("/bin/sh", "-c", script, "sqldlm-inst-watchdog", strconv.Itoa(os.Getpid()), strconv.Itoa(pid))
+// gone; it exits by itself when the server does. A PID is only ever killed
+// while its command line still names the instance's data directory (mark),
+// so a PID the kernel reused for another process (such as a shared server
+// restarted meanwhile) is never touched.
+func watchdog(pid int, mark string) {
+	script := `ours() { tr '\0' '\n' <"/proc/$2/cmdline" 2>/dev/null | grep -qF -- "$3"; }
+while kill -0 "$1" 2>/dev/null; do ours || exit 0; sleep 1; done
+ours && kill -9 "$2"`
+	cmd := exec.Command("/bin/sh", "-c", script, "sqldlm-inst-watchdog", strconv.Itoa(os.Getpid()), strconv.Itoa(pid), mark)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // out of the test's process group and its signals
 	if cmd.Start() == nil {
 		go func() { _ = cmd.Wait() }()

@@ -67,7 +67,11 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
 		return nil, fmt.Errorf("sqldlm: create lease: the database answered after the lease's TTL (%s)", c.cfg.TTL)
 	}
+	// The timer may fire before AfterFunc returns; checkDeadline and end
+	// read l.expiry under l.mu, so it is set under l.mu too.
+	l.mu.Lock()
 	l.expiry = time.AfterFunc(time.Until(l.deadline), l.checkDeadline)
+	l.mu.Unlock()
 	c.logger.Debug("sqldlm: lease created", "lease_id", l.id)
 	c.goroutines.Add(1)
 	go l.heartbeat()

@@ -139,32 +139,51 @@ func TestFastPathCost(t *testing.T) {
 	require.EqualValues(t, 0, c["Com_update"])
 	require.EqualValues(t, 1, e.count(db, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, a))
 	e.release(db, "hot", b, tok)
-	res = e.acquire(db, p)
-	require.Equal(t, dialect.Granted, res.Status)
-	require.EqualValues(t, 0, e.count(db, `SELECT COUNT(*) FROM sqldlm_waiters`), "the grant deleted the waiter row")
+	c = e.counted(db, 1, func() {
+		res = e.acquire(db, p)
+		require.Equal(t, dialect.Granted, res.Status)
+	})
+	t.Logf("first waiter granted: %v", nonzero(c))
+	require.EqualValues(t, 1, c["Com_commit"])
+	require.EqualValues(t, 0, c["Com_rollback"], "the fast path")
+	require.EqualValues(t, 1, c["Handler_delete"], "the waiter row")
+	require.EqualValues(t, 0, e.count(db, `SELECT COUNT(*) FROM sqldlm_waiters`))
 }
 
 // TestFastPathRespectsWaiters: a name free of holds but with a live waiter
-// queued is not granted to a newcomer (it is Blocked, behind one waiter);
-// the waiter is; with a queued waiter of a dead lease the newcomer is
-// granted.
+// queued is not granted to a newcomer (it is Blocked, behind one waiter),
+// nor to the second waiter; the first waiter is granted, its waiter row
+// deleted and the second's kept; with a queued waiter of a dead lease the
+// newcomer is granted.
 func TestFastPathRespectsWaiters(t *testing.T) {
 	e := newEnv(t)
 	a, b, c := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "b", time.Minute), e.lease(e.db.DB, "c", time.Minute)
 	tok := e.grant(e.db.DB, "n", a, X)
 	wait := dialect.AcquireParams{Name: "n", LeaseID: b, RequestID: rand.Int64(), Mode: X, Enqueue: true}
 	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, wait).Status)
+	second := dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: X, Enqueue: true}
+	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, second).Status)
 	e.release(e.db.DB, "n", a, tok)
 
 	for _, mode := range []dialect.Mode{X, S} {
 		res := e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: c, Mode: mode})
 		require.Equal(t, dialect.Blocked, res.Status, "mode %c", mode)
-		require.Equal(t, 1, res.Blocker.WaitersAhead)
+		require.Equal(t, 2, res.Blocker.WaitersAhead)
 		require.Empty(t, res.Blocker.Owner)
 	}
-	res := e.acquire(e.db.DB, wait)
+	res := e.acquire(e.db.DB, second)
+	require.Equal(t, dialect.Blocked, res.Status, "the second waiter")
+	require.Equal(t, 1, res.Blocker.WaitersAhead)
+	res = e.acquire(e.db.DB, wait)
 	require.Equal(t, dialect.Granted, res.Status)
+	require.Equal(t, 0, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, b))
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, c))
+	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, second).Status)
 	e.release(e.db.DB, "n", b, res.Token)
+	res = e.acquire(e.db.DB, second)
+	require.Equal(t, dialect.Granted, res.Status)
+	require.Equal(t, 0, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters`))
+	e.release(e.db.DB, "n", c, res.Token)
 
 	// A waiter of a dead lease does not count.
 	dead := e.lease(e.db.DB, "dead", 500*time.Millisecond)

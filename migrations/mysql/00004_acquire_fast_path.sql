@@ -3,33 +3,36 @@
 --
 -- sqldlm_acquire (not an upgrade) first reads, in one consistent read and
 -- without a row lock, whether its lease is live, whether the request already
--- has a hold or a waiter row, whether the name has any hold or waiter row at
--- all, and whether the name's sqldlm_locks row exists. Then:
+-- has a hold or a waiter row, whether the name is in use (any hold of it, or
+-- a waiter of it ahead of this request: one queued earlier, or any pending
+-- upgrade), and whether the name's sqldlm_locks row exists. Then:
 --
 --   - a repeated request returns the hold it obtained;
---   - a name with holds or waiters is probed with consistent reads only
---     (the conflicting hold that blocks longest, the live waiters ahead, the
---     request's own hold again): a blocked request rolls back a transaction
---     that wrote nothing and locked nothing, and inserts its waiter row only
---     if it has none yet;
---   - a name with neither (the common uncontended case) is granted with the
---     name's row locked FOR UPDATE SKIP LOCKED (inserted when missing: the
---     only statement of the fast path that can wait for a row lock, so the
---     only one run under the bounded innodb_lock_wait_timeout), the own
---     lease locked in share mode and checked live by SYSDATE(6) read after
---     the lock, and the name checked again for holds and waiters after the
---     name's row is locked (no grant of the name can commit meanwhile); then
---     the hold, the audit row if audit is on (the setting read once, in that
---     same statement), the name's token, COMMIT. No waiter delete (there is
---     none) and no no-op write.
+--   - a name in use is probed with consistent reads only (the conflicting
+--     hold that blocks longest, the live waiters ahead, the request's own
+--     hold again): a blocked request rolls back a transaction that wrote
+--     nothing and locked nothing, and inserts its waiter row only if it has
+--     none yet;
+--   - a name not in use (uncontended, or this request first in its queue)
+--     is granted with the name's row locked FOR UPDATE SKIP LOCKED
+--     (inserted when missing: the only statement of the fast path that can
+--     wait for another grant's row lock, so the only one run under the
+--     bounded innodb_lock_wait_timeout), the own lease locked in share mode
+--     and checked live by SYSDATE(6) read after the lock, and the name
+--     checked again, now that its row is locked (no grant of the name can
+--     commit meanwhile); then the hold, the audit row if audit is on (the
+--     setting read once, in that same statement), the name's token, the own
+--     waiter row's delete only if there is one, COMMIT. No no-op write.
 --
 -- Everything else (a dead or missing own lease, an upgrade, a conflicting
--- hold of a dead lease to take over, compatible shared holds, an own waiter
--- row to delete, the name's row locked by another transaction) goes through
--- the version 3 logic, sqldlm_acquire_decide, unchanged, with the same lock
--- wait bound as before. The fast path grants exactly when that logic would:
--- no hold and no waiter of the name at all, the own lease live after its
--- share lock, all read with the name's row locked.
+-- hold of a dead lease to take over, compatible shared holds, waiters ahead
+-- of dead leases or in compatible modes, the name's row locked by another
+-- transaction) goes through the version 3 logic, sqldlm_acquire_decide,
+-- unchanged, with the same lock wait bound as before. The fast path grants
+-- only where that logic grants too: no hold of the name at all, no waiter
+-- ahead of any mode or lease, the own lease live after its share lock, all
+-- read with the name's row locked; it refuses only on a conflicting hold or
+-- a conflicting live waiter ahead, as sqldlm_acquire_check does.
 --
 -- Sessions that wait on an uncommitted first insert of a name's row (by
 -- the fast path, sqldlm_acquire_decide or sqldlm_acquire_tx) get gap locks
@@ -44,8 +47,8 @@
 -- Every read of sqldlm_holders and sqldlm_waiters by name in sqldlm_acquire
 -- and sqldlm_acquire_check names its index (FORCE INDEX) and joins the
 -- leases after the holds or waiters (STRAIGHT_JOIN), so that the plan does
--- not change with the statistics (a client holding 100,000 locks of one
--- lease made stale statistics choose a scan).
+-- not change with the statistics, whatever a client holding many locks of
+-- one lease does to them.
 --
 -- sqldlm_release with audit off is the setting's read and the DELETE, with
 -- no nested CALL; the time zone is set only when an audit row is written.
@@ -155,7 +158,12 @@ BEGIN
                (SELECT MAX(id) FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
                  WHERE lease_id = p_lease AND request_id = p_request),
                EXISTS (SELECT 1 FROM sqldlm_holders FORCE INDEX (sqldlm_holders_name) WHERE name = p_name)
-               OR EXISTS (SELECT 1 FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_name) WHERE name = p_name),
+               OR EXISTS (SELECT 1 FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_name)
+                        WHERE name = p_name AND NOT (lease_id = p_lease AND request_id = p_request)
+                          AND (upgrade_token IS NOT NULL
+                               OR id < COALESCE((SELECT MAX(id) FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
+                                                  WHERE lease_id = p_lease AND request_id = p_request),
+                                                9223372036854775807))),
                (SELECT COUNT(*) FROM sqldlm_locks WHERE name = p_name)
           INTO v_live, v_token, v_waiter, v_used, v_row;
         IF NOT v_live THEN
@@ -197,8 +205,8 @@ BEGIN
             ELSEIF v_mode IS NOT NULL OR v_ahead > 0 THEN
                 SET v_status = 2;
             ELSE
-                -- Not blocked: a takeover, compatible holds, or the
-                -- request's own waiter row to delete.
+                -- Not blocked: a takeover, compatible holds, waiters ahead
+                -- of dead leases or in compatible modes.
                 SET v_owner = NULL, v_expires_us = NULL, v_ahead = 0;
             END IF;
             LEAVE fast;
@@ -229,19 +237,27 @@ BEGIN
         END IF;
         -- (3) The own lease in share mode (it cannot be broken or reaped
         -- until the commit), live by SYSDATE(6) read after the lock; the name
-        -- unused, read now that its row is locked; the audit setting.
+        -- free, read now that its row is locked; the own waiter row; the
+        -- audit setting.
         SET v_live = FALSE, v_used = TRUE;
         SELECT broken_at IS NULL AND expires_at > SYSDATE(6), owner,
                EXISTS (SELECT 1 FROM sqldlm_holders FORCE INDEX (sqldlm_holders_name) WHERE name = p_name)
-               OR EXISTS (SELECT 1 FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_name) WHERE name = p_name),
+               OR EXISTS (SELECT 1 FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_name)
+                        WHERE name = p_name AND NOT (lease_id = p_lease AND request_id = p_request)
+                          AND (upgrade_token IS NOT NULL
+                               OR id < COALESCE((SELECT MAX(id) FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
+                                                  WHERE lease_id = p_lease AND request_id = p_request),
+                                                9223372036854775807))),
+               (SELECT MAX(id) FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
+                 WHERE lease_id = p_lease AND request_id = p_request),
                (SELECT COALESCE(MAX(audit), FALSE) FROM sqldlm_settings WHERE id = 1)
-          INTO v_live, v_self, v_used, v_audit
+          INTO v_live, v_self, v_used, v_waiter, v_audit
           FROM sqldlm_leases WHERE id = p_lease LOCK IN SHARE MODE;
         IF NOT v_live OR v_used THEN
             LEAVE fast;
         END IF;
         -- (4) Grant: the hold (its AUTO_INCREMENT is the token), its audit
-        -- row, the name's token.
+        -- row, the name's token, the own waiter row if there is one.
         INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
         VALUES (p_name, p_lease, p_request, p_mode, SYSDATE(6), p_payload);
         SET v_token = LAST_INSERT_ID();
@@ -250,6 +266,9 @@ BEGIN
             VALUES (SYSDATE(6), 'grant', p_name, v_self, p_lease, v_token, p_mode, p_payload, '');
         END IF;
         UPDATE sqldlm_locks SET token = v_token, updated_at = SYSDATE(6) WHERE name = p_name;
+        IF v_waiter IS NOT NULL THEN
+            DELETE FROM sqldlm_waiters WHERE id = v_waiter;
+        END IF;
         COMMIT;
         SET v_status = 1, v_granted = TRUE;
     END fast;

@@ -186,11 +186,11 @@ func TestFastPathRespectsWaiters(t *testing.T) {
 	e.release(e.db.DB, "n", c, res.Token)
 
 	// A waiter of a dead lease does not count.
-	dead := e.lease(e.db.DB, "dead", 500*time.Millisecond)
+	dead := e.lease(e.db.DB, "dead", time.Second)
 	tok = e.grant(e.db.DB, "m", a, X)
 	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, dialect.AcquireParams{Name: "m", LeaseID: dead, Mode: X, Enqueue: true}).Status)
 	e.release(e.db.DB, "m", a, tok)
-	e.expire(500 * time.Millisecond)
+	e.expire(time.Second)
 	require.Equal(t, dialect.Granted, e.acquire(e.db.DB, dialect.AcquireParams{Name: "m", LeaseID: c, Mode: X}).Status)
 }
 
@@ -202,7 +202,7 @@ func TestFastPathRespectsWaiters(t *testing.T) {
 func TestFastPathTakesOver(t *testing.T) {
 	e := newEnv(t)
 	e.setAudit(true, time.Hour)
-	const ttl = 500 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", time.Minute)
 	tokFresh := e.acquire(e.db.DB, dialect.AcquireParams{Name: "fresh", LeaseID: a, Mode: X, Payload: "p1"}).Token
 	e.release(e.db.DB, "fresh", a, tokFresh)

@@ -153,7 +153,7 @@ func TestAcquireTxOldSnapshot(t *testing.T) {
 // and a lease that really expired is lost.
 func TestAcquireTxOldSnapshotOfOwnLease(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", ttl)
 	tx := e.begin(e.db.DB, sql.LevelRepeatableRead)
 	var snapshotExpiry int64
@@ -195,7 +195,7 @@ func TestAcquireTxOldSnapshotOfOwnLease(t *testing.T) {
 // after a rollback, takeover included.
 func TestAcquireTxVisibility(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a, c := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "c", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	old := e.grant(e.db.DB, "job", dead, X)
@@ -318,7 +318,7 @@ func TestPendingOutcome(t *testing.T) {
 // its renewal, and even a NOWAIT lock of it, go through at once.
 func TestAcquireTxLeaseStaysRenewable(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	e.grant(e.db.DB, "n", dead, X)
@@ -355,7 +355,7 @@ func TestAcquireTxLeaseStaysRenewable(t *testing.T) {
 // and Reap skips any row another transaction has locked.
 func TestReapDoesNotWaitForAcquireTx(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", ttl)
 	tx := e.begin(e.db.DB, sql.LevelReadCommitted)
 	req := rand.Int64()
@@ -575,7 +575,7 @@ func TestAuditDisabledWritesNothing(t *testing.T) {
 	s, err := d.AuditSettings(e.ctx, e.db.DB)
 	require.NoError(t, err)
 	require.Equal(t, dialect.AuditSettings{Enabled: false, Retention: 7 * 24 * time.Hour}, *s)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a, b := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "b", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	e.grant(e.db.DB, "t", dead, X)

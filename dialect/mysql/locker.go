@@ -24,11 +24,11 @@ package mysql
 //	             rows, lease
 //	Acquire      CALL sqldlm_acquire: START TRANSACTION, then (not an
 //	             upgrade) the fast path: one consistent read, no row lock:
-//	             own lease live?, hold and waiter row of this request?, any
-//	             hold or waiter of the name?, the name's row there? A
-//	             repeated request returns its hold. A name in use: the
-//	             conflicting hold that blocks longest, then the live waiters
-//	             ahead and this request's hold again (consistent reads);
+//	             own lease live?, waiter row of this request?, any hold of
+//	             the name or waiter ahead?, the name's row there? A name in
+//	             use: the conflicting hold that blocks longest, then the live
+//	             waiters ahead and this request's hold (a repeated request
+//	             returns it; consistent reads);
 //	             Blocked: ROLLBACK, [INSERT waiter unless it has one]. A
 //	             name unused: SELECT lock row FOR UPDATE SKIP LOCKED (or
 //	             INSERT it ... ON DUPLICATE KEY UPDATE, under a 1 s lock
@@ -78,8 +78,9 @@ package mysql
 //	Abandon      CALL sqldlm_abandon: SELECT the request's holds FOR UPDATE
 //	             (the result); [audit: release 'abandoned']; DELETE them;
 //	             DELETE its waiter
-//	Release      CALL sqldlm_release: SELECT audit setting; [audit: SELECT
-//	             hold FOR UPDATE, release]; DELETE hold
+//	Release      CALL sqldlm_release: DELETE hold unless audit is on (one
+//	             statement); [audit: SELECT hold FOR UPDATE, release; DELETE
+//	             hold]
 //	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: the same
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
 //	             live (no lock); UPDATE hold SET mode = 'S'; [audit:

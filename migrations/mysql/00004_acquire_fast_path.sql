@@ -2,15 +2,15 @@
 -- sqldlm_acquire, and plans that do not depend on the tables' statistics.
 --
 -- sqldlm_acquire (not an upgrade) first reads, in one consistent read and
--- without a row lock, whether its lease is live, whether the request already
--- has a hold or a waiter row, whether the name is in use (any hold of it, or
+-- without a row lock, whether its lease is live, whether the request has a
+-- waiter row, whether the name is in use (any hold of it, or
 -- a waiter of it ahead of this request: one queued earlier, or any pending
 -- upgrade), and whether the name's sqldlm_locks row exists. Then:
 --
---   - a repeated request returns the hold it obtained;
---   - a name in use is probed with consistent reads only (the conflicting
---     hold that blocks longest, the live waiters ahead, the request's own
---     hold again): a blocked request rolls back a transaction that wrote
+--   - a name in use (a repeated request's own hold included) is probed
+--     with consistent reads only (the conflicting hold that blocks longest,
+--     the live waiters ahead, the request's own hold: a repeated request
+--     returns it): a blocked request rolls back a transaction that wrote
 --     nothing and locked nothing, and inserts its waiter row only if it has
 --     none yet;
 --   - a name not in use (uncontended, or this request first in its queue)
@@ -50,8 +50,9 @@
 -- not change with the statistics, whatever a client holding many locks of
 -- one lease does to them.
 --
--- sqldlm_release with audit off is the setting's read and the DELETE, with
--- no nested CALL; the time zone is set only when an audit row is written.
+-- sqldlm_release with audit off is one DELETE (reading the setting in a
+-- subquery), with no nested CALL; the time zone is set only when an audit
+-- row is written.
 --
 -- Down restores the version 3 procedures as 00001 and 00003 define them.
 
@@ -153,8 +154,6 @@ BEGIN
         SET v_now = SYSDATE(6);
         SELECT (SELECT COUNT(*) FROM sqldlm_leases
                  WHERE id = p_lease AND broken_at IS NULL AND expires_at > v_now) > 0,
-               (SELECT MAX(token) FROM sqldlm_holders FORCE INDEX (sqldlm_holders_lease)
-                 WHERE lease_id = p_lease AND request_id = p_request),
                (SELECT MAX(id) FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
                  WHERE lease_id = p_lease AND request_id = p_request),
                EXISTS (SELECT 1 FROM sqldlm_holders FORCE INDEX (sqldlm_holders_name) WHERE name = p_name)
@@ -165,14 +164,12 @@ BEGIN
                                                   WHERE lease_id = p_lease AND request_id = p_request),
                                                 9223372036854775807))),
                (SELECT COUNT(*) FROM sqldlm_locks WHERE name = p_name)
-          INTO v_live, v_token, v_waiter, v_used, v_row;
+          INTO v_live, v_waiter, v_used, v_row;
         IF NOT v_live THEN
             LEAVE fast;
         END IF;
-        IF v_token IS NOT NULL THEN
-            SET v_status = 1;
-            LEAVE fast;
-        END IF;
+        -- (A hold this request already obtained is a hold of the name: the
+        -- probe below finds it.)
         SET v_queued = v_waiter IS NOT NULL;
         IF v_used THEN
             -- (2b) Blocked? sqldlm_acquire_check's reads, consistent, no
@@ -347,8 +344,9 @@ END
 -- +goose StatementEnd
 
 -- sqldlm_release deletes a hold and returns 1, or 0 if it did not exist. With
--- audit off: the setting's read and the DELETE; with audit on,
--- sqldlm_release_hold as in version 3.
+-- audit off it is one DELETE that reads the setting too; with audit on that
+-- DELETE deletes nothing and sqldlm_release_hold does the work, as in
+-- version 3.
 DROP PROCEDURE IF EXISTS sqldlm_release;
 -- +goose StatementBegin
 CREATE PROCEDURE sqldlm_release(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT)
@@ -364,13 +362,17 @@ BEGIN
     END;
     SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     START TRANSACTION;
-    SELECT COALESCE(MAX(audit), FALSE) INTO v_audit FROM sqldlm_settings WHERE id = 1;
-    IF v_audit THEN
-        SET time_zone = '+00:00';
-        CALL sqldlm_release_hold(p_name, p_lease, p_token, v_n);
-    ELSE
-        DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name;
-        SET v_n = ROW_COUNT();
+    -- With audit off, one statement; otherwise it deletes nothing.
+    DELETE FROM sqldlm_holders
+     WHERE token = p_token AND lease_id = p_lease AND name = p_name
+       AND NOT EXISTS (SELECT 1 FROM sqldlm_settings WHERE id = 1 AND audit);
+    SET v_n = ROW_COUNT();
+    IF v_n = 0 THEN
+        SELECT COALESCE(MAX(audit), FALSE) INTO v_audit FROM sqldlm_settings WHERE id = 1;
+        IF v_audit THEN
+            SET time_zone = '+00:00';
+            CALL sqldlm_release_hold(p_name, p_lease, p_token, v_n);
+        END IF;
     END IF;
     COMMIT;
     SET time_zone = saved_tz;

@@ -22,8 +22,25 @@ package mysql
 //	             its holds' names FOR UPDATE (the result); [audit: release
 //	             'lease closed' per hold]; DELETE holds, waiters, pending
 //	             rows, lease
-//	Acquire      CALL sqldlm_acquire: START TRANSACTION, then
-//	             sqldlm_acquire_decide. Phase 1, consistent reads, no row
+//	Acquire      CALL sqldlm_acquire: START TRANSACTION, then (not an
+//	             upgrade) the fast path: one consistent read, no row lock:
+//	             own lease live?, waiter row of this request?, any hold of
+//	             the name or waiter ahead?, the name's row there? A name in
+//	             use: the conflicting hold that blocks longest, then the live
+//	             waiters ahead and this request's hold (a repeated request
+//	             returns it; consistent reads);
+//	             Blocked: ROLLBACK, [INSERT waiter unless it has one]. A
+//	             name unused: SELECT lock row FOR UPDATE SKIP LOCKED (or
+//	             INSERT it ... ON DUPLICATE KEY UPDATE, under a 1 s lock
+//	             wait bound); SELECT own lease LOCK IN SHARE MODE, live by
+//	             SYSDATE(6), with the name's holds and waiters again and
+//	             the audit setting; INSERT hold; [audit: grant]; UPDATE
+//	             lock row; COMMIT. Anything else (a lease not live, an
+//	             upgrade, a takeover, compatible holds, an own waiter row,
+//	             the lock row locked) rolls back and runs the full path,
+//	             under the 1 s lock wait bound: START TRANSACTION,
+//	             sqldlm_acquire_decide (retried twice after a deadlock).
+//	             Phase 1, consistent reads, no row
 //	             locks: own lease live?; hold of this request (idempotent
 //	             retry)?; [upgrade: own shared hold?, other live upgrade
 //	             waiter?]; the conflicting hold that blocks longest (of a
@@ -61,8 +78,9 @@ package mysql
 //	Abandon      CALL sqldlm_abandon: SELECT the request's holds FOR UPDATE
 //	             (the result); [audit: release 'abandoned']; DELETE them;
 //	             DELETE its waiter
-//	Release      CALL sqldlm_release: [audit: SELECT hold FOR UPDATE,
-//	             release]; DELETE hold
+//	Release      CALL sqldlm_release: DELETE hold unless audit is on (one
+//	             statement); [audit: SELECT hold FOR UPDATE, release; DELETE
+//	             hold]
 //	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: the same
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
 //	             live (no lock); UPDATE hold SET mode = 'S'; [audit:

@@ -320,7 +320,7 @@ func TestFenceBoundsIdleTransaction(t *testing.T) {
 // looks expired in that snapshot gives a retryable error, not a lost lock.
 func TestFenceOldSnapshot(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", ttl)
 	tok := e.grant(e.db.DB, "n", a, dialect.Exclusive)
 	ref := &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}
@@ -361,7 +361,7 @@ func TestFenceOldSnapshot(t *testing.T) {
 // holder's own upgrade answers Blocked until the fenced transaction ends.
 func TestPinnedHoldsAreNotWaitedFor(t *testing.T) {
 	e := newEnv(t)
-	dead, a := e.lease(e.db.DB, "dead", 200*time.Millisecond), e.lease(e.db.DB, "a", time.Minute)
+	dead, a := e.lease(e.db.DB, "dead", time.Second), e.lease(e.db.DB, "a", time.Minute)
 	td := e.grant(e.db.DB, "d", dead, dialect.Exclusive)
 	ta := e.grant(e.db.DB, "s", a, dialect.Shared)
 	tx, err := e.db.BeginTx(e.ctx, nil)
@@ -372,7 +372,7 @@ func TestPinnedHoldsAreNotWaitedFor(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
-	e.expire(200 * time.Millisecond)
+	e.expire(time.Second)
 
 	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
 	defer cancel()
@@ -451,7 +451,7 @@ func TestOverlongNameIsRejected(t *testing.T) {
 // leases as they were before it; a repeat of that request reports none.
 func TestTakeoverReportsOnlyCommittedGrants(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	ids := []int64{rand.Int64N(1 << 40), 1<<40 + rand.Int64N(1<<40), 2<<40 + rand.Int64N(1<<40)}
 	orphan, low, high := ids[0], ids[1], ids[2]
 	for _, id := range []int64{low, high} {

@@ -153,7 +153,7 @@ func TestAcquireTxOldSnapshot(t *testing.T) {
 // and a lease that really expired is lost.
 func TestAcquireTxOldSnapshotOfOwnLease(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", ttl)
 	tx := e.begin(e.db.DB, sql.LevelRepeatableRead)
 	var snapshotExpiry int64
@@ -195,7 +195,7 @@ func TestAcquireTxOldSnapshotOfOwnLease(t *testing.T) {
 // after a rollback, takeover included.
 func TestAcquireTxVisibility(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a, c := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "c", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	old := e.grant(e.db.DB, "job", dead, X)
@@ -318,7 +318,7 @@ func TestPendingOutcome(t *testing.T) {
 // its renewal, and even a NOWAIT lock of it, go through at once.
 func TestAcquireTxLeaseStaysRenewable(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	e.grant(e.db.DB, "n", dead, X)
@@ -355,7 +355,7 @@ func TestAcquireTxLeaseStaysRenewable(t *testing.T) {
 // and Reap skips any row another transaction has locked.
 func TestReapDoesNotWaitForAcquireTx(t *testing.T) {
 	e := newEnv(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a := e.lease(e.db.DB, "a", ttl)
 	tx := e.begin(e.db.DB, sql.LevelReadCommitted)
 	req := rand.Int64()
@@ -423,7 +423,7 @@ func TestAuditRows(t *testing.T) {
 	odd := e.pool(url.Values{"time_zone": {"'-07:00'"}})
 	before, err := d.Now(e.ctx, e.db.DB)
 	require.NoError(t, err)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second // carol's lease: three grants must fit in it, on a loaded machine
 	alice, bob := e.lease(odd, "alice", time.Minute), e.lease(odd, "bob", time.Minute)
 	var want []auditRow
 
@@ -575,7 +575,7 @@ func TestAuditDisabledWritesNothing(t *testing.T) {
 	s, err := d.AuditSettings(e.ctx, e.db.DB)
 	require.NoError(t, err)
 	require.Equal(t, dialect.AuditSettings{Enabled: false, Retention: 7 * 24 * time.Hour}, *s)
-	const ttl = 200 * time.Millisecond
+	const ttl = time.Second
 	a, b := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "b", time.Minute)
 	dead := e.lease(e.db.DB, "dead", ttl)
 	e.grant(e.db.DB, "t", dead, X)
@@ -667,50 +667,16 @@ func TestReapPrunesAudit(t *testing.T) {
 	require.Error(t, err, "one row")
 }
 
-// TestMigrateDownRestoresVersion2: after up to 3 and down to 2, the routines,
-// tables and views are exactly those of a schema migrated to 2 only.
+// TestMigrateDownRestoresVersion2: after up to the latest version and down
+// to 2, the routines, tables and views are exactly those of a schema
+// migrated to 2 only.
 func TestMigrateDownRestoresVersion2(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	v2 := testdb.Open(t, testdb.MySQL)
-	p, err := migrations.NewProvider(v2.DB, d)
-	require.NoError(t, err)
-	_, err = p.UpTo(ctx, 2)
-	require.NoError(t, err)
-	down := testdb.OpenMigrated(t, testdb.MySQL)
-	_, err = migrations.DownTo(ctx, down.DB, d, 2)
-	require.NoError(t, err)
-	v, err := migrations.Current(ctx, down.DB, d)
-	require.NoError(t, err)
-	require.EqualValues(t, 2, v)
-
-	schema := func(db *sql.DB) []string {
-		t.Helper()
-		var out []string
-		for _, q := range []string{
-			`SELECT CONCAT(ROUTINE_NAME, ' ', SQL_MODE, ' ', ROUTINE_DEFINITION) FROM information_schema.ROUTINES
-			  WHERE ROUTINE_SCHEMA = DATABASE() ORDER BY ROUTINE_NAME`,
-			`SELECT CONCAT(SPECIFIC_NAME, ' ', ORDINAL_POSITION, ' ', COALESCE(PARAMETER_NAME, ''), ' ', DTD_IDENTIFIER)
-			   FROM information_schema.PARAMETERS WHERE SPECIFIC_SCHEMA = DATABASE() ORDER BY SPECIFIC_NAME, ORDINAL_POSITION`,
-			`SELECT TABLE_NAME FROM information_schema.TABLES
-			  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'sqldlm_schema_version' ORDER BY TABLE_NAME`,
-		} {
-			rows, err := db.QueryContext(ctx, q)
-			require.NoError(t, err)
-			for rows.Next() {
-				var s string
-				require.NoError(t, rows.Scan(&s))
-				out = append(out, s)
-			}
-			require.NoError(t, rows.Err())
-			require.NoError(t, rows.Close())
-		}
-		return out
-	}
-	want := schema(v2.DB)
+	want, down := migratedDown(t, ctx, 2)
 	require.Contains(t, want, "sqldlm_leases_view")
-	require.Equal(t, want, schema(down.DB))
+	require.Equal(t, want, schemaOf(t, ctx, down))
 
 	// And the version 2 routines work: Reap returns its four counts.
 	var cols []string
@@ -720,6 +686,51 @@ func TestMigrateDownRestoresVersion2(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, rows.Close())
 	require.Equal(t, []string{"leases", "holds", "waiters", "idle_locks"}, cols)
-	_, err = migrations.Up(ctx, down.DB, d)
+	_, err = migrations.Up(ctx, down, d)
 	require.NoError(t, err, "and up again")
+}
+
+// migratedDown returns the schema (schemaOf) of a database migrated up to
+// version only, and another database migrated up to the latest version and
+// then down to version.
+func migratedDown(t *testing.T, ctx context.Context, version int64) ([]string, *sql.DB) {
+	t.Helper()
+	only := testdb.Open(t, testdb.MySQL)
+	p, err := migrations.NewProvider(only.DB, d)
+	require.NoError(t, err)
+	_, err = p.UpTo(ctx, version)
+	require.NoError(t, err)
+	down := testdb.OpenMigrated(t, testdb.MySQL)
+	_, err = migrations.DownTo(ctx, down.DB, d, version)
+	require.NoError(t, err)
+	v, err := migrations.Current(ctx, down.DB, d)
+	require.NoError(t, err)
+	require.Equal(t, version, v)
+	return schemaOf(t, ctx, only.DB), down.DB
+}
+
+// schemaOf lists db's routines (with their sql_mode and text), their
+// parameters, and its tables and views.
+func schemaOf(t *testing.T, ctx context.Context, db *sql.DB) []string {
+	t.Helper()
+	var out []string
+	for _, q := range []string{
+		`SELECT CONCAT(ROUTINE_NAME, ' ', SQL_MODE, ' ', ROUTINE_DEFINITION) FROM information_schema.ROUTINES
+		  WHERE ROUTINE_SCHEMA = DATABASE() ORDER BY ROUTINE_NAME`,
+		`SELECT CONCAT(SPECIFIC_NAME, ' ', ORDINAL_POSITION, ' ', COALESCE(PARAMETER_NAME, ''), ' ', DTD_IDENTIFIER)
+		   FROM information_schema.PARAMETERS WHERE SPECIFIC_SCHEMA = DATABASE() ORDER BY SPECIFIC_NAME, ORDINAL_POSITION`,
+		`SELECT TABLE_NAME FROM information_schema.TABLES
+		  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'sqldlm_schema_version' ORDER BY TABLE_NAME`,
+	} {
+		rows, err := db.QueryContext(ctx, q)
+		require.NoError(t, err)
+		for rows.Next() {
+			var s string
+			require.NoError(t, rows.Scan(&s))
+			out = append(out, s)
+		}
+		require.NoError(t, rows.Err())
+		require.NoError(t, rows.Close())
+	}
+	return out
 }

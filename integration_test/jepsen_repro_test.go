@@ -4,7 +4,6 @@ package integration_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -14,7 +13,8 @@ import (
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
-// Found by TestJepsen on MariaDB (a waiter row left after the final phase):
+// Found by TestJepsen on MariaDB (a waiter row left after the final phase),
+// in schema versions up to 4 as first written:
 // sqldlm_acquire decides in one transaction, rolls it back, and inserts the
 // waiter row of a blocked request in a second transaction that does not
 // check (or lock) the lease. A lease deleted in between (by the reaper, or
@@ -23,14 +23,13 @@ import (
 // lease, and the client, on LeaseLost, leaves them to the lease's deletion.
 // The PostgreSQL function locks the lease FOR KEY SHARE before the insert.
 //
-// Here the insert is made to wait (a row of the same request, uncommitted
-// in another session) while that session deletes the lease as the reaper
-// does. A known bug, run only with SQLDLM_TEST_KNOWN_BUGS=1 until it is
-// fixed; then drop the condition (and TestJepsen's exemption).
+// The fix: the insert's transaction first locks the lease in share mode and
+// enqueues only if it is live. Here another session does what the reaper
+// does (lock the lease FOR UPDATE, delete its waiters and the lease, commit)
+// while a blocked request is being enqueued: the enqueue must wait for the
+// lease's lock, then find the lease gone and report the lease lost, leaving
+// no waiter row. Without the fix the enqueue does not wait at all.
 func TestMySQLWaiterOfDeletedLease(t *testing.T) {
-	if os.Getenv("SQLDLM_TEST_KNOWN_BUGS") != "1" {
-		t.Skip("known bug in the MariaDB sqldlm_acquire (a waiter row outlives its deleted lease); SQLDLM_TEST_KNOWN_BUGS=1 runs it")
-	}
 	db := testdb.OpenMigrated(t, testdb.MySQL)
 	d := db.Dialect
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -48,34 +47,44 @@ func TestMySQLWaiterOfDeletedLease(t *testing.T) {
 	defer other.Close()
 	_, err = other.ExecContext(ctx, `START TRANSACTION`)
 	require.NoError(t, err)
-	_, err = other.ExecContext(ctx, `INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, since) VALUES ('x', ?, 42, 'X', NOW(6))`, waiter)
-	require.NoError(t, err)
+	var id int64
+	require.NoError(t, other.QueryRowContext(ctx, `SELECT id FROM sqldlm_leases WHERE id = ? FOR UPDATE`, waiter).Scan(&id))
 
-	done := make(chan error, 1)
+	type outcome struct {
+		res *dialect.AcquireResult
+		err error
+	}
+	done := make(chan outcome, 1)
 	go func() {
-		_, err := d.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: "x", LeaseID: waiter, RequestID: 42, Mode: dialect.Exclusive, Enqueue: true})
-		done <- err
+		res, err := d.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: "x", LeaseID: waiter, RequestID: 42, Mode: dialect.Exclusive, Enqueue: true})
+		done <- outcome{res, err}
 	}()
 	for {
 		var n int
-		require.NoError(t, db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'`).Scan(&n))
+		// The lease is read by primary key, so the statement waits for its
+		// lock while being optimised (state "Statistics"), which
+		// information_schema.innodb_trx does not show as a lock wait.
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.processlist
+			WHERE db = DATABASE() AND id <> CONNECTION_ID() AND info LIKE '%FROM sqldlm_leases%'`).Scan(&n))
 		if n > 0 {
-			break // the waiter insert waits for the other session's row
+			break // the enqueue waits for the lease's lock
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("the acquire returned without waiting: %v", err)
+		case o := <-done:
+			t.Fatalf("the blocked request was enqueued without locking its lease: %+v, %v", o.res, o.err)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	// What the reaper does to a dead lease.
+	// What the reaper does to a dead lease, having locked it.
 	for _, stmt := range []string{`DELETE FROM sqldlm_waiters WHERE lease_id = ?`, `DELETE FROM sqldlm_leases WHERE id = ?`} {
 		_, err = other.ExecContext(ctx, stmt, waiter)
 		require.NoError(t, err)
 	}
 	_, err = other.ExecContext(ctx, `COMMIT`)
 	require.NoError(t, err)
-	require.NoError(t, <-done)
+	o := <-done
+	require.NoError(t, o.err)
+	require.Equal(t, dialect.LeaseLost, o.res.Status, "a request of a deleted lease")
 	var orphans int
 	require.NoError(t, db.QueryRowContext(ctx,
 		`SELECT COUNT(*) FROM sqldlm_waiters w WHERE NOT EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = w.lease_id)`).Scan(&orphans))

@@ -279,23 +279,14 @@ func (r *jepsenRun) run() {
 			liveness = append(liveness, fmt.Sprintf("liveness: %d %s left after TTL + reap interval", n, c.what))
 		}
 	}
-	// Waiter rows of leases that no longer exist: nothing ever deletes them
-	// (the reaper goes by lease). MariaDB's sqldlm_acquire inserts a waiter
-	// row in a transaction of its own without checking that the lease
-	// still exists, so a lease reaped (or deleted) meanwhile leaves one
-	// behind: a known bug (TestMySQLWaiterOfDeletedLease reproduces it),
-	// reported rather than failed until it is fixed, unless
-	// SQLDLM_TEST_KNOWN_BUGS=1.
+	// Waiter rows of leases that no longer exist: nothing would ever delete
+	// them (the reaper goes by lease). MariaDB's sqldlm_acquire once left
+	// such rows (TestMySQLWaiterOfDeletedLease guards the fix).
 	var orphans int
 	require.NoError(t, r.db.QueryRowContext(ctx,
 		`SELECT COUNT(*) FROM sqldlm_waiters w WHERE NOT EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = w.lease_id)`).Scan(&orphans))
 	if orphans > 0 {
-		msg := fmt.Sprintf("liveness: %d waiter rows of leases that no longer exist", orphans)
-		if r.kind == testdb.MySQL && os.Getenv("SQLDLM_TEST_KNOWN_BUGS") != "1" {
-			t.Logf("%s: KNOWN BUG, not failed (see TestMySQLWaiterOfDeletedLease): %s", r.kind, msg)
-		} else {
-			liveness = append(liveness, msg)
-		}
+		liveness = append(liveness, fmt.Sprintf("liveness: %d waiter rows of leases that no longer exist", orphans))
 	}
 	if len(liveness) > 0 || orphans > 0 {
 		r.dumpLeftovers(ctx)

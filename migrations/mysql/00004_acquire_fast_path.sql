@@ -328,11 +328,24 @@ BEGIN
         ROLLBACK;
     END IF;
     IF v_status = 2 AND p_enqueue AND NOT v_queued THEN
+        -- The decision above was taken in a transaction that has ended: the
+        -- lease may have died, and been deleted with its waiter rows, since.
+        -- Lock it in share mode (lease before waiter rows, the order
+        -- sqldlm_delete_lease and sqldlm_reap lock in) and enqueue only if it
+        -- is still live, so that no waiter row outlives its lease.
+        SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
         START TRANSACTION;
-        INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
-        VALUES (p_name, p_lease, p_request, p_mode, NULLIF(p_upgrade, 0), SYSDATE(6))
-            ON DUPLICATE KEY UPDATE lease_id = lease_id;
-        COMMIT;
+        SELECT COUNT(*) > 0 INTO v_live FROM sqldlm_leases
+         WHERE id = p_lease AND broken_at IS NULL AND expires_at > SYSDATE(6) LOCK IN SHARE MODE;
+        IF v_live THEN
+            INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
+            VALUES (p_name, p_lease, p_request, p_mode, NULLIF(p_upgrade, 0), SYSDATE(6))
+                ON DUPLICATE KEY UPDATE lease_id = lease_id;
+            COMMIT;
+        ELSE
+            ROLLBACK;
+            SET v_status = 3, v_owner = NULL, v_mode = NULL, v_expires_us = NULL, v_ahead = 0;
+        END IF;
     END IF;
     SET time_zone = saved_tz;
     IF v_bounded THEN

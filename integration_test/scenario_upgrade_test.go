@@ -69,7 +69,16 @@ func TestS20UpgradeUnderFaults(t *testing.T) {
 				}()
 			}
 			close(start)
-			first := <-results
+			var first struct {
+				i   int
+				err error
+				at  time.Time
+			}
+			select {
+			case first = <-results:
+			case <-time.After(10 * time.Second):
+				t.Fatal("neither upgrader was refused at once")
+			}
 			require.ErrorIs(t, first.err, sqldlm.ErrUpgradeConflict, "the first to return is the refused one, at once")
 			loser, winner := shared[first.i], shared[1-first.i]
 			require.Equal(t, sqldlm.Shared, loser.Mode())

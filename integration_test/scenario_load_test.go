@@ -48,6 +48,15 @@ func TestS11CancellationStorm(t *testing.T) {
 				require.NoError(t, err)
 				require.NoError(t, l.Release(ctx))
 			}
+			// The MySQL driver runs a goroutine per open connection: close the
+			// idle ones before counting.
+			closeIdle := func() {
+				for _, p := range pools {
+					p.SetMaxIdleConns(0)
+					p.SetMaxIdleConns(2)
+				}
+			}
+			closeIdle()
 			baseline := runtime.NumGoroutine()
 			inUse := make([]int, len(pools)) // the PostgreSQL listener keeps one
 			for i, p := range pools {
@@ -65,12 +74,15 @@ func TestS11CancellationStorm(t *testing.T) {
 					default:
 					}
 					l, err := clients[2].Lock(ctx, fmt.Sprintf("s11/%d", i%4), sqldlm.Exclusive)
+					if errors.Is(err, sqldlm.ErrLost) {
+						continue // its lease was lost under load (SQLite, -race): it gets a new one
+					}
 					if err != nil {
 						t.Errorf("cycler: %v", err)
 						return
 					}
 					time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond) // hold it a while
-					if err := l.Release(ctx); err != nil {
+					if err := l.Release(ctx); err != nil && !errors.Is(err, sqldlm.ErrLost) {
 						t.Errorf("cycler: %v", err)
 						return
 					}
@@ -121,6 +133,7 @@ func TestS11CancellationStorm(t *testing.T) {
 			}, 10*time.Second, 10*time.Millisecond, "no connection is left in use")
 			var now int
 			if !assert.Eventually(t, func() bool {
+				closeIdle()
 				now = runtime.NumGoroutine()
 				return now <= baseline+2
 			}, 10*time.Second, 10*time.Millisecond, "goroutines back to baseline") {
@@ -221,7 +234,9 @@ func TestS21ManyLocksOneRenewal(t *testing.T) {
 				}, 10*time.Second, 100*time.Millisecond)
 				lease1, holder1 := stat()
 				t.Logf("%s: server statistics: %d lease row updates, %d hold row updates", kind, lease1-lease0, holder1-holder0)
-				require.LessOrEqual(t, lease1-lease0, d.renewals.Load()-r0, "one lease row update per renewal")
+				// (+2: the statistics of a renewal just before the baseline may
+				// reach the view after it.)
+				require.LessOrEqual(t, lease1-lease0, d.renewals.Load()-r0+2, "one lease row update per renewal")
 				require.Zero(t, holder1-holder0, "a renewal touches no hold row")
 			}
 			rel := time.Now()

@@ -232,6 +232,19 @@ func TestS10IndeterminateGrant(t *testing.T) {
 			keep, err := c.Lock(ctx, "s10/keep", sqldlm.Exclusive) // the lease exists, and lives on
 			require.NoError(t, err)
 
+			// holdCommitted waits (from a goroutine: no require) until a hold
+			// of name has committed, for at most 20s.
+			holdCommitted := func(name string) bool {
+				for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+					var n int
+					err := db.QueryRowContext(ctx, q(kind, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`), name).Scan(&n)
+					if err == nil && n > 0 {
+						return true
+					}
+					time.Sleep(2 * time.Millisecond) // polling the server
+				}
+				return false
+			}
 			for _, giveUp := range []bool{false, true} {
 				name := "s10/retry"
 				callCtx := ctx
@@ -242,9 +255,7 @@ func TestS10IndeterminateGrant(t *testing.T) {
 					defer cancelCall()
 					go func() {
 						// Give up once the grant has committed unseen.
-						for count(t, db, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`, name) == 0 {
-							time.Sleep(2 * time.Millisecond)
-						}
+						holdCommitted(name)
 						cancelCall()
 					}()
 				}
@@ -254,8 +265,8 @@ func TestS10IndeterminateGrant(t *testing.T) {
 					defer close(done)
 					// The grant commits on the server; its answer is lost. Then
 					// the connections are closed.
-					for count(t, db, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`, name) == 0 {
-						time.Sleep(2 * time.Millisecond)
+					if !holdCommitted(name) {
+						t.Errorf("the grant of %s never committed", name)
 					}
 					time.Sleep(50 * time.Millisecond) // let the call notice nothing, as a lost answer does
 					proxy.DropReplies(false)
@@ -270,6 +281,9 @@ func TestS10IndeterminateGrant(t *testing.T) {
 					var token int64
 					require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM sqldlm_holders WHERE name = ?`), name).Scan(&token))
 					require.Equal(t, token, l.Token(), "the handle is that grant's")
+					var high int64
+					require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM sqldlm_locks WHERE name = ?`), name).Scan(&high))
+					require.Equal(t, token, high, "the retry granted nothing more: the name's highest token is the handle's")
 					require.NoError(t, fencedWrite(ctx, flaky.DB, kind, l, "s10"))
 					require.NoError(t, l.Release(ctx))
 					require.True(t, isFree(ctx, t, other, name))

@@ -1,9 +1,14 @@
 package sqldlm
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strings"
 	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -89,3 +94,59 @@ func (e *LockedError) Error() string {
 
 // Unwrap returns ErrLocked.
 func (e *LockedError) Unwrap() error { return ErrLocked }
+
+// OpError is the error of a lock operation that did not succeed: it names
+// the operation ("lock", "trylock", "upgrade", ...) and the lock, and wraps
+// the cause. Match the cause with errors.Is (ErrLost, ErrClosed,
+// context.DeadlineExceeded, ...) or errors.As (a *dialect.Error carries the
+// driver's code). A *LockedError is returned as it is: it names the lock.
+type OpError struct {
+	Op   string
+	Name string
+	Err  error
+}
+
+func (e *OpError) Error() string {
+	return fmt.Sprintf("sqldlm: %s %q: %s", e.Op, e.Name, strings.TrimPrefix(e.Err.Error(), "sqldlm: "))
+}
+
+// Unwrap returns the cause.
+func (e *OpError) Unwrap() error { return e.Err }
+
+// opError wraps err (if not nil) in an *OpError naming op and name, unless
+// it already names the lock.
+func opError(op, name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var oe *OpError
+	if errors.As(err, &oe) && oe.Name == name {
+		return err
+	}
+	var le *LockedError
+	if errors.As(err, &le) {
+		return err
+	}
+	return &OpError{Op: op, Name: name, Err: err}
+}
+
+// retryStatement runs one idempotent single-statement operation, again
+// after a deadlock, a serialization failure or a lock wait timeout (the
+// statement was rolled back: running it again is safe), a few times.
+func retryStatement[T any](ctx context.Context, run func() (T, error)) (T, error) {
+	wait := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		v, err := run()
+		if err == nil || !dialect.IsRetryable(err) || attempt == 5 {
+			return v, err
+		}
+		t := time.NewTimer(wait + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return v, err
+		case <-t.C:
+		}
+		wait *= 2
+	}
+}

@@ -186,7 +186,8 @@ func (l *Lock) ref() *dialect.HoldRef {
 // It returns ErrInvalidName for a bad name, ctx's error when ctx ends first,
 // and ErrClosed when the client is closed.
 func (c *Client) Lock(ctx context.Context, name string, mode Mode, opts ...LockOption) (*Lock, error) {
-	return c.acquire(ctx, name, mode, true, opts)
+	l, err := c.acquire(ctx, name, mode, true, opts)
+	return l, opError("lock", name, err)
 }
 
 // TryLock acquires name in mode if that is possible at once. Otherwise it
@@ -195,7 +196,8 @@ func (c *Client) Lock(ctx context.Context, name string, mode Mode, opts ...LockO
 // As with sync.Mutex.TryLock, a program that polls with TryLock usually
 // wants Lock with a deadline instead: it keeps its place in the queue.
 func (c *Client) TryLock(ctx context.Context, name string, mode Mode, opts ...LockOption) (*Lock, error) {
-	return c.acquire(ctx, name, mode, false, opts)
+	l, err := c.acquire(ctx, name, mode, false, opts)
+	return l, opError("trylock", name, err)
 }
 
 // Do acquires name in mode (waiting as Lock does), runs fn, and releases the
@@ -268,7 +270,7 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool,
 		}
 		// The lease ended while the grant was in flight: the grant is
 		// worthless, and is released with the lease.
-		err = fmt.Errorf("sqldlm: lock %q: the lease ended as it was granted: %w", name, ErrLost)
+		err = fmt.Errorf("the lease ended as it was granted: %w", ErrLost)
 	}
 	c.hooks.AcquireFailed(name, mode, time.Since(start), err)
 	return nil, err
@@ -416,6 +418,10 @@ func (c *Client) reportTakeover(name string, mode Mode, token int64, taken []dia
 // Commit or roll back a transaction fenced with [Lock.Fence] before
 // releasing: the release waits for it.
 func (l *Lock) Release(ctx context.Context) error {
+	return opError("release", l.name, l.release(ctx))
+}
+
+func (l *Lock) release(ctx context.Context) error {
 	l.mu.Lock()
 	if l.dropped {
 		defer l.mu.Unlock()
@@ -485,15 +491,19 @@ func (l *Lock) Payload() string {
 // is doing now. It returns ErrLost if the lock was lost, ErrInvalidPayload
 // for a bad payload.
 func (l *Lock) SetPayload(ctx context.Context, p string) error {
+	return opError("set payload of", l.name, l.setPayload(ctx, p))
+}
+
+func (l *Lock) setPayload(ctx context.Context, p string) error {
 	if err := ValidatePayload(p); err != nil {
 		return err
 	}
 	if err := l.settled(ctx); err != nil {
 		return err
 	}
-	ok, err := l.c.dialect.SetPayload(ctx, l.c.db, l.ref(), p)
+	ok, err := retryStatement(ctx, func() (bool, error) { return l.c.dialect.SetPayload(ctx, l.c.db, l.ref(), p) })
 	if err != nil {
-		return fmt.Errorf("sqldlm: set payload of %q: %w", l.name, err)
+		return err
 	}
 	if !ok {
 		l.lost()
@@ -515,12 +525,16 @@ func (l *Lock) SetPayload(ctx context.Context, p string) error {
 // It returns ErrLost (or ErrReleased) if the lock is no longer held: roll
 // tx back.
 func (l *Lock) ReleaseTx(ctx context.Context, tx *sql.Tx) error {
+	return opError("release in transaction", l.name, l.releaseTx(ctx, tx))
+}
+
+func (l *Lock) releaseTx(ctx context.Context, tx *sql.Tx) error {
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
 	ok, err := l.c.dialect.ReleaseTx(ctx, tx, l.ref())
 	if err != nil {
-		return fmt.Errorf("sqldlm: release %q in transaction: %w", l.name, err)
+		return err
 	}
 	if !ok {
 		l.lost()
@@ -545,6 +559,10 @@ func (l *Lock) setRelErr(err error) {
 // of the two waiting for each other forever). If ctx ends first, the lock
 // stays shared. Upgrading an exclusive lock does nothing.
 func (l *Lock) Upgrade(ctx context.Context) error {
+	return opError("upgrade", l.name, l.upgrade(ctx))
+}
+
+func (l *Lock) upgrade(ctx context.Context) error {
 	if err := l.settled(ctx); err != nil {
 		return err
 	}
@@ -582,6 +600,10 @@ func (l *Lock) Upgrade(ctx context.Context) error {
 // and lets waiting shared requests in. It never waits for other holders.
 // Downgrading a shared lock does nothing.
 func (l *Lock) Downgrade(ctx context.Context) error {
+	return opError("downgrade", l.name, l.downgrade(ctx))
+}
+
+func (l *Lock) downgrade(ctx context.Context) error {
 	if err := l.settled(ctx); err != nil {
 		return err
 	}
@@ -594,9 +616,9 @@ func (l *Lock) Downgrade(ctx context.Context) error {
 	if mode == Shared {
 		return nil
 	}
-	ok, err := l.c.dialect.Downgrade(ctx, l.c.db, l.ref())
+	ok, err := retryStatement(ctx, func() (bool, error) { return l.c.dialect.Downgrade(ctx, l.c.db, l.ref()) })
 	if err != nil {
-		return fmt.Errorf("sqldlm: downgrade %q: %w", l.name, err)
+		return err
 	}
 	if !ok {
 		l.lost()
@@ -626,12 +648,16 @@ func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
 	if mutantFenceUnchecked {
 		return nil // test builds with the sqldlm_mutant tag only
 	}
+	return opError("fence", l.name, l.fence(ctx, tx))
+}
+
+func (l *Lock) fence(ctx context.Context, tx *sql.Tx) error {
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
 	ok, err := l.c.dialect.Fence(ctx, tx, l.ref(), l.c.cfg.TTL)
 	if err != nil {
-		return fmt.Errorf("sqldlm: fence %q: %w", l.name, err)
+		return err
 	}
 	if !ok {
 		l.lost()

@@ -47,14 +47,14 @@ func (c *Client) TryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 	}
 	o, err := checkRequest(name, mode, opts)
 	if err != nil {
-		return nil, err
+		return nil, opError("trylock in transaction", name, err)
 	}
 	start := time.Now()
 	c.hooks.AcquireStarted(name, mode)
 	lk, err := c.tryLockTx(ctx, tx, name, mode, o.payload)
 	if err != nil {
 		c.hooks.AcquireFailed(name, mode, time.Since(start), err)
-		return nil, err
+		return nil, opError("trylock in transaction", name, err)
 	}
 	c.hooks.AcquireGranted(name, mode, time.Since(start))
 	return lk, nil
@@ -69,7 +69,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 		req := rand.Int64()
 		if err := c.dialect.CreatePending(ctx, c.db, l.id, req); err != nil {
 			c.settlePending(l, req) // the record may exist if only the answer was lost
-			return nil, fmt.Errorf("sqldlm: acquire %q in transaction: %w", name, err)
+			return nil, fmt.Errorf("record the request: %w", err)
 		}
 		res, err := c.dialect.AcquireTx(ctx, tx, &dialect.AcquireParams{
 			Name: name, LeaseID: l.id, RequestID: req, Mode: mode.stored(), Payload: payload, LockDelay: c.cfg.LockDelay,
@@ -78,10 +78,10 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			// The grant may have been made in tx and may yet commit: settle it.
 			c.settlePending(l, req)
 			if errors.Is(err, dialect.ErrIsolation) {
-				return nil, fmt.Errorf("sqldlm: acquire %q in transaction: run the transaction at READ COMMITTED "+
-					"(sql.TxOptions{Isolation: sql.LevelReadCommitted}): %w", name, err)
+				return nil, fmt.Errorf("run the transaction at READ COMMITTED "+
+					"(sql.TxOptions{Isolation: sql.LevelReadCommitted}): %w", err)
 			}
-			return nil, fmt.Errorf("sqldlm: acquire %q in transaction: %w", name, err)
+			return nil, err
 		}
 		if res.Status != dialect.Granted {
 			c.settlePending(l, req)
@@ -93,7 +93,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			if !l.add(lk) {
 				// The lease ended as the grant was made: a commit would leave
 				// a hold of a dead lease, which counts for nothing.
-				return nil, fmt.Errorf("sqldlm: lock %q: the lease ended as it was granted: %w", name, ErrLost)
+				return nil, fmt.Errorf("the lease ended as it was granted: %w", ErrLost)
 			}
 			c.reportTakeover(name, mode, res.Token, res.TookOver)
 			c.logger.Debug("sqldlm: lock granted in transaction", "lock_name", name, "mode", mode.String(), "token", res.Token, "lease_id", l.id)
@@ -105,12 +105,12 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			if attempt == 0 {
 				continue // once more, under a new lease
 			}
-			return nil, fmt.Errorf("sqldlm: acquire %q in transaction: %w", name, ErrLost)
+			return nil, ErrLost
 		case dialect.Blocked:
 			b := res.Blocker
 			return nil, &LockedError{Name: name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
 		default:
-			return nil, fmt.Errorf("sqldlm: acquire %q in transaction: unexpected outcome %d", name, res.Status)
+			return nil, fmt.Errorf("unexpected outcome %d", res.Status)
 		}
 	}
 }

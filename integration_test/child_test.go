@@ -6,9 +6,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqldlm/sqldlm"
@@ -24,6 +27,7 @@ const (
 	childTTLEnv   = "SQLDLM_TEST_CHILD_TTL"
 	childRoundEnv = "SQLDLM_TEST_CHILD_ROUNDS"
 	childOwnerEnv = "SQLDLM_TEST_CHILD_OWNER"
+	childModeEnv  = "SQLDLM_TEST_CHILD_MODE" // "shared" for a shared holder
 	// childPayload is the payload the holder role sets on its lock.
 	childPayload = "resize volume-1, step 2 of 3"
 )
@@ -52,6 +56,9 @@ func childMain(role string) int {
 	case "worker":
 		rounds, _ := strconv.Atoi(os.Getenv(childRoundEnv))
 		return worker(ctx, c, db, kind, name, rounds)
+	case "contend":
+		rounds, _ := strconv.Atoi(os.Getenv(childRoundEnv))
+		return contend(ctx, c, db, kind, rounds)
 	}
 	fmt.Println("error unknown role", role)
 	return 2
@@ -61,7 +68,11 @@ func childMain(role string) int {
 // "write" makes one fenced write and answers "ok" or "lost ERR"; "exit"
 // releases and exits.
 func holder(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string) int {
-	l, err := c.Lock(ctx, name, sqldlm.Exclusive, sqldlm.WithPayload(childPayload))
+	mode := sqldlm.Exclusive
+	if os.Getenv(childModeEnv) == "shared" {
+		mode = sqldlm.Shared
+	}
+	l, err := c.Lock(ctx, name, mode, sqldlm.WithPayload(childPayload))
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
@@ -99,6 +110,19 @@ func holder(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string
 			} else {
 				fmt.Println("committed")
 			}
+		case "status":
+			// Whether the lock is still held, without waiting.
+			if err := l.Err(); err != nil {
+				fmt.Println("lost", err)
+			} else {
+				fmt.Println("held")
+			}
+		case "upgrade":
+			if err := l.Upgrade(ctx); err != nil {
+				fmt.Println("lost", err)
+			} else {
+				fmt.Println("upgraded", l.Token())
+			}
 		case "exit":
 			_ = l.Release(ctx)
 			return 0
@@ -125,6 +149,74 @@ func worker(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string
 		}
 	}
 	fmt.Println("done")
+	return 0
+}
+
+// contend runs S1's workload in one process: 2 clients (each on its own
+// pool, as two services would be) × 2 goroutines, each taking the hot name
+// or one of 8 warm names rounds times and making one or two fenced writes
+// under each grant. It says "done N L" with N the number of fenced
+// transactions it saw commit and L the number of grants it saw lost (a
+// fenced write refused with ErrLost: not acknowledged, and the journal must
+// not have it).
+func contend(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind string, rounds int) int {
+	db2, _, err := dsn.Open(ctx, os.Getenv(childDSNEnv))
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer db2.Close()
+	ttl, _ := time.ParseDuration(os.Getenv(childTTLEnv))
+	c2, err := sqldlm.New(db2, sqldlm.Config{TTL: ttl, Owner: os.Getenv(childOwnerEnv) + "-b"})
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer c2.Close()
+	var acked, lost atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for ci, cl := range []*sqldlm.Client{c, c2} {
+		pool := []*sql.DB{db, db2}[ci]
+		for g := range 2 {
+			wg.Go(func() {
+				writer := fmt.Sprintf("%s/%d/%d", os.Getenv(childOwnerEnv), ci, g)
+				for i := range rounds {
+					name := "hot"
+					if (i+g)%2 == 1 {
+						name = fmt.Sprintf("warm/%d", rand.IntN(8))
+					}
+					l, err := cl.Lock(ctx, name, sqldlm.Exclusive)
+					if err != nil {
+						failed.Store(err)
+						return
+					}
+					for range 1 + rand.IntN(2) {
+						err := fencedWrite(ctx, pool, kind, l, writer)
+						if errors.Is(err, sqldlm.ErrLost) {
+							lost.Add(1)
+							break
+						}
+						if err != nil {
+							failed.Store(err)
+							return
+						}
+						acked.Add(1)
+					}
+					if err := l.Release(ctx); err != nil && !errors.Is(err, sqldlm.ErrLost) {
+						failed.Store(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("done", acked.Load(), lost.Load())
 	return 0
 }
 

@@ -44,10 +44,10 @@ type child struct {
 	lines chan string
 }
 
-func startChild(t *testing.T, db *testdb.DB, role, name, owner string, ttl time.Duration, rounds int) *child {
+func startChild(t *testing.T, db *testdb.DB, role, name, owner string, ttl time.Duration, rounds int, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(append(os.Environ(), env...),
 		childRoleEnv+"="+role, childDSNEnv+"="+db.DSN, childKindEnv+"="+db.Kind,
 		childNameEnv+"="+name, childTTLEnv+"="+ttl.String(), childRoundEnv+"="+strconv.Itoa(rounds),
 		childOwnerEnv+"="+owner)

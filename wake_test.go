@@ -3,6 +3,7 @@ package sqldlm
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -142,7 +143,7 @@ func TestPollingByQueuePosition(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				_, err := clients[i].Lock(wctx, "hot", Exclusive)
-				if err != context.Canceled {
+				if !errors.Is(err, context.Canceled) {
 					t.Errorf("waiter %d: %v, want context.Canceled", i, err)
 				}
 			}()

@@ -332,7 +332,14 @@ BEGIN
         -- lease may have died, and been deleted with its waiter rows, since.
         -- Lock it in share mode (lease before waiter rows, the order
         -- sqldlm_delete_lease and sqldlm_reap lock in) and enqueue only if it
-        -- is still live, so that no waiter row outlives its lease.
+        -- is still live, so that no waiter row outlives its lease. The lease
+        -- is X-locked only briefly (renewal, deletion, reap), or for the
+        -- length of a caller's transaction that takes a dead lease over
+        -- (sqldlm_acquire_tx): the wait is bounded like every other here.
+        IF NOT v_bounded THEN
+            SET SESSION innodb_lock_wait_timeout = LEAST(saved_lwt, 1);
+            SET v_bounded = TRUE;
+        END IF;
         SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
         START TRANSACTION;
         SELECT COUNT(*) > 0 INTO v_live FROM sqldlm_leases

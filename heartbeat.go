@@ -28,7 +28,17 @@ func (l *lease) heartbeat() {
 		deadline := l.deadline
 		l.mu.Unlock()
 		sent := time.Now()
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		// One attempt waits at most a renewal interval (and never past the
+		// deadline): a renewal stuck on a connection that no longer answers
+		// is then retried, on another connection, while the lease can still
+		// be saved. An attempt given up may still commit in the server; that
+		// only extends the server's expiry, never the local deadline, which
+		// moves only on a renewal whose success was seen.
+		attempt := sent.Add(interval)
+		if deadline.Before(attempt) {
+			attempt = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), attempt)
 		renewed, err := l.c.dialect.RenewLease(ctx, l.c.db, l.id)
 		cancel()
 		switch {

@@ -55,8 +55,15 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 		ended: make(chan struct{}),
 		kick:  make(chan struct{}, 1),
 	}
-	sent := time.Now()
-	err := c.dialect.CreateLease(ctx, c.db, &dialect.CreateLeaseParams{ID: l.id, Owner: c.cfg.Owner, TTL: c.cfg.TTL})
+	// A serialization failure or deadlock (an application's
+	// default_transaction_isolation of SERIALIZABLE makes them possible)
+	// rolled the insert back: it is retried. The deadline counts from the
+	// attempt that succeeded.
+	var sent time.Time
+	_, err := retryStatement(ctx, func() (struct{}, error) {
+		sent = time.Now()
+		return struct{}{}, c.dialect.CreateLease(ctx, c.db, &dialect.CreateLeaseParams{ID: l.id, Owner: c.cfg.Owner, TTL: c.cfg.TTL})
+	})
 	if err != nil {
 		// The row may exist if only the answer was lost: delete it later.
 		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))

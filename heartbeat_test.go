@@ -1,0 +1,83 @@
+package sqldlm
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// hangDialect makes one renewal (the nth) hang until its context ends, as
+// a renewal sent on a connection that no longer answers does, and records
+// when each renewal attempt ended.
+type hangDialect struct {
+	injectDialect
+	nth   int
+	mu    sync.Mutex
+	calls int
+	hung  time.Duration // how long the hung attempt waited
+}
+
+func (d *hangDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	d.mu.Lock()
+	d.calls++
+	hang := d.calls == d.nth
+	d.mu.Unlock()
+	if hang {
+		start := time.Now()
+		<-ctx.Done()
+		d.mu.Lock()
+		d.hung = time.Since(start)
+		d.mu.Unlock()
+		return false, ctx.Err()
+	}
+	return d.injectDialect.Dialect.RenewLease(ctx, db, leaseID)
+}
+
+func (d *hangDialect) state() (int, time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.calls, d.hung
+}
+
+// A renewal that hangs is given up after one renewal interval and retried
+// while the lease can still be saved: one stuck connection does not cost
+// the lease. (Were the attempt bounded by the lease's deadline only, the
+// lease would be lost at that deadline.)
+func TestHungRenewalIsRetried(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		const ttl = 3 * time.Second
+		d := &hangDialect{injectDialect: injectDialect{Dialect: b.db.Dialect}, nth: 1}
+		c := b.client(t, Config{Dialect: d, TTL: ttl, ReapInterval: ReapDisabled})
+		ctx := testCtx(t)
+		l, err := c.Lock(ctx, "hb/hang", Exclusive)
+		require.NoError(t, err)
+		// The first renewal (at about TTL/3) hangs; wait for two more.
+		require.Eventually(t, func() bool { n, _ := d.state(); return n >= 3 }, 4*ttl, 10*time.Millisecond)
+		_, hung := d.state()
+		require.Less(t, hung, ttl-ttl/10, "the hung attempt was given up before the lease's deadline")
+		require.NoError(t, l.Err(), "the retried renewal kept the lease")
+		require.NoError(t, l.Release(ctx))
+	})
+}
+
+// An application whose default_transaction_isolation is SERIALIZABLE makes
+// the lease's insert fail with a serialization failure now and then: it
+// rolled back, and is retried.
+func TestCreateLeaseRetriesSerializationFailure(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		d := &injectDialect{Dialect: b.db.Dialect}
+		c := b.client(t, Config{Dialect: d, ReapInterval: ReapDisabled})
+		d.inject("lease", 1, errSerialize, false)
+		ctx := testCtx(t)
+		l, err := c.Lock(ctx, "hb/serialize", Exclusive)
+		require.NoError(t, err)
+		require.Equal(t, 2, d.count("lease"))
+		require.NoError(t, l.Release(ctx))
+	})
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
 )
 
 // hangDialect makes one renewal (the nth) hang until its context ends, as
@@ -79,5 +81,72 @@ func TestCreateLeaseRetriesSerializationFailure(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 2, d.count("lease"))
 		require.NoError(t, l.Release(ctx))
+	})
+}
+
+// slowGrantDialect answers the first grant only after the lease's local
+// deadline has passed, while the lease's renewals fail.
+type slowGrantDialect struct {
+	injectDialect
+	delay time.Duration
+	once  sync.Once
+	mu    sync.Mutex
+	cut   bool
+}
+
+func (d *slowGrantDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	res, err := d.Dialect.Acquire(ctx, db, p)
+	if err == nil && res.Status == dialect.Granted {
+		d.once.Do(func() {
+			d.setCut(true)
+			time.Sleep(d.delay) // the answer is late, not a synchronisation
+			d.setCut(false)
+		})
+	}
+	return res, err
+}
+
+func (d *slowGrantDialect) setCut(cut bool) {
+	d.mu.Lock()
+	d.cut = cut
+	d.mu.Unlock()
+}
+
+func (d *slowGrantDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	d.mu.Lock()
+	cut := d.cut
+	d.mu.Unlock()
+	if cut {
+		return false, errConnLost
+	}
+	return d.Dialect.RenewLease(ctx, db, leaseID)
+}
+
+// A grant that arrives after its lease's local deadline is worthless. Lock
+// then goes on waiting under a new lease instead of failing; TryLock
+// reports the loss.
+func TestLateGrantLockTriesAgain(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		const ttl = time.Second
+		for _, wait := range []bool{true, false} {
+			d := &slowGrantDialect{injectDialect: injectDialect{Dialect: b.db.Dialect}, delay: ttl + ttl/2}
+			c := b.client(t, Config{Dialect: d, TTL: ttl, ReapInterval: ReapDisabled})
+			ctx := testCtx(t)
+			var l *Lock
+			var err error
+			if wait {
+				l, err = c.Lock(ctx, "hb/late", Exclusive)
+			} else {
+				l, err = c.TryLock(ctx, "hb/late2", Exclusive)
+			}
+			if !wait {
+				require.ErrorIs(t, err, ErrLost)
+				continue
+			}
+			require.NoError(t, err, "Lock waits on under a new lease")
+			require.NoError(t, l.Err())
+			require.NoError(t, l.Release(ctx))
+		}
 	})
 }

@@ -256,24 +256,39 @@ func (c *Client) acquire(ctx context.Context, name string, mode Mode, wait bool,
 	}
 	start := time.Now()
 	c.hooks.AcquireStarted(name, mode)
-	req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait, payload: o.payload}
-	token, l, taken, err := req.run(ctx)
-	if err == nil {
-		lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now(),
-			taken: latestTakeover(taken), payload: o.payload}
-		if l.add(lk) {
-			waited := time.Since(start)
-			c.reportTakeover(name, mode, token, taken)
-			c.hooks.AcquireGranted(name, mode, waited)
-			c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id, "waited", waited)
-			return lk, nil
+	for {
+		req := request{c: c, name: name, mode: mode, id: rand.Int64(), wait: wait, payload: o.payload}
+		token, l, taken, err := req.run(ctx)
+		if err == nil {
+			lk := &Lock{c: c, lease: l, name: name, mode: mode, token: token, done: make(chan struct{}), granted: time.Now(),
+				taken: latestTakeover(taken), payload: o.payload}
+			if l.add(lk) {
+				waited := time.Since(start)
+				c.reportTakeover(name, mode, token, taken)
+				c.hooks.AcquireGranted(name, mode, waited)
+				c.logger.Debug("sqldlm: lock granted", "lock_name", name, "mode", mode.String(), "token", token, "lease_id", l.id, "waited", waited)
+				return lk, nil
+			}
+			// The lease ended (or its local deadline passed) while the grant
+			// was in flight: the grant is worthless, and goes with the
+			// lease. Lock goes on waiting, as a new request under a new
+			// lease; TryLock reports the loss.
+			err = fmt.Errorf("the lease ended as it was granted: %w", ErrLost)
+			if wait && ctx.Err() == nil && !c.isClosed() {
+				c.logger.Debug("sqldlm: lease ended as the lock was granted, trying again", "lock_name", name, "lease_id", l.id)
+				select {
+				case <-l.ended: // at once, or when its deadline timer fires
+					continue
+				case <-ctx.Done():
+					err = ctx.Err()
+				case <-c.closed:
+					err = ErrClosed
+				}
+			}
 		}
-		// The lease ended while the grant was in flight: the grant is
-		// worthless, and is released with the lease.
-		err = fmt.Errorf("the lease ended as it was granted: %w", ErrLost)
+		c.hooks.AcquireFailed(name, mode, time.Since(start), err)
+		return nil, err
 	}
-	c.hooks.AcquireFailed(name, mode, time.Since(start), err)
-	return nil, err
 }
 
 // request is one Lock, TryLock or Upgrade call in progress.

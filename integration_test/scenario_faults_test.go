@@ -16,8 +16,9 @@ import (
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
-// S5: one renewal is delayed by 1.5 × TTL on its way to the server (the
-// fault proxy holds the heartbeat connection's next request), then the
+// S5: renewals are delayed by 1.5 × TTL on their way to the server (the
+// fault proxy delays all the holder's traffic, so a renewal given up after a
+// renewal interval and retried on another connection is late too), then the
 // network is healthy again. The holder declares the loss by its local
 // deadline (the last successful renewal's send time + TTL − margin), before
 // the server could have expired the lease, although the late renewal does
@@ -64,20 +65,24 @@ func TestS5SlowRenewal(t *testing.T) {
 				}
 				require.Zero(t, hooks.lossCount(), "the lease was lost before the fault (the machine is overloaded)")
 			}
-			// Delay its next request by 1.5 × TTL, right after a renewal.
+			// Right after a renewal, delay everything the holder sends by
+			// 1.5 × TTL: its heartbeat connection's next request, and the
+			// connections a renewal given up after a renewal interval is
+			// retried on.
 			hooks.waitRenewal(t, 10*time.Second)
 			lastOK := time.Now()
 			toServer, _ := hb.Bytes()
-			hb.DelayNext(ttl * 3 / 2)
+			proxy.Delay(ttl * 3 / 2)
 			select {
 			case <-l.Done():
 			case <-time.After(2 * ttl):
 				t.Fatal("the holder did not declare the loss")
 			}
 			lostAt := time.Now()
+			proxy.Delay(0) // what was sent until now still arrives 1.5 × TTL late
 			require.ErrorIs(t, l.Err(), sqldlm.ErrLost)
 			n, _ := hb.Bytes()
-			require.Greater(t, n, toServer, "the delayed renewal was sent on the slowed connection")
+			require.Greater(t, n, toServer, "a delayed renewal was sent on the heartbeat connection")
 			// The deadline is the last successful renewal's send time + TTL −
 			// margin (TTL/10): before the server's expiry, which is at least
 			// that send time + TTL.

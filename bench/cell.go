@@ -74,6 +74,18 @@ func runCell(ctx context.Context, workers []worker, counter *stmtCounter, cpu *c
 		lat      = make([][]time.Duration, len(workers))
 		wait     = make([][]time.Duration, len(workers))
 	)
+	// tooMany records a worker's error and reports whether the cell has
+	// seen enough of them to stop (it then cancels the cell).
+	tooMany := func(err error) bool {
+		errMu.Lock()
+		res.lastErr = err
+		errMu.Unlock()
+		if errCount.Add(1) >= maxErrors {
+			cancel()
+			return true
+		}
+		return false
+	}
 	for i, w := range workers {
 		wg.Add(1)
 		go func() {
@@ -87,11 +99,7 @@ func runCell(ctx context.Context, workers []worker, counter *stmtCounter, cpu *c
 					if cctx.Err() != nil {
 						return
 					}
-					errMu.Lock()
-					res.lastErr = err
-					errMu.Unlock()
-					if errCount.Add(1) >= maxErrors {
-						cancel()
+					if tooMany(err) {
 						return
 					}
 					time.Sleep(time.Millisecond)
@@ -107,11 +115,7 @@ func runCell(ctx context.Context, workers []worker, counter *stmtCounter, cpu *c
 					ho.released(t2)
 				}
 				if err != nil {
-					errMu.Lock()
-					res.lastErr = err
-					errMu.Unlock()
-					if errCount.Add(1) >= maxErrors {
-						cancel()
+					if tooMany(err) {
 						return
 					}
 					continue

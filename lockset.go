@@ -50,7 +50,7 @@ func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 			}
 			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.TTL)
 			defer cancel()
-			_ = c.ReleaseAll(relCtx, taken) // a failed release is retried in the background
+			_ = c.ReleaseAll(relCtx, taken)                    // a failed release is retried in the background
 			return nil, fmt.Errorf("sqldlm: LockAll: %w", err) // Lock's error names the lock
 		}
 		locks[i] = l

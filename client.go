@@ -242,14 +242,14 @@ func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
 	}
 }
 
-// wakeup routes a notification to the request it names, or to every
-// waiter of its name.
+// wakeup routes a notification to the request it names (with the grant
+// it may carry), or to every waiter of its name.
 func (c *Client) wakeup(w dialect.Wakeup) {
 	if w.RequestID == 0 {
 		c.waiters.wake(w.Name)
 		return
 	}
-	c.waiters.wakeRequest(w.Name, w.RequestID)
+	c.waiters.wakeRequest(w.Name, w.RequestID, wakeup{lease: w.LeaseID, token: w.Token})
 }
 
 // Dialect returns the client's dialect.

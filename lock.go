@@ -356,8 +356,12 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 				// Same request id: a retry returns a grant the lost answer carried.
 				enqueuedOn = l
 				c.logger.Debug("sqldlm: acquire failed, retrying", "lock_name", r.name, "error", err)
-				if err := backoff.sleep(ctx, wake, 0, -1); err != nil {
+				v, err := backoff.sleep(ctx, wake, 0, -1)
+				if err != nil {
 					return abandon(err)
+				}
+				if v.token != 0 && v.lease == l.id {
+					return v.token, l, nil, nil // handed over meanwhile
 				}
 				continue
 			}
@@ -396,8 +400,16 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			continue
 		default:
 		}
-		if err := backoff.sleep(ctx, wake, expiry, b.WaitersAhead); err != nil {
+		v, err := backoff.sleep(ctx, wake, expiry, b.WaitersAhead)
+		if err != nil {
 			return abandon(err)
+		}
+		if v.token != 0 && v.lease == l.id {
+			// A release handed the name over to this request, under the
+			// lease it waits with, and that grant has committed: no need
+			// to ask again. (A grant under an earlier lease of this request
+			// is void with that lease.)
+			return v.token, l, nil, nil
 		}
 	}
 }
@@ -472,9 +484,12 @@ func (l *Lock) release(ctx context.Context) error {
 		l.setRelErr(ErrLost)
 		l.lease.renewNow()
 		return ErrLost
-	default:
-		// The database notifies the head of the queue; in this process,
-		// wake the request that has waited longest.
+	case !c.notified():
+		// Nothing notifies the head of the queue: in this process, wake
+		// the request that has waited longest rather than let it sleep
+		// out its poll interval. (Where the database notifies, the release
+		// has handed the name over to the head or woken it, wherever it
+		// waits; waking another request here would only cost a statement.)
 		c.waiters.wakeHead(l.name)
 	}
 	return nil

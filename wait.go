@@ -10,6 +10,8 @@ import (
 // waiters lets a release in this process, or a notification from the
 // database, wake the goroutines waiting for a name at once: the one request
 // a notification names, the longest-waiting one of the name, or all of them.
+// A notification may also carry a grant (a handover), which the request
+// then takes without asking the database again.
 type waiters struct {
 	mu     sync.Mutex
 	byName map[string][]*waiter // per name, in order of registration
@@ -18,15 +20,22 @@ type waiters struct {
 // waiter is one request waiting for a name.
 type waiter struct {
 	id int64 // the request's id
-	ch chan struct{}
+	ch chan wakeup
+}
+
+// wakeup is what a waiter is woken with: nothing (try again), or a grant
+// made on its behalf, committed, under lease with token.
+type wakeup struct {
+	lease int64
+	token int64
 }
 
 func newWaiters() *waiters { return &waiters{byName: map[string][]*waiter{}} }
 
 // register returns a channel that receives a value when request id may be
 // granted name, and a function to stop listening.
-func (w *waiters) register(name string, id int64) (<-chan struct{}, func()) {
-	me := &waiter{id: id, ch: make(chan struct{}, 1)}
+func (w *waiters) register(name string, id int64) (<-chan wakeup, func()) {
+	me := &waiter{id: id, ch: make(chan wakeup, 1)}
 	w.mu.Lock()
 	w.byName[name] = append(w.byName[name], me)
 	w.mu.Unlock()
@@ -48,10 +57,24 @@ func (w *waiters) register(name string, id int64) (<-chan struct{}, func()) {
 	}
 }
 
-func (x *waiter) wake() {
-	select {
-	case x.ch <- struct{}{}:
-	default:
+// wake hands v to the waiter without blocking. A pending wake-up that
+// carries no grant is replaced by one that does; a grant is never replaced
+// by a plain wake-up. Callers hold the waiters' mutex, so x has one sender
+// at a time.
+func (x *waiter) wake(v wakeup) {
+	for {
+		select {
+		case x.ch <- v:
+			return
+		default:
+		}
+		select {
+		case old := <-x.ch:
+			if v.token == 0 {
+				v = old
+			}
+		default:
+		}
 	}
 }
 
@@ -60,7 +83,7 @@ func (w *waiters) wake(name string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, x := range w.byName[name] {
-		x.wake()
+		x.wake(wakeup{})
 	}
 }
 
@@ -71,18 +94,18 @@ func (w *waiters) wakeHead(name string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if list := w.byName[name]; len(list) > 0 {
-		list[0].wake()
+		list[0].wake(wakeup{})
 	}
 }
 
 // wakeRequest wakes the waiter of name with request id, if it waits in
-// this process.
-func (w *waiters) wakeRequest(name string, id int64) {
+// this process, with v.
+func (w *waiters) wakeRequest(name string, id int64, v wakeup) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, x := range w.byName[name] {
 		if x.id == id {
-			x.wake()
+			x.wake(v)
 		}
 	}
 }
@@ -93,7 +116,7 @@ func (w *waiters) wakeAll() {
 	defer w.mu.Unlock()
 	for _, list := range w.byName {
 		for _, x := range list {
-			x.wake()
+			x.wake(wakeup{})
 		}
 	}
 }
@@ -145,9 +168,9 @@ func (b *backoff) limit(ahead int) time.Duration {
 // sleep waits for a wake-up, the next poll, or expiry (when positive: the
 // time at which the blocking holder's lease would expire), whichever comes
 // first. ahead is the number of waiters queued before this one (negative
-// when unknown). It returns ctx's error if ctx ends, ErrClosed if the
-// client closes.
-func (b *backoff) sleep(ctx context.Context, wake <-chan struct{}, expiry time.Duration, ahead int) error {
+// when unknown). It returns the wake-up it was woken with (zero after a
+// poll interval), ctx's error if ctx ends, ErrClosed if the client closes.
+func (b *backoff) sleep(ctx context.Context, wake <-chan wakeup, expiry time.Duration, ahead int) (wakeup, error) {
 	limit := b.limit(ahead)
 	if ahead > 0 && b.c.notified() {
 		// Notified, and not at the head: the notification comes when the
@@ -167,12 +190,13 @@ func (b *backoff) sleep(ctx context.Context, wake <-chan struct{}, expiry time.D
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return wakeup{}, ctx.Err()
 	case <-b.c.closed:
-		return ErrClosed
-	case <-wake:
+		return wakeup{}, ErrClosed
+	case v := <-wake:
 		b.next = pollMin
+		return v, nil
 	case <-t.C:
 	}
-	return nil
+	return wakeup{}, nil
 }

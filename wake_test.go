@@ -43,6 +43,16 @@ type notifyingCountingDialect struct {
 	dialect.Notifier
 }
 
+// countingPostgres opens a migrated PostgreSQL database and returns it with
+// a counting dialect, and that dialect as a Notifier (for listening Clients).
+func countingPostgres(t *testing.T) (*lockBundle, *countingDialect, dialect.Dialect) {
+	db := testdb.OpenMigrated(t, testdb.Postgres)
+	n, ok := db.Dialect.(dialect.Notifier)
+	require.True(t, ok)
+	counting := &countingDialect{Dialect: db.Dialect, acquires: map[int64]int{}}
+	return &lockBundle{db: db, kind: testdb.Postgres}, counting, notifyingCountingDialect{counting, n}
+}
+
 // waitersOf returns how many requests wait for name.
 func waitersOf(ctx context.Context, t *testing.T, c *Client, name string) int {
 	t.Helper()
@@ -64,16 +74,12 @@ func waitersOf(ctx context.Context, t *testing.T, c *Client, name string) int {
 func TestReleaseWakesOnlyTheHeadWaiter(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	db := testdb.OpenMigrated(t, testdb.Postgres)
-	b := &lockBundle{db: db, kind: testdb.Postgres}
-	n, ok := db.Dialect.(dialect.Notifier)
-	require.True(t, ok)
-	counting := &countingDialect{Dialect: db.Dialect, acquires: map[int64]int{}}
+	b, counting, notifying := countingPostgres(t)
 	holder := b.client(t, Config{TTL: 10 * time.Second})
 	const k = 8
 	clients := make([]*Client, k)
 	for i := range clients {
-		clients[i] = b.client(t, Config{TTL: 10 * time.Second, Dialect: notifyingCountingDialect{counting, n}})
+		clients[i] = b.client(t, Config{TTL: 10 * time.Second, Dialect: notifying})
 	}
 	for _, c := range clients {
 		require.Eventually(t, c.notified, 10*time.Second, time.Millisecond, "the client listens")
@@ -115,6 +121,58 @@ func TestReleaseWakesOnlyTheHeadWaiter(t *testing.T) {
 	attempts := counting.total.Load() - before
 	t.Logf("%d acquire attempts for %d grants", attempts, k)
 	require.LessOrEqual(t, attempts, int64(2*k), "a release wakes the head of the queue, not every waiter")
+}
+
+// On PostgreSQL a release hands the name over to the head of the queue,
+// and the notification carries the grant: the waiter's Lock returns the
+// hold without another acquire statement, with the token the database
+// recorded for the name.
+func TestHandoverNotificationCarriesTheGrant(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	b, counting, notifying := countingPostgres(t)
+	holder := b.client(t, Config{TTL: 10 * time.Second})
+	waiter := b.client(t, Config{TTL: 10 * time.Second, Dialect: notifying})
+	require.Eventually(t, waiter.notified, 10*time.Second, time.Millisecond, "the client listens")
+	first, err := holder.Lock(ctx, "h", Exclusive)
+	require.NoError(t, err)
+
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := waiter.Lock(ctx, "h", Exclusive, WithPayload("next"))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	require.Eventually(t, func() bool { return waitersOf(ctx, t, holder, "h") == 1 }, 10*time.Second, time.Millisecond)
+	// Let the waiter's polls back off (a notified waiter at the head polls
+	// about every 1-2 s): two quiet spells in a row.
+	quiet := 0
+	require.Eventually(t, func() bool {
+		before := counting.total.Load()
+		time.Sleep(300 * time.Millisecond)
+		if counting.total.Load() == before {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		return quiet == 2
+	}, 20*time.Second, time.Millisecond)
+
+	before := counting.total.Load()
+	require.NoError(t, first.Release(ctx))
+	l := <-got
+	require.NotNil(t, l)
+	require.Zero(t, counting.total.Load()-before, "the grant came with the notification")
+	require.Greater(t, l.Token(), first.Token())
+	locks, err := holder.Locks(ctx, Filter{Prefix: "h"})
+	require.NoError(t, err)
+	require.Len(t, locks, 1)
+	require.Len(t, locks[0].Holders, 1)
+	require.Equal(t, l.Token(), locks[0].Holders[0].Token, "the token is the database's")
+	require.Equal(t, "next", locks[0].Holders[0].Payload, "granted with the waiter's payload")
+	require.NoError(t, l.Release(ctx))
 }
 
 // Where waiters poll (no notifications: MySQL, SQLite, PostgreSQL with its
@@ -189,8 +247,28 @@ func TestPollSpacedByAttemptCost(t *testing.T) {
 	c := &Client{closed: make(chan struct{})}
 	b := newBackoff(c)
 	b.cost = 10 * time.Millisecond
-	wake := make(chan struct{})
+	wake := make(chan wakeup)
 	start := time.Now()
-	require.NoError(t, b.sleep(context.Background(), wake, 0, 0))
+	_, err := b.sleep(context.Background(), wake, 0, 0)
+	require.NoError(t, err)
 	require.GreaterOrEqual(t, time.Since(start), pollCostFactor*b.cost/2, "at least half the spacing (jitter)")
+}
+
+// A pending wake-up that carries a grant is never replaced by a plain one,
+// and a plain one gives way to a grant: the waiter learns of its grant
+// however the wake-ups interleave.
+func TestWakeupKeepsTheGrant(t *testing.T) {
+	w := newWaiters()
+	ch, stop := w.register("n", 7)
+	defer stop()
+	w.wake("n")
+	w.wakeRequest("n", 7, wakeup{lease: 1, token: 42})
+	w.wake("n")
+	w.wakeRequest("n", 8, wakeup{lease: 1, token: 43}) // another request
+	require.Equal(t, wakeup{lease: 1, token: 42}, <-ch)
+	select {
+	case v := <-ch:
+		t.Fatalf("one wake-up pending at most, got a second: %+v", v)
+	default:
+	}
 }

@@ -205,18 +205,25 @@ type Notifier interface {
 	// in the same transaction it grants the waiters at the head of the
 	// name's queue that no remaining hold conflicts with (exactly as their
 	// own Acquire with Enqueue would, with the payload they queued with),
-	// and notifies them; their next Acquire returns that hold (a repeated
-	// request). A waiter withdrawn with Abandon loses the hold too.
+	// and notifies them with a [Wakeup] that carries the grant's token;
+	// their next Acquire also returns that hold (a repeated request). A
+	// waiter withdrawn with Abandon loses the hold too.
 	ReleaseHandOver(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
 }
 
 // Wakeup is one notification of a [Notifier]: the request (LeaseID,
 // RequestID) waiting for Name may now be granted, because it is at the head
 // of the name's queue. A Wakeup with RequestID 0 is for every waiter of Name.
+//
+// A Wakeup with a Token reports that the request has been granted Name,
+// under lease LeaseID, with that fencing token, by a transaction that has
+// committed ([Notifier.ReleaseHandOver]): the request needs no further
+// statement to learn it.
 type Wakeup struct {
 	Name      string
 	LeaseID   int64
 	RequestID int64
+	Token     int64
 }
 
 // CreateLeaseParams are the arguments of [Locker.CreateLease].

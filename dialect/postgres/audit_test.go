@@ -431,3 +431,27 @@ func TestMigrationDownRestoresVersion3(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, v3, schemaCatalog(ctx, t, db.DB))
 }
+
+// Down from version 5 restores version 4's sqldlm_release_next exactly.
+func TestMigrationDownRestoresVersion4(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.Open(t, testdb.Postgres)
+	p, err := migrations.NewProvider(db.DB, postgres.Dialect())
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 4)
+	require.NoError(t, err)
+	v4 := schemaCatalog(ctx, t, db.DB)
+	_, err = p.UpTo(ctx, 5)
+	require.NoError(t, err)
+	v5 := schemaCatalog(ctx, t, db.DB)
+	const fn = "function sqldlm_release_next(text,bigint,bigint)"
+	require.Contains(t, v4, fn)
+	require.NotEqual(t, v4[fn], v5[fn])
+
+	_, err = p.DownTo(ctx, 4)
+	require.NoError(t, err)
+	require.Equal(t, v4, schemaCatalog(ctx, t, db.DB))
+}

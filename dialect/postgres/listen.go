@@ -60,12 +60,21 @@ func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), o
 	return fmt.Errorf("listen: %w", d.ClassifyError(err))
 }
 
-// parseWakeup reads a notification's payload. sqldlm_wake (schema version 4)
-// sends "<lease id> <request id> <name>" for one waiter at the head of the
-// name's queue. Anything else (a bare name, as version 3's functions sent
-// while a migration runs) wakes every waiter of the payload taken as a name:
-// a wake-up too many costs one acquire attempt, one too few a poll.
+// parseWakeup reads a notification's payload. sqldlm_release_next (schema
+// version 5) sends "g <lease id> <request id> <token> <name>" when it has
+// granted the name to that request; sqldlm_wake (version 4) sends
+// "<lease id> <request id> <name>" for one waiter at the head of the name's
+// queue. Anything else (a bare name, as version 3's functions sent while a
+// migration runs) wakes every waiter of the payload taken as a name: a
+// wake-up too many costs one acquire attempt, one too few a poll, and a
+// grant whose notification is lost is found by the waiter's next attempt.
 func parseWakeup(payload string) dialect.Wakeup {
+	if rest, ok := strings.CutPrefix(payload, "g "); ok {
+		if w, ok := parseGrant(rest); ok {
+			return w
+		}
+		return dialect.Wakeup{Name: payload}
+	}
 	lease, rest, ok := strings.Cut(payload, " ")
 	if !ok {
 		return dialect.Wakeup{Name: payload}
@@ -80,4 +89,24 @@ func parseWakeup(payload string) dialect.Wakeup {
 		return dialect.Wakeup{Name: payload}
 	}
 	return dialect.Wakeup{Name: name, LeaseID: l, RequestID: r}
+}
+
+// parseGrant reads "<lease id> <request id> <token> <name>".
+func parseGrant(s string) (dialect.Wakeup, bool) {
+	var nums [3]int64
+	for i := range nums {
+		field, rest, ok := strings.Cut(s, " ")
+		if !ok {
+			return dialect.Wakeup{}, false
+		}
+		n, err := strconv.ParseInt(field, 10, 64)
+		if err != nil {
+			return dialect.Wakeup{}, false
+		}
+		nums[i], s = n, rest
+	}
+	if s == "" || nums[1] == 0 || nums[2] <= 0 {
+		return dialect.Wakeup{}, false
+	}
+	return dialect.Wakeup{Name: s, LeaseID: nums[0], RequestID: nums[1], Token: nums[2]}, true
 }

@@ -76,6 +76,13 @@ package postgres
 // first, deletes the hold, and grants the waiter(s) at the head of the queue
 // in the same transaction (sqldlm_acquire on their behalf, with the payload
 // their waiter row keeps) when no hold conflicts, notifying them.
+//
+// Since schema version 5 (migrations/postgres/00005_lean_handover.sql)
+// sqldlm_release_next grants the head itself (INSERT hold [, INSERT audit
+// row], UPDATE the name's row, DELETE the waiter row) instead of running
+// sqldlm_acquire, and its notification carries the grant:
+// "g <lease id> <request id> <token> <name>", so the woken waiter sends no
+// statement.
 
 import (
 	"context"

@@ -17,6 +17,13 @@ func TestParseWakeup(t *testing.T) {
 		"12 34":                    {Name: "12 34"},
 		"12 0 node/1":              {Name: "12 0 node/1"},
 		"-5 9223372036854775807 n": {Name: "n", LeaseID: -5, RequestID: 9223372036854775807},
+		"g 12 34 56 node/1":        {Name: "node/1", LeaseID: 12, RequestID: 34, Token: 56},
+		"g -12 34 56 a b 7":        {Name: "a b 7", LeaseID: -12, RequestID: 34, Token: 56},
+		"g 12 34 0 node/1":         {Name: "g 12 34 0 node/1"},
+		"g 12 34 x node/1":         {Name: "g 12 34 x node/1"},
+		"g 12 34 56":               {Name: "g 12 34 56"},
+		"g 12 34 56 ":              {Name: "g 12 34 56 "},
+		"g node":                   {Name: "g node"},
 	} {
 		require.Equal(t, want, parseWakeup(payload), payload)
 	}

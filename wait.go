@@ -149,6 +149,10 @@ type backoff struct {
 	c    *Client
 	next time.Duration
 	cost time.Duration // how long the last acquire attempt took
+	// The queue's pace, from the request's own polls: its place (waiters
+	// ahead) when it last moved up, and when.
+	place   int
+	placeAt time.Time
 }
 
 func newBackoff(c *Client) *backoff { return &backoff{c: c, next: pollMin} }
@@ -165,6 +169,23 @@ func (b *backoff) limit(ahead int) time.Duration {
 	return min(pollHeadMax<<min(ahead, 16), pollMax)
 }
 
+// pace sets the next poll of a polling waiter with ahead waiters before it
+// from the pace at which its place has moved up: half the time the queue
+// would take to bring it to the head at that pace. A waiter far back then
+// polls a few times over its wait rather than every pollMax, and one that
+// moves up fast polls sooner than its place's cap. Until it has moved up
+// once, the usual doubling from pollMin applies.
+func (b *backoff) pace(ahead int, now time.Time) {
+	switch {
+	case b.placeAt.IsZero() || ahead > b.place:
+		b.place, b.placeAt = ahead, now // first poll, or moved back (an upgrade went first)
+	case ahead < b.place:
+		perPlace := now.Sub(b.placeAt) / time.Duration(b.place-ahead)
+		b.next = max(perPlace*time.Duration(ahead)/2, pollMin)
+		b.place, b.placeAt = ahead, now
+	}
+}
+
 // sleep waits for a wake-up, the next poll, or expiry (when positive: the
 // time at which the blocking holder's lease would expire), whichever comes
 // first. ahead is the number of waiters queued before this one (negative
@@ -176,6 +197,9 @@ func (b *backoff) sleep(ctx context.Context, wake <-chan wakeup, expiry time.Dur
 		// Notified, and not at the head: the notification comes when the
 		// request reaches the head, so there is nothing to poll for soon.
 		b.next = limit
+	}
+	if ahead > 0 && !b.c.notified() {
+		b.pace(ahead, time.Now())
 	}
 	d := min(b.next, limit)
 	b.next = min(b.next*2, max(limit, pollMax))

@@ -272,3 +272,23 @@ func TestWakeupKeepsTheGrant(t *testing.T) {
 	default:
 	}
 }
+
+// A polling waiter paces its polls by how fast its place moves up: half the
+// time the queue would take to bring it to the head at that pace.
+func TestPollPacedByQueueMovement(t *testing.T) {
+	b := newBackoff(&Client{})
+	t0 := time.Now()
+	b.pace(10, t0)
+	require.Equal(t, pollMin, b.next, "no pace known yet: the doubling from pollMin")
+	b.pace(10, t0.Add(50*time.Millisecond))
+	require.Equal(t, pollMin, b.next, "not moved: still unknown")
+	b.pace(8, t0.Add(20*time.Millisecond))
+	require.Equal(t, 40*time.Millisecond, b.next, "10ms a place, 8 places: half of 80ms")
+	b.pace(2, t0.Add(80*time.Millisecond))
+	require.Equal(t, 10*time.Millisecond, b.next, "10ms a place, 2 places")
+	b.pace(1, t0.Add(80*time.Millisecond+100*time.Microsecond))
+	require.Equal(t, pollMin, b.next, "never below pollMin")
+	b.pace(5, t0.Add(time.Second))
+	b.pace(4, t0.Add(time.Second+30*time.Millisecond))
+	require.Equal(t, 60*time.Millisecond, b.next, "moved back: measured afresh from there")
+}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +19,7 @@ import (
 )
 
 const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--runs N]
-       [--scale] [--vacuum] [--plot FILE.png] [--cpuprofile FILE] [--output table|json]
+       [--scale] [--vacuum] [--plot FILE.png] [--cpuprofile FILE] [--output table|json | --json]
 
 Measures sqldlm's acquire+release next to the floors of the same server, in
 one process and one run: the two-commit floor (an autocommit INSERT of a
@@ -60,8 +61,15 @@ func runBench(ctx context.Context, args []string, s streams) error {
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile over the whole run to this `FILE` (go tool pprof)")
 	plotFile := fs.String("plot", "", "also draw pairs/s per workload as a PNG to this `FILE`")
 	output := outputFlag(fs)
+	asJSON := fs.Bool("json", false, "the same as --output json")
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
+	}
+	if *asJSON {
+		if flagSet(fs, "output") && *output != "json" {
+			return usagef("--json and --output %s contradict each other: pass one of them", *output)
+		}
+		*output = "json"
 	}
 	ws, err := parseWorkers(*workers)
 	if err != nil {
@@ -216,4 +224,11 @@ func (p *progress) finish() {
 	if p.tty && p.wide {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -47,7 +47,7 @@ func TestBench(t *testing.T) {
 
 			plot := filepath.Join(t.TempDir(), "bench.png")
 			code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "300ms", "--workers", "1,8",
-				"--output", "json", "--plot", plot)
+				"--json", "--plot", plot)
 			require.Equal(t, ExitOK, code, errOut)
 			require.Contains(t, errOut, "[1/", "progress lines on stderr")
 
@@ -101,6 +101,7 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--workloads", "tepid"}, `unknown workload "tepid"`},
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--duration", "0s"}, "--duration must be positive"},
 		{[]string{"bench", "--dsn", ""}, "pass --dsn URL"},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--json", "--output", "table"}, "--json and --output table contradict"},
 	} {
 		code, _, errOut := run(t, tt.args...)
 		require.Equal(t, ExitUsage, code, errOut)

@@ -360,7 +360,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 				if err != nil {
 					return abandon(err)
 				}
-				if v.token != 0 && v.lease == l.id {
+				if v.grants(l) {
 					return v.token, l, nil, nil // handed over meanwhile
 				}
 				continue
@@ -404,11 +404,10 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		if err != nil {
 			return abandon(err)
 		}
-		if v.token != 0 && v.lease == l.id {
+		if v.grants(l) {
 			// A release handed the name over to this request, under the
 			// lease it waits with, and that grant has committed: no need
-			// to ask again. (A grant under an earlier lease of this request
-			// is void with that lease.)
+			// to ask again.
 			return v.token, l, nil, nil
 		}
 	}

@@ -30,6 +30,10 @@ type wakeup struct {
 	token int64
 }
 
+// grants reports whether v carries a grant made under lease l. (A grant
+// under an earlier lease of the same request is void with that lease.)
+func (v wakeup) grants(l *lease) bool { return v.token != 0 && v.lease == l.id }
+
 func newWaiters() *waiters { return &waiters{byName: map[string][]*waiter{}} }
 
 // register returns a channel that receives a value when request id may be

@@ -70,43 +70,31 @@ func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), o
 // grant whose notification is lost is found by the waiter's next attempt.
 func parseWakeup(payload string) dialect.Wakeup {
 	if rest, ok := strings.CutPrefix(payload, "g "); ok {
-		if w, ok := parseGrant(rest); ok {
-			return w
+		if n, name, ok := cutNumbers(rest, 3); ok && n[1] != 0 && n[2] > 0 {
+			return dialect.Wakeup{Name: name, LeaseID: n[0], RequestID: n[1], Token: n[2]}
 		}
 		return dialect.Wakeup{Name: payload}
 	}
-	lease, rest, ok := strings.Cut(payload, " ")
-	if !ok {
-		return dialect.Wakeup{Name: payload}
+	if n, name, ok := cutNumbers(payload, 2); ok && n[1] != 0 {
+		return dialect.Wakeup{Name: name, LeaseID: n[0], RequestID: n[1]}
 	}
-	req, name, ok := strings.Cut(rest, " ")
-	if !ok || name == "" {
-		return dialect.Wakeup{Name: payload}
-	}
-	l, err1 := strconv.ParseInt(lease, 10, 64)
-	r, err2 := strconv.ParseInt(req, 10, 64)
-	if err1 != nil || err2 != nil || r == 0 {
-		return dialect.Wakeup{Name: payload}
-	}
-	return dialect.Wakeup{Name: name, LeaseID: l, RequestID: r}
+	return dialect.Wakeup{Name: payload}
 }
 
-// parseGrant reads "<lease id> <request id> <token> <name>".
-func parseGrant(s string) (dialect.Wakeup, bool) {
-	var nums [3]int64
+// cutNumbers reads k space-separated integers from the front of s and
+// returns them with the rest of s, which must not be empty.
+func cutNumbers(s string, k int) ([]int64, string, bool) {
+	nums := make([]int64, k)
 	for i := range nums {
 		field, rest, ok := strings.Cut(s, " ")
 		if !ok {
-			return dialect.Wakeup{}, false
+			return nil, "", false
 		}
 		n, err := strconv.ParseInt(field, 10, 64)
 		if err != nil {
-			return dialect.Wakeup{}, false
+			return nil, "", false
 		}
 		nums[i], s = n, rest
 	}
-	if s == "" || nums[1] == 0 || nums[2] <= 0 {
-		return dialect.Wakeup{}, false
-	}
-	return dialect.Wakeup{Name: s, LeaseID: nums[0], RequestID: nums[1], Token: nums[2]}, true
+	return nums, s, s != ""
 }

@@ -128,6 +128,10 @@ func TestS9ServerKillsSessions(t *testing.T) {
 				}
 				got <- err
 			}()
+			// The holder takes the second name first, so that the waiter's
+			// request for it waits (and gives up) rather than winning it.
+			other, err := holder.Lock(ctx, "s9/other-waiter", sqldlm.Exclusive)
+			require.NoError(t, err)
 			gaveUp := make(chan error, 1)
 			go func() {
 				short, cancel := context.WithTimeout(ctx, ttl)
@@ -135,8 +139,6 @@ func TestS9ServerKillsSessions(t *testing.T) {
 				_, err := waiter.Lock(short, "s9/other-waiter", sqldlm.Exclusive)
 				gaveUp <- err
 			}()
-			other, err := holder.Lock(ctx, "s9/other-waiter", sqldlm.Exclusive)
-			require.NoError(t, err)
 			require.Eventually(t, func() bool {
 				return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters`) >= 1
 			}, 10*time.Second, 5*time.Millisecond, "the waiter waits")

@@ -186,30 +186,33 @@ func (c *Client) dropLease(l *lease) {
 // leaves no waiter row and no hold behind. If the request's last statement
 // was cut off (uncertain), it may still commit in the server: it is
 // withdrawn again after a second and after a TTL.
-func (c *Client) abandon(l *lease, id int64, uncertain bool) {
+func (c *Client) abandon(l *lease, name string, id int64, uncertain bool) {
 	if !l.live() {
 		return // the lease's deletion covers it
 	}
 	if uncertain {
-		c.janitor.abandon(l, id, time.Second)
-		c.janitor.abandon(l, id, c.cfg.TTL)
+		c.janitor.abandon(l, name, id, time.Second)
+		c.janitor.abandon(l, name, id, c.cfg.TTL)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/2, 5*time.Second))
-	err := c.withdraw(ctx, l, id)
+	err := c.withdraw(ctx, l, name, id)
 	cancel()
 	if err != nil {
-		c.janitor.abandon(l, id, 0)
+		c.janitor.abandon(l, name, id, 0)
 	}
 }
 
 // withdraw deletes request id of lease l (its waiter row and any hold it
 // obtained) and wakes the waiters of the names it freed.
-func (c *Client) withdraw(ctx context.Context, l *lease, id int64) error {
-	names, err := c.dialect.Abandon(ctx, c.db, l.id, id)
-	for _, n := range names {
+func (c *Client) withdraw(ctx context.Context, l *lease, name string, id int64) error {
+	res, err := c.dialect.Abandon(ctx, c.db, &dialect.AbandonParams{Name: name, LeaseID: l.id, RequestID: id})
+	if err != nil {
+		return err
+	}
+	for _, n := range res.Freed {
 		c.waiters.wakeHead(n)
 	}
-	return err
+	return nil
 }
 
 // notified reports whether releases currently arrive as notifications.

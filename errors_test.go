@@ -88,8 +88,8 @@ func (d *injectDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.H
 	return wrapCall(d, "payload", func() (bool, error) { return d.Dialect.SetPayload(ctx, db, p, payload) })
 }
 
-func (d *injectDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, idle time.Duration) (bool, error) {
-	return wrapCall(d, "fence", func() (bool, error) { return d.Dialect.Fence(ctx, tx, p, idle) })
+func (d *injectDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idle time.Duration) (bool, error) {
+	return wrapCall(d, "fence", func() (bool, error) { return d.Dialect.Fence(ctx, db, tx, p, idle) })
 }
 
 func (d *injectDialect) CreatePending(ctx context.Context, db *sql.DB, leaseID, requestID int64) error {

@@ -67,12 +67,12 @@ func (j *janitor) release(l *lease, ref *dialect.HoldRef) {
 // connection failed) may still be running in the server and commit after
 // the client withdrew it: the client withdraws it again later, so that such
 // a grant cannot stay attached to the live, renewed lease.
-func (j *janitor) abandon(l *lease, requestID int64, delay time.Duration) {
+func (j *janitor) abandon(l *lease, name string, requestID int64, delay time.Duration) {
 	j.add(&task{
 		notBefore: time.Now().Add(delay),
 		what:      "withdraw request",
 		run: func(ctx context.Context) error {
-			return j.c.withdraw(ctx, l, requestID)
+			return j.c.withdraw(ctx, l, name, requestID)
 		},
 		until: l.live,
 	})

@@ -315,7 +315,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	uncertain := false    // the last statement was cut off: its outcome is unknown
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if enqueuedOn != nil {
-			c.abandon(enqueuedOn, r.id, uncertain)
+			c.abandon(enqueuedOn, r.name, r.id, uncertain)
 		}
 		return 0, nil, nil, cause
 	}
@@ -334,7 +334,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			}
 		}
 		if enqueuedOn != nil && enqueuedOn != l {
-			c.abandon(enqueuedOn, r.id, uncertain) // the old lease's waiter row is void
+			c.abandon(enqueuedOn, r.name, r.id, uncertain) // the old lease's waiter row is void
 			enqueuedOn = nil
 		}
 		if r.wait {
@@ -561,7 +561,7 @@ func (l *Lock) releaseTx(ctx context.Context, tx *sql.Tx) error {
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
-	ok, err := l.c.dialect.ReleaseTx(ctx, tx, l.ref())
+	ok, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref())
 	if err != nil {
 		return err
 	}
@@ -684,7 +684,7 @@ func (l *Lock) fence(ctx context.Context, tx *sql.Tx) error {
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
-	ok, err := l.c.dialect.Fence(ctx, tx, l.ref(), l.c.cfg.TTL)
+	ok, err := l.c.dialect.Fence(ctx, l.c.db, tx, l.ref(), l.c.cfg.TTL)
 	if err != nil {
 		return err
 	}

@@ -68,7 +68,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 		}
 		req := rand.Int64()
 		if err := c.dialect.CreatePending(ctx, c.db, l.id, req); err != nil {
-			c.settlePending(l, req) // the record may exist if only the answer was lost
+			c.settlePending(l, name, req) // the record may exist if only the answer was lost
 			return nil, fmt.Errorf("record the request: %w", err)
 		}
 		res, err := c.dialect.AcquireTx(ctx, tx, &dialect.AcquireParams{
@@ -76,7 +76,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 		})
 		if err != nil {
 			// The grant may have been made in tx and may yet commit: settle it.
-			c.settlePending(l, req)
+			c.settlePending(l, name, req)
 			if errors.Is(err, dialect.ErrIsolation) {
 				return nil, fmt.Errorf("run the transaction at READ COMMITTED "+
 					"(sql.TxOptions{Isolation: sql.LevelReadCommitted}): %w", err)
@@ -84,7 +84,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			return nil, err
 		}
 		if res.Status != dialect.Granted {
-			c.settlePending(l, req)
+			c.settlePending(l, name, req)
 		}
 		switch res.Status {
 		case dialect.Granted:
@@ -120,7 +120,7 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 // that transaction committed. It covers a request whose outcome the caller
 // never learnt (an error), one that was refused (whose record it deletes),
 // and a pending lock released before its transaction was seen to end.
-func (c *Client) settlePending(l *lease, req int64) {
+func (c *Client) settlePending(l *lease, name string, req int64) {
 	c.janitor.add(&task{
 		what: "settle a request made in a transaction",
 		run: func(ctx context.Context) error {
@@ -131,7 +131,7 @@ func (c *Client) settlePending(l *lease, req int64) {
 			case out == dialect.TxOpen:
 				return errTxStillOpen
 			case out == dialect.TxCommitted:
-				return c.withdraw(ctx, l, req)
+				return c.withdraw(ctx, l, name, req)
 			}
 			return nil
 		},
@@ -258,12 +258,12 @@ func (l *Lock) releasePending(ctx context.Context) bool {
 	tx := l.tx
 	l.mu.Unlock()
 	if err == nil && tx != nil {
-		if _, err := l.c.dialect.ReleaseTx(ctx, tx, l.ref()); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		if _, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref()); err != nil && !errors.Is(err, sql.ErrTxDone) {
 			l.c.logger.Info("sqldlm: release in the acquiring transaction failed; releasing after it ends", "lock_name", l.name, "error", err)
 		}
 	}
 	l.lease.remove(l)
-	l.c.settlePending(l.lease, l.txReq)
+	l.c.settlePending(l.lease, l.name, l.txReq)
 	if l.finish(ErrReleased) {
 		l.c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
 	}

@@ -81,16 +81,30 @@ type Locker interface {
 	// gone and with it every hold.
 	PendingOutcome(ctx context.Context, db *sql.DB, leaseID, requestID int64) (TxOutcome, error)
 
-	// Abandon withdraws a request: it deletes its waiter row and any hold it
-	// obtained, and returns the names of deleted holds.
-	Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error)
+	// Abandon withdraws a request for good. It deletes the request's waiter
+	// row and (unless p.KeepHold) any hold it obtained, and records the
+	// withdrawal: no statement of that request that runs after Abandon has
+	// committed, however late it arrives, can grant it or queue it; Acquire
+	// then answers [Withdrawn]. Abandon and the statements of a grant or an
+	// enqueue of p.Name serialize (on the name's row), so a statement in
+	// flight either committed before Abandon (which then deletes what it
+	// did) or sees the withdrawal. The record is deleted with its lease, and
+	// by Reap once it is older than [WithdrawnRetention].
+	Abandon(ctx context.Context, db *sql.DB, p *AbandonParams) (*AbandonResult, error)
 	// Release deletes a hold. It returns false if the hold did not exist.
 	Release(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
 	// ReleaseTx deletes a hold inside the caller's transaction tx, so that
 	// the release commits or rolls back with it (waiters are notified at
 	// commit where the dialect notifies). It returns false if the hold did
 	// not exist.
-	ReleaseTx(ctx context.Context, tx *sql.Tx, p *HoldRef) (bool, error)
+	//
+	// In a transaction whose snapshot is older than the grant or than the
+	// lease's last renewal (REPEATABLE READ, SERIALIZABLE), a hold that is
+	// held and live by the latest committed state must not be reported
+	// gone: the dialect then returns an error matching ErrSerialization
+	// (retry the transaction). It may read the latest state through db,
+	// outside tx.
+	ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *HoldRef) (bool, error)
 	// Downgrade turns an exclusive hold of a live lease into a shared one,
 	// keeping its token. It returns false if the hold does not exist or its
 	// lease is not live.
@@ -103,7 +117,15 @@ type Locker interface {
 	// takeover or release can commit before tx ends. idleTimeout bounds how
 	// long tx may then sit idle before the server ends it, where the dialect
 	// can (PostgreSQL, MariaDB).
-	Fence(ctx context.Context, tx *sql.Tx, p *HoldRef, idleTimeout time.Duration) (bool, error)
+	//
+	// At every isolation level it returns false only when the hold is gone
+	// or its lease is not live by the latest committed state: where tx's
+	// snapshot is older than that (REPEATABLE READ, SERIALIZABLE) and
+	// disagrees, it returns an error matching ErrSerialization (retry the
+	// transaction). It must not lock the lease row in tx in a way that
+	// blocks the lease's renewals until tx ends. It may read the latest
+	// state through db, outside tx, once the hold is locked in tx.
+	Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *HoldRef, idleTimeout time.Duration) (bool, error)
 
 	// Reap deletes up to limit dead leases with their holds, waiters and
 	// pending records, lock rows idle for longer than idleAfter with no
@@ -209,6 +231,12 @@ type Notifier interface {
 	// their next Acquire also returns that hold (a repeated request). A
 	// waiter withdrawn with Abandon loses the hold too.
 	ReleaseHandOver(ctx context.Context, db *sql.DB, p *HoldRef) (bool, error)
+	// ConfirmGrant reports whether the grant that w announces exists: a
+	// hold of w.Name with token w.Token under lease w.LeaseID for request
+	// w.RequestID. It is one plain indexed read. Any session can send a
+	// notification, so a grant a notification carries is believed only
+	// once the database confirms it.
+	ConfirmGrant(ctx context.Context, db *sql.DB, w Wakeup) (bool, error)
 }
 
 // Wakeup is one notification of a [Notifier]: the request (LeaseID,
@@ -281,7 +309,39 @@ const (
 	NotHeld
 	// UpgradeConflict: another holder's upgrade of the name is pending.
 	UpgradeConflict
+	// Withdrawn: the request was withdrawn with [Locker.Abandon]; it is
+	// never granted or queued again.
+	Withdrawn
 )
+
+// WithdrawnRetention is how long Reap keeps the record of a withdrawn
+// request whose lease is still live. Every wait of an acquire statement in
+// the server is bounded (about a second per lock wait), so no statement of
+// a withdrawn request can still be running after it; a lease that outlives
+// a paused server expires, and an expired lease grants nothing.
+const WithdrawnRetention = time.Hour
+
+// AbandonParams are the arguments of [Locker.Abandon].
+type AbandonParams struct {
+	Name      string // the name the request asked for
+	LeaseID   int64
+	RequestID int64
+	// KeepHold withdraws an upgrade: a hold the request obtained replaced
+	// the caller's shared hold, so it is kept (and reported in
+	// AbandonResult.Kept), not deleted. Its waiter row is deleted and the
+	// withdrawal recorded as for any request.
+	KeepHold bool
+}
+
+// AbandonResult is the outcome of [Locker.Abandon].
+type AbandonResult struct {
+	// Freed lists the names whose holds Abandon deleted (to wake their
+	// waiters).
+	Freed []string
+	// Kept is the token of the hold the request obtained, when KeepHold is
+	// set and the request was granted before the withdrawal; 0 otherwise.
+	Kept int64
+}
 
 // AcquireResult is the outcome of [Locker.Acquire].
 type AcquireResult struct {

@@ -343,7 +343,7 @@ func TestMySQLLockWaitTimeoutLeavesNothing(t *testing.T) {
 		if res.Status == dialect.Blocked {
 			require.Equal(t, 1, waiters)
 		}
-		_, err = d.Abandon(ctx, db.DB, waiter, request)
+		_, err = d.Abandon(ctx, db.DB, &dialect.AbandonParams{Name: tc.name, LeaseID: waiter, RequestID: request})
 		require.NoError(t, err)
 	}
 }
@@ -459,7 +459,7 @@ func TestMySQLFenceAfterBreak(t *testing.T) {
 			broken, err := d.Break(ctx, db.DB, name, "")
 			require.NoError(t, err)
 			require.Len(t, broken, 1)
-			ok, err := d.Fence(ctx, tx, &dialect.HoldRef{Name: name, LeaseID: lease, Token: res.Token}, time.Minute)
+			ok, err := d.Fence(ctx, db.DB, tx, &dialect.HoldRef{Name: name, LeaseID: lease, Token: res.Token}, time.Minute)
 			if err != nil {
 				require.True(t, dialect.IsRetryable(err), "Fence failed with %v", err)
 			} else {

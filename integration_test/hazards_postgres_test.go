@@ -276,7 +276,7 @@ func TestPostgresStaleSnapshots(t *testing.T) {
 			require.NoError(t, tx.QueryRowContext(ctx, `SELECT now()`).Scan(&start))
 			_, err = tx.ExecContext(ctx, `SELECT pg_sleep(2)`)
 			require.NoError(t, err)
-			ok, err := d.Fence(ctx, tx, ref, time.Minute)
+			ok, err := d.Fence(ctx, pool, tx, ref, time.Minute)
 			require.NoError(t, err)
 			require.False(t, ok, "Fence accepted a lease that expired during the transaction")
 		})
@@ -292,7 +292,7 @@ func TestPostgresStaleSnapshots(t *testing.T) {
 			broken, err := d.Break(ctx, pool, ref.Name, "")
 			require.NoError(t, err)
 			require.Len(t, broken, 1)
-			ok, err := d.Fence(ctx, tx, ref, time.Minute)
+			ok, err := d.Fence(ctx, pool, tx, ref, time.Minute)
 			if err != nil {
 				require.True(t, isSerialization(err), "Fence failed with %v, want a serialization failure", err)
 			} else {
@@ -307,7 +307,7 @@ func TestPostgresStaleSnapshots(t *testing.T) {
 			tx, err := pool.BeginTx(ctx, nil)
 			require.NoError(t, err)
 			defer tx.Rollback()
-			ok, err := d.Fence(ctx, tx, ref, time.Minute)
+			ok, err := d.Fence(ctx, pool, tx, ref, time.Minute)
 			require.NoError(t, err)
 			require.True(t, ok)
 			renewCtx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -361,17 +361,17 @@ func testAbandon(t *testing.T, b *lockerBundle) {
 	b.grant("n", h, dialect.Exclusive)
 	p := dialect.AcquireParams{Name: "n", LeaseID: w, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true}
 	b.blocked(p)
-	names, err := b.d.Abandon(b.ctx, b.db, w, p.RequestID)
+	res, err := b.d.Abandon(b.ctx, b.db, &dialect.AbandonParams{Name: p.Name, LeaseID: w, RequestID: p.RequestID})
 	require.NoError(t, err)
-	require.Empty(t, names)
+	require.Empty(t, res.Freed)
 	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_waiters`))
 
 	// A grant whose answer was never seen is withdrawn too.
 	q := dialect.AcquireParams{Name: "m", LeaseID: w, RequestID: rand.Int64(), Mode: dialect.Exclusive}
 	require.Equal(t, dialect.Granted, b.acquire(q).Status)
-	names, err = b.d.Abandon(b.ctx, b.db, w, q.RequestID)
+	res, err = b.d.Abandon(b.ctx, b.db, &dialect.AbandonParams{Name: q.Name, LeaseID: w, RequestID: q.RequestID})
 	require.NoError(t, err)
-	require.Equal(t, []string{"m"}, names)
+	require.Equal(t, []string{"m"}, res.Freed)
 	b.grant("m", h, dialect.Exclusive)
 }
 
@@ -395,7 +395,7 @@ func testDowngrade(t *testing.T, b *lockerBundle) {
 
 func fence(b *lockerBundle, tx *sql.Tx, name string, leaseID, token int64) bool {
 	b.t.Helper()
-	ok, err := b.d.Fence(b.ctx, tx, &dialect.HoldRef{Name: name, LeaseID: leaseID, Token: token}, time.Minute)
+	ok, err := b.d.Fence(b.ctx, b.db, tx, &dialect.HoldRef{Name: name, LeaseID: leaseID, Token: token}, time.Minute)
 	require.NoError(b.t, err)
 	return ok
 }
@@ -562,7 +562,7 @@ func testReleaseTx(t *testing.T, b *lockerBundle) {
 	releaseTx := func() *sql.Tx {
 		tx, err := b.db.BeginTx(b.ctx, nil)
 		require.NoError(t, err)
-		ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+		ok, err := b.d.ReleaseTx(b.ctx, b.db, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
 		require.NoError(t, err)
 		require.True(t, ok)
 		return tx
@@ -577,7 +577,7 @@ func testReleaseTx(t *testing.T, b *lockerBundle) {
 	tx, err := b.db.BeginTx(b.ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
+	ok, err := b.d.ReleaseTx(b.ctx, b.db, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok})
 	require.NoError(t, err)
 	require.False(t, ok, "a hold that is gone is reported")
 }

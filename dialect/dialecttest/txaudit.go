@@ -269,7 +269,7 @@ func testAuditEvents(t *testing.T, b *lockerBundle) {
 
 	req := rand.Int64()
 	ab := b.acquire(dialect.AcquireParams{Name: "n7", LeaseID: alice, RequestID: req, Mode: X})
-	_, err = b.d.Abandon(b.ctx, b.db, alice, req)
+	_, err = b.d.Abandon(b.ctx, b.db, &dialect.AbandonParams{Name: "n7", LeaseID: alice, RequestID: req})
 	require.NoError(t, err)
 	want = append(want, row{dialect.AuditGrant, "n7", "alice", ab.Token, X, ""}, row{dialect.AuditRelease, "n7", "alice", ab.Token, X, "abandoned"})
 
@@ -277,7 +277,7 @@ func testAuditEvents(t *testing.T, b *lockerBundle) {
 	for _, commit := range []bool{false, true} {
 		tx, err := b.db.BeginTx(b.ctx, nil)
 		require.NoError(t, err)
-		ok, err := b.d.ReleaseTx(b.ctx, tx, &dialect.HoldRef{Name: "n8", LeaseID: alice, Token: n8})
+		ok, err := b.d.ReleaseTx(b.ctx, b.db, tx, &dialect.HoldRef{Name: "n8", LeaseID: alice, Token: n8})
 		require.NoError(t, err)
 		require.True(t, ok)
 		if commit {

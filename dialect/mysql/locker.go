@@ -336,7 +336,20 @@ func (d mysqlDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, r
 	}
 }
 
-func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
+// Abandon withdraws a request (interim: KeepHold and the withdrawal record
+// are not implemented yet).
+func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
+	if p.KeepHold {
+		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
+	}
+	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	return &dialect.AbandonResult{Freed: names}, nil
+}
+
+func (d mysqlDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
 	var names []string
 	err := d.call(ctx, db, func(rows *sql.Rows, _ []string) error {
 		var name string
@@ -359,7 +372,7 @@ func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRe
 // ReleaseTx calls sqldlm_release_tx in the caller's transaction: the
 // release procedure starts a transaction of its own, which would commit the
 // caller's. It writes the audit row in tx too.
-func (d mysqlDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+func (d mysqlDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
 	var n int64
 	if err := tx.QueryRowContext(ctx, `CALL sqldlm_release_tx(?, ?, ?)`, p.Name, p.LeaseID, p.Token).Scan(&n); err != nil {
 		return false, d.ClassifyError(err)
@@ -391,7 +404,7 @@ func (d mysqlDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.Hol
 // dialect.ErrSerialization: retry the whole transaction. At SERIALIZABLE,
 // InnoDB turns that read into a locking one, so the lease's renewals wait
 // until tx ends.
-func (d mysqlDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+func (d mysqlDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
 	idle := int64(0)
 	if idleTimeout > 0 {
 		idle = int64(idleTimeout / time.Second)

@@ -163,7 +163,7 @@ func TestSessionSettingsDoNotMatter(t *testing.T) {
 	check("downgrade")
 	tx, err := poisoned.BeginTx(e.ctx, nil)
 	require.NoError(t, err)
-	ok, err = d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, time.Minute)
+	ok, err = d.Fence(e.ctx, poisoned, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.NoError(t, tx.Commit())
@@ -172,9 +172,9 @@ func TestSessionSettingsDoNotMatter(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	check("release")
-	names, err := d.Abandon(e.ctx, poisoned, c, rand.Int64())
+	res, err := d.Abandon(e.ctx, poisoned, &dialect.AbandonParams{Name: "n", LeaseID: c, RequestID: rand.Int64()})
 	require.NoError(t, err)
-	require.Empty(t, names)
+	require.Empty(t, res.Freed)
 	check("abandon")
 	_, err = d.Reap(e.ctx, poisoned, 10, time.Hour)
 	require.NoError(t, err)
@@ -304,7 +304,7 @@ func TestFenceBoundsIdleTransaction(t *testing.T) {
 	tx, err := fenced.BeginTx(e.ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, 1500*time.Millisecond) // rounded up to 2s
+	ok, err := d.Fence(e.ctx, fenced, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, 1500*time.Millisecond) // rounded up to 2s
 	require.NoError(t, err)
 	require.True(t, ok)
 	e.expire(200 * time.Millisecond)
@@ -344,7 +344,7 @@ func TestFenceOldSnapshot(t *testing.T) {
 			break
 		}
 	}
-	_, err = d.Fence(e.ctx, tx, ref, time.Minute)
+	_, err = d.Fence(e.ctx, e.db.DB, tx, ref, time.Minute)
 	require.ErrorIs(t, err, dialect.ErrSerialization)
 	require.True(t, dialect.IsRetryable(err))
 	require.NoError(t, tx.Rollback())
@@ -354,7 +354,7 @@ func TestFenceOldSnapshot(t *testing.T) {
 	tx, err = e.db.BeginTx(e.ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := d.Fence(e.ctx, tx, ref, time.Minute)
+	ok, err := d.Fence(e.ctx, e.db.DB, tx, ref, time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok, "a fresh transaction fences")
 }
@@ -371,7 +371,7 @@ func TestPinnedHoldsAreNotWaitedFor(t *testing.T) {
 	require.NoError(t, err)
 	defer tx.Rollback()
 	for _, ref := range []*dialect.HoldRef{{Name: "d", LeaseID: dead, Token: td}, {Name: "s", LeaseID: a, Token: ta}} {
-		ok, err := d.Fence(e.ctx, tx, ref, time.Minute)
+		ok, err := d.Fence(e.ctx, e.db.DB, tx, ref, time.Minute)
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
@@ -471,7 +471,7 @@ func TestTakeoverReportsOnlyCommittedGrants(t *testing.T) {
 	tx, err := e.db.BeginTx(e.ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := d.Fence(e.ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: high, Token: th}, time.Minute)
+	ok, err := d.Fence(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: "n", LeaseID: high, Token: th}, time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	_, err = e.db.ExecContext(e.ctx, `UPDATE sqldlm_leases SET broken_at = UTC_TIMESTAMP(6) WHERE id = ?`, low)

@@ -479,7 +479,7 @@ func TestAuditRows(t *testing.T) {
 		for _, commit := range []bool{false, true} {
 			tx := e.begin(odd, level)
 			require.Zero(t, e.qcount(tx, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = 0`))
-			ok, err := d.ReleaseTx(e.ctx, tx, &dialect.HoldRef{Name: "r2", LeaseID: alice, Token: tok})
+			ok, err := d.ReleaseTx(e.ctx, odd, tx, &dialect.HoldRef{Name: "r2", LeaseID: alice, Token: tok})
 			require.NoError(t, err)
 			require.True(t, ok)
 			if commit {
@@ -492,9 +492,9 @@ func TestAuditRows(t *testing.T) {
 	}
 	req := rand.Int64()
 	ab := e.acquire(odd, dialect.AcquireParams{Name: "ab", LeaseID: alice, RequestID: req, Mode: X, Payload: "x"})
-	names, err := d.Abandon(e.ctx, odd, alice, req)
+	res, err := d.Abandon(e.ctx, odd, &dialect.AbandonParams{Name: "ab", LeaseID: alice, RequestID: req})
 	require.NoError(t, err)
-	require.Equal(t, []string{"ab"}, names)
+	require.Equal(t, []string{"ab"}, res.Freed)
 	want = append(want, auditRow{dialect.AuditGrant, "ab", "alice", alice, ab.Token, X, "x", ""},
 		auditRow{dialect.AuditRelease, "ab", "alice", alice, ab.Token, X, "x", "abandoned"})
 
@@ -510,10 +510,10 @@ func TestAuditRows(t *testing.T) {
 		auditRow{dialect.AuditBreak, "b2", "dave", dave, d2, S, "", "with b1"})
 
 	// Reap: carol's remaining hold and dave's two expire.
-	res, err := d.Reap(e.ctx, odd, 100, time.Hour)
+	reaped, err := d.Reap(e.ctx, odd, 100, time.Hour)
 	require.NoError(t, err)
-	require.Equal(t, 3, res.Holds)
-	require.Equal(t, 2, res.Leases)
+	require.Equal(t, 3, reaped.Holds)
+	require.Equal(t, 2, reaped.Leases)
 	// Leases are reaped in expires_at order: carol's first.
 	want = append(want, auditRow{dialect.AuditExpire, "other", "carol", carol, c3, X, "", ""},
 		auditRow{dialect.AuditExpire, "b1", "dave", dave, d1, X, "", ""},
@@ -592,13 +592,13 @@ func TestAuditDisabledWritesNothing(t *testing.T) {
 	e.release(e.db.DB, "u", a, up.Token)
 	tok := e.grant(e.db.DB, "r", a, X)
 	tx := e.begin(e.db.DB, sql.LevelRepeatableRead)
-	ok, err = d.ReleaseTx(e.ctx, tx, &dialect.HoldRef{Name: "r", LeaseID: a, Token: tok})
+	ok, err = d.ReleaseTx(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: "r", LeaseID: a, Token: tok})
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.NoError(t, tx.Commit())
 	req := rand.Int64()
 	e.acquire(e.db.DB, dialect.AcquireParams{Name: "ab", LeaseID: a, RequestID: req, Mode: X})
-	_, err = d.Abandon(e.ctx, e.db.DB, a, req)
+	_, err = d.Abandon(e.ctx, e.db.DB, &dialect.AbandonParams{Name: "ab", LeaseID: a, RequestID: req})
 	require.NoError(t, err)
 	tx = e.begin(e.db.DB, sql.LevelReadCommitted)
 	res, err := e.acquireTx(tx, dialect.AcquireParams{Name: "tx", LeaseID: a, Mode: X})

@@ -70,7 +70,7 @@ func TestAuditRowsOfEachEvent(t *testing.T) {
 	require.Equal(t, dialect.Blocked, f.acquire(dialect.AcquireParams{Name: "g", LeaseID: bob, RequestID: waitReq, Mode: S, Enqueue: true}).Status)
 	want = append(want, auditRow{dialect.AuditGrant, "g", "alice", alice, g.Token, X, "first", ""})
 	// Abandoning a request that only waits deletes no hold.
-	_, err = f.d.Abandon(f.ctx, f.db.DB, bob, waitReq)
+	_, err = f.d.Abandon(f.ctx, f.db.DB, &dialect.AbandonParams{Name: "g", LeaseID: bob, RequestID: waitReq})
 	require.NoError(t, err)
 	// Release.
 	ok, err := f.d.Release(f.ctx, f.db.DB, &dialect.HoldRef{Name: "g", LeaseID: alice, Token: g.Token})
@@ -113,7 +113,7 @@ func TestAuditRowsOfEachEvent(t *testing.T) {
 	// Abandon of a granted request.
 	req = rand.Int64()
 	ab := f.acquire(dialect.AcquireParams{Name: "ab", LeaseID: alice, RequestID: req, Mode: X})
-	_, err = f.d.Abandon(f.ctx, f.db.DB, alice, req)
+	_, err = f.d.Abandon(f.ctx, f.db.DB, &dialect.AbandonParams{Name: "ab", LeaseID: alice, RequestID: req})
 	require.NoError(t, err)
 	want = append(want,
 		auditRow{dialect.AuditGrant, "ab", "alice", alice, ab.Token, X, "", ""},
@@ -124,7 +124,7 @@ func TestAuditRowsOfEachEvent(t *testing.T) {
 	want = append(want, auditRow{dialect.AuditGrant, "rt", "alice", alice, rt, X, "", ""})
 	for _, commit := range []bool{false, true} {
 		tx := f.begin(f.db.DB, sql.LevelReadCommitted)
-		ok, err := f.d.ReleaseTx(f.ctx, tx, &dialect.HoldRef{Name: "rt", LeaseID: alice, Token: rt})
+		ok, err := f.d.ReleaseTx(f.ctx, f.db.DB, tx, &dialect.HoldRef{Name: "rt", LeaseID: alice, Token: rt})
 		require.NoError(t, err)
 		require.True(t, ok)
 		if commit {
@@ -258,12 +258,12 @@ func TestAuditDisabledWritesNothing(t *testing.T) {
 	require.NoError(t, err)
 	req := rand.Int64()
 	f.acquire(dialect.AcquireParams{Name: "ab", LeaseID: a, RequestID: req, Mode: X})
-	_, err = f.d.Abandon(f.ctx, f.db.DB, a, req)
+	_, err = f.d.Abandon(f.ctx, f.db.DB, &dialect.AbandonParams{Name: "ab", LeaseID: a, RequestID: req})
 	require.NoError(t, err)
 	tx := f.begin(f.db.DB, sql.LevelReadCommitted)
 	res := f.acquireTx(tx, dialect.AcquireParams{Name: "tx", LeaseID: a, Mode: X})
 	require.Equal(t, dialect.Granted, res.Status)
-	_, err = f.d.ReleaseTx(f.ctx, tx, &dialect.HoldRef{Name: "tx", LeaseID: a, Token: res.Token})
+	_, err = f.d.ReleaseTx(f.ctx, f.db.DB, tx, &dialect.HoldRef{Name: "tx", LeaseID: a, Token: res.Token})
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit())
 	f.grant("b", c, X)

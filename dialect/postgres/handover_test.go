@@ -90,9 +90,9 @@ func TestReleaseHandOver(t *testing.T) {
 	handOver("x", w1, got.Token)
 	woke = l.next(t)
 	require.Equal(t, dialect.Wakeup{Name: "x", LeaseID: w2.lease, RequestID: w2.id, Token: nameToken("x")}, woke)
-	freed, err := d.Abandon(ctx, db.DB, w2.lease, w2.id)
+	res, err := d.Abandon(ctx, db.DB, &dialect.AbandonParams{Name: "x", LeaseID: w2.lease, RequestID: w2.id})
 	require.NoError(t, err)
-	require.Equal(t, []string{"x"}, freed)
+	require.Equal(t, []string{"x"}, res.Freed)
 	require.Empty(t, holds("x"))
 	var waiting int
 	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM sqldlm_waiters`).Scan(&waiting))

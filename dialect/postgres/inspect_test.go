@@ -93,7 +93,7 @@ func TestBreakDoesNotWaitForAFence(t *testing.T) {
 	tx, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := d.Fence(ctx, tx, hold, time.Minute)
+	ok, err := d.Fence(ctx, db.DB, tx, hold, time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 
@@ -105,7 +105,7 @@ func TestBreakDoesNotWaitForAFence(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, broken, 1)
 
-	ok, err = d.Fence(ctx, tx, hold, time.Minute)
+	ok, err = d.Fence(ctx, db.DB, tx, hold, time.Minute)
 	require.NoError(t, err)
 	require.False(t, ok, "the fenced transaction's next Fence sees the break")
 	require.NoError(t, tx.Rollback())
@@ -298,7 +298,7 @@ func TestBreakUnderLoad(t *testing.T) {
 					if !ok("begin", err) {
 						continue
 					}
-					_, err = d.Fence(ctx, tx, &dialect.HoldRef{Name: h.name, LeaseID: lease, Token: h.token}, time.Second)
+					_, err = d.Fence(ctx, pool, tx, &dialect.HoldRef{Name: h.name, LeaseID: lease, Token: h.token}, time.Second)
 					_ = tx.Rollback()
 					ok("fence", err)
 				default:

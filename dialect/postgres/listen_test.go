@@ -173,7 +173,7 @@ func TestReleaseWakesOnlyTheHeadOfTheQueue(t *testing.T) {
 			w := l.next(t)
 			if w.Name == "marker" {
 				require.Equal(t, dialect.Wakeup{Name: "marker", LeaseID: marker.lease, RequestID: marker.id}, w)
-				_, err := d.Abandon(ctx, db.DB, marker.lease, marker.id)
+				_, err := d.Abandon(ctx, db.DB, &dialect.AbandonParams{Name: "marker", LeaseID: marker.lease, RequestID: marker.id})
 				require.NoError(t, err)
 				return out
 			}

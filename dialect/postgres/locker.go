@@ -87,6 +87,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -281,8 +282,30 @@ func (d postgresDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID
 	return out, nil
 }
 
-func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
+// Abandon withdraws a request (interim: KeepHold and the withdrawal record
+// are not implemented yet).
+func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
+	if p.KeepHold {
+		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
+	}
+	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	return &dialect.AbandonResult{Freed: names}, nil
+}
+
+func (d postgresDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
 	return d.names(ctx, db, `SELECT sqldlm_abandon($1, $2)`, leaseID, requestID)
+}
+
+// ConfirmGrant reads the hold a handover notification announces.
+func (d postgresDialect) ConfirmGrant(ctx context.Context, db *sql.DB, w dialect.Wakeup) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_holders
+		WHERE lease_id = $1 AND request_id = $2 AND token = $3 AND name = $4)`,
+		w.LeaseID, w.RequestID, w.Token, w.Name).Scan(&ok)
+	return ok, d.ClassifyError(err)
 }
 
 func (d postgresDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -301,7 +324,7 @@ func (d postgresDialect) ReleaseHandOver(ctx context.Context, db *sql.DB, p *dia
 
 // ReleaseTx runs the release function in the caller's transaction: its
 // delete and its notification take effect when tx commits.
-func (d postgresDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+func (d postgresDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
 	var ok bool
 	err := tx.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
 	return ok, d.ClassifyError(err)
@@ -332,7 +355,7 @@ func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.
 // the row changed since the snapshot, inside a savepoint that it rolls back
 // at once: that releases the lock, so renewals are not blocked for the rest
 // of tx.
-func (d postgresDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+func (d postgresDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
 	var ok, readCommitted bool
 	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
 		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok, &readCommitted)

@@ -172,7 +172,7 @@ func TestRandomizedMutualExclusion(t *testing.T) {
 						}
 					case dialect.Blocked:
 						if p.Enqueue && r.IntN(3) == 0 {
-							_, err := d.Abandon(ctx, pool, lease, p.RequestID)
+							_, err := d.Abandon(ctx, pool, &dialect.AbandonParams{Name: p.Name, LeaseID: lease, RequestID: p.RequestID})
 							if fail("abandon", err) {
 								pending = p
 							}
@@ -209,7 +209,7 @@ func TestRandomizedMutualExclusion(t *testing.T) {
 					if fail("begin", err) {
 						continue
 					}
-					_, err = d.Fence(ctx, tx, &dialect.HoldRef{Name: h.name, LeaseID: lease, Token: h.token}, time.Second)
+					_, err = d.Fence(ctx, pool, tx, &dialect.HoldRef{Name: h.name, LeaseID: lease, Token: h.token}, time.Second)
 					fail("fence", err)
 					_ = tx.Rollback()
 				case op < 9: // renew, and sometimes let the lease lapse
@@ -348,7 +348,7 @@ func TestTakeoverOfFencedHoldDoesNotWait(t *testing.T) {
 	tx, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ok, err := d.Fence(ctx, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: res.Token}, time.Minute)
+	ok, err := d.Fence(ctx, db.DB, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: res.Token}, time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	var timeout string

@@ -379,7 +379,20 @@ func (d *sqliteDialect) waitersAhead(ctx context.Context, conn dialect.Querier, 
 	return ahead, err
 }
 
-func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
+// Abandon withdraws a request (interim: KeepHold and the withdrawal record
+// are not implemented yet).
+func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
+	if p.KeepHold {
+		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
+	}
+	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	return &dialect.AbandonResult{Freed: names}, nil
+}
+
+func (d *sqliteDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
 		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, requestID); err != nil {
 			return err
@@ -403,7 +416,7 @@ func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.Hold
 }
 
 // ReleaseTx deletes the hold in the caller's transaction.
-func (d *sqliteDialect) ReleaseTx(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+func (d *sqliteDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
 	now, err := readNow(ctx, tx)
 	if err != nil {
 		return false, d.ClassifyError(err)
@@ -456,7 +469,7 @@ func (d *sqliteDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.H
 // connection can commit a takeover or release until the transaction ends.
 // SQLite has no server to end an idle transaction: idleTimeout is ignored,
 // and a holder paused inside a fenced transaction blocks every writer.
-func (d *sqliteDialect) Fence(ctx context.Context, tx *sql.Tx, p *dialect.HoldRef, _ time.Duration) (bool, error) {
+func (d *sqliteDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef, _ time.Duration) (bool, error) {
 	res, err := tx.ExecContext(ctx, `UPDATE sqldlm_holders SET mode = mode WHERE `+liveHold, p.Token, p.LeaseID, p.Name)
 	return affected(res, err, d)
 }

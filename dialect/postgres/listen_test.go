@@ -160,11 +160,13 @@ func TestReleaseWakesOnlyTheHeadOfTheQueue(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
-	// wakes collects the notifications up to the marker's.
-	marker := req{lease(time.Minute), rand.Int64()}
+	// wakes collects the notifications up to the marker's. Each marker is a
+	// new request: a withdrawn one is never queued again.
+	markerLease := lease(time.Minute)
 	markerHolder := req{lease(time.Minute), rand.Int64()}
 	wakes := func() []dialect.Wakeup {
 		t.Helper()
+		marker := req{markerLease, rand.Int64()}
 		tok := acquire("marker", markerHolder, dialect.Exclusive, dialect.Granted)
 		acquire("marker", marker, dialect.Exclusive, dialect.Blocked)
 		release("marker", markerHolder, tok)

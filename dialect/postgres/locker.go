@@ -12,20 +12,25 @@ package postgres
 //	             lock re-checks the condition, with a fresh clock, on the
 //	             row's newest version)
 //	DeleteLease  SELECT sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE
-//	             its holds, waiters and pending records, DELETE it, NOTIFY
-//	             the names
-//	Acquire      SELECT sqldlm_acquire. Phase 1, no row locks: one SELECT
+//	             its holds, waiters, pending records and withdrawal records,
+//	             DELETE it, wake the names' queues
+//	Acquire      SELECT sqldlm_acquire, with lock_timeout 1s (every lock wait
+//	             fails with 55P03 after a second; the client retries). [Fast
+//	             path, below.] Phase 1, no row locks: SELECT the request's
+//	             withdrawal record (withdrawn: return), one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
 //	             (idempotent retry), own waiter, [upgrade: own shared hold,
 //	             other upgraders], conflicting holds of live leases or of
 //	             leases dead for less than the lock delay, live waiters ahead;
-//	             if blocked: [first enqueue: lock own lease FOR KEY SHARE,
-//	             INSERT waiter], return. Phase 2: lock the name's row FOR
-//	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
+//	             if blocked and not a first enqueue: return. Phase 2 (also
+//	             for a first enqueue): lock the name's row FOR UPDATE (INSERT
+//	             it if missing), own lease FOR KEY SHARE; SELECT the
+//	             withdrawal record again (withdrawn: return, nothing written);
 //	             evaluate again; lock the leases of conflicting holds dead
 //	             for the lock delay FOR NO KEY UPDATE and evaluate again,
 //	             until stable; [lock their holds of the name FOR UPDATE SKIP
-//	             LOCKED: blocked if a fence pins one]; then SELECT the audit
+//	             LOCKED: blocked, expiry unknown (NULL), if a fence pins
+//	             one, [INSERT waiter]]; then SELECT the audit
 //	             setting and the own lease's owner, [DELETE upgraded hold
 //	             RETURNING its payload], DELETE the dead leases' (and
 //	             orphaned) holds of the name RETURNING them, joined to their
@@ -34,20 +39,34 @@ package postgres
 //	             broken_at], INSERT hold (with its payload, or the upgraded
 //	             hold's) RETURNING token, [INSERT its audit row], UPDATE the
 //	             name's row, DELETE own waiter; or, if blocked after all,
-//	             [INSERT waiter]
-//	Abandon      SELECT sqldlm_abandon: DELETE waiter, DELETE hold, NOTIFY
+//	             [first enqueue: INSERT waiter]
+//	Abandon      SELECT sqldlm_abandon, with lock_timeout 1s: lock the name's
+//	             row FOR UPDATE (INSERT it if missing), own lease FOR KEY
+//	             SHARE; [lease there: INSERT the withdrawal record ON
+//	             CONFLICT DO NOTHING]; DELETE waiter; DELETE hold [and INSERT
+//	             its audit row], or with KeepHold SELECT its token; wake the
+//	             names' queues
 //	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
 //	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
 //	SetPayload   SELECT sqldlm_set_payload: UPDATE hold WHERE lease live
 //	Fence        SELECT sqldlm_fence, in the caller's tx: SET LOCAL
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
-//	             FOR KEY SHARE; SELECT lease live
+//	             FOR KEY SHARE; SELECT lease live. At REPEATABLE READ and
+//	             SERIALIZABLE, if not live: SELECT hold and lease live
+//	             through db (autocommit; live: serialization error); if
+//	             live: SAVEPOINT, SELECT lease FOR SHARE, ROLLBACK TO and
+//	             RELEASE the savepoint, in tx
+//	ReleaseTx    SELECT sqldlm_release, in the caller's tx; at REPEATABLE
+//	             READ and SERIALIZABLE, if no hold was deleted: SELECT hold
+//	             and lease live through db (live: serialization error)
 //	Reap         SELECT sqldlm_reap: lock up to limit dead leases FOR UPDATE
 //	             SKIP LOCKED, re-check, DELETE their holds, waiters, leases,
 //	             and the pending records of leases gone (SKIP LOCKED); lock
 //	             up to limit idle lock rows FOR UPDATE SKIP LOCKED, DELETE
 //	             those still idle; DELETE up to limit audit rows past the
-//	             retention (SKIP LOCKED); NOTIFY the names
+//	             retention (SKIP LOCKED); DELETE the withdrawal records of
+//	             the leases it deleted, and up to limit older than an hour
+//	             (SKIP LOCKED); wake the names' queues
 //	AcquireTx    SELECT sqldlm_acquire_tx, in the caller's tx: refuse any
 //	             isolation but READ COMMITTED (SQLSTATE SQD01); Acquire's
 //	             statements (without enqueue or upgrade); if granted, DELETE
@@ -83,11 +102,20 @@ package postgres
 // sqldlm_acquire, and its notification carries the grant:
 // "g <lease id> <request id> <token> <name>", so the woken waiter sends no
 // statement.
+//
+// Since schema version 6 (migrations/postgres/00006_final_withdrawal.sql)
+// a withdrawal is final: Abandon records it (sqldlm_withdrawn) under the
+// name's row lock, and every statement that inserts a hold or a waiter row
+// (the fast path, phase 2) checks the record after the name's row and own
+// lease locks, so a late statement of a withdrawn request grants and queues
+// nothing (status withdrawn); a first enqueue goes through phase 2 for
+// that. sqldlm_acquire and sqldlm_abandon bound every lock wait with a
+// function-level lock_timeout of 1s, restored when they return, so the
+// caller's transaction of AcquireTx keeps its own setting.
 
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -138,6 +166,7 @@ var acquireStatus = map[string]dialect.AcquireStatus{
 	"lease_lost":       dialect.LeaseLost,
 	"not_held":         dialect.NotHeld,
 	"upgrade_conflict": dialect.UpgradeConflict,
+	"withdrawn":        dialect.Withdrawn,
 }
 
 func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
@@ -282,21 +311,22 @@ func (d postgresDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID
 	return out, nil
 }
 
-// Abandon withdraws a request (interim: KeepHold and the withdrawal record
-// are not implemented yet).
+// Abandon is one call of sqldlm_abandon, which records the withdrawal under
+// the name's row lock, so that no later statement of the request can grant
+// or queue it.
 func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
-	if p.KeepHold {
-		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
-	}
-	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
+	var (
+		freed []string
+		kept  sql.NullInt64
+	)
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	err := db.QueryRowContext(ctx, `SELECT o_freed, o_kept FROM sqldlm_abandon($1, $2, $3, $4)`,
+		p.Name, p.LeaseID, p.RequestID, p.KeepHold).Scan(m.SQLScanner(&freed), &kept)
 	if err != nil {
-		return nil, err
+		return nil, d.ClassifyError(err)
 	}
-	return &dialect.AbandonResult{Freed: names}, nil
-}
-
-func (d postgresDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
-	return d.names(ctx, db, `SELECT sqldlm_abandon($1, $2)`, leaseID, requestID)
+	return &dialect.AbandonResult{Freed: freed, Kept: kept.Int64}, nil
 }
 
 // ConfirmGrant reads the hold a handover notification announces.
@@ -323,11 +353,40 @@ func (d postgresDialect) ReleaseHandOver(ctx context.Context, db *sql.DB, p *dia
 }
 
 // ReleaseTx runs the release function in the caller's transaction: its
-// delete and its notification take effect when tx commits.
-func (d postgresDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
-	var ok bool
-	err := tx.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3)`, p.Name, p.LeaseID, p.Token).Scan(&ok)
-	return ok, d.ClassifyError(err)
+// delete and its notification take effect when tx commits. At REPEATABLE
+// READ and SERIALIZABLE the delete sees tx's snapshot, which may predate
+// the grant: a hold it does not find is looked up in the latest committed
+// state through db (see stale).
+func (d postgresDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	var ok, readCommitted bool
+	err := tx.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3), current_setting('transaction_isolation') = 'read committed'`,
+		p.Name, p.LeaseID, p.Token).Scan(&ok, &readCommitted)
+	if err != nil || ok || readCommitted {
+		return ok, d.ClassifyError(err)
+	}
+	return false, d.stale(ctx, db, p, "ReleaseTx")
+}
+
+// stale tells a "not held" answer read in a transaction at REPEATABLE READ
+// or SERIALIZABLE apart from a hold that is really gone: it reads, through
+// db (autocommit, a snapshot and clock of now), whether the hold exists and
+// its lease is live. If so, tx's snapshot is older than the grant or the
+// lease's last renewal, and stale returns an error matching
+// dialect.ErrSerialization (retry the transaction); otherwise nil.
+func (d postgresDialect) stale(ctx context.Context, db *sql.DB, p *dialect.HoldRef, op string) error {
+	var held bool
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
+		WHERE h.token = $1 AND h.lease_id = $2 AND h.name = $3
+		  AND l.broken_at IS NULL AND l.expires_at > clock_timestamp())`,
+		p.Token, p.LeaseID, p.Name).Scan(&held)
+	if err != nil {
+		return fmt.Errorf("%s: the transaction's snapshot does not show the hold; reading the latest state: %w", op, d.ClassifyError(err))
+	}
+	if held {
+		return dialect.NewError(dialect.ErrSerialization, "", fmt.Errorf(
+			"%s: the transaction's snapshot predates the grant or the lease's last renewal, and the hold is still held: retry the transaction", op))
+	}
+	return nil
 }
 
 func (d postgresDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -347,20 +406,28 @@ func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.
 // answered Blocked until then, and renewals of the lease go on. It also sets idle_in_transaction_session_timeout for the rest of tx, so
 // that the server ends tx (and its connection) if the holder pauses inside it.
 //
-// At REPEATABLE READ and SERIALIZABLE, sqldlm_fence reads the lease as of
-// tx's snapshot, and its FOR KEY SHARE lock does not conflict with, so does
+// At REPEATABLE READ and SERIALIZABLE, sqldlm_fence reads the hold and the
+// lease as of tx's snapshot. A snapshot older than the grant does not show
+// the hold, and one older than the lease's last renewal may show it
+// expired: when sqldlm_fence says no, Fence reads the latest committed
+// state through db and returns an error matching dialect.ErrSerialization
+// (retry the transaction) if the hold is held and live there, false
+// otherwise. And its FOR KEY SHARE lock does not conflict with, so does
 // not detect, a later update of non-key columns: a lease broken after the
-// snapshot was taken would pass. So Fence then also locks the lease FOR
-// SHARE, which fails with a serialization error (retry the transaction) if
-// the row changed since the snapshot, inside a savepoint that it rolls back
-// at once: that releases the lock, so renewals are not blocked for the rest
-// of tx.
-func (d postgresDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+// snapshot was taken would pass. So when sqldlm_fence says yes, Fence also
+// locks the lease FOR SHARE, which fails with a serialization error (retry
+// the transaction) if the row changed since the snapshot, inside a
+// savepoint that it rolls back at once: that releases the lock, so
+// renewals are not blocked for the rest of tx.
+func (d postgresDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
 	var ok, readCommitted bool
 	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
 		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok, &readCommitted)
-	if err != nil || !ok || readCommitted {
+	if err != nil || readCommitted {
 		return ok, d.ClassifyError(err)
+	}
+	if !ok {
+		return false, d.stale(ctx, db, p, "Fence")
 	}
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT sqldlm_fence`); err != nil {
 		return false, d.ClassifyError(err)

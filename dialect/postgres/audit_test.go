@@ -455,3 +455,38 @@ func TestMigrationDownRestoresVersion4(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, v4, schemaCatalog(ctx, t, db.DB))
 }
+
+// Down from version 6 restores version 5 exactly: the new sqldlm_abandon
+// and sqldlm_withdrawn are dropped, and sqldlm_acquire, sqldlm_delete_lease
+// and sqldlm_reap are as version 5 has them; version 5's sqldlm_abandon
+// was kept as it was.
+func TestMigrationDownRestoresVersion5(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.Open(t, testdb.Postgres)
+	p, err := migrations.NewProvider(db.DB, postgres.Dialect())
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 5)
+	require.NoError(t, err)
+	v5 := schemaCatalog(ctx, t, db.DB)
+	_, err = p.UpTo(ctx, 6)
+	require.NoError(t, err)
+	v6 := schemaCatalog(ctx, t, db.DB)
+	require.NotContains(t, v5, "relation sqldlm_withdrawn")
+	require.Contains(t, v6, "relation sqldlm_withdrawn")
+	require.Contains(t, v6, "function sqldlm_abandon(text,bigint,bigint,boolean)")
+	const old = "function sqldlm_abandon(bigint,bigint)"
+	require.Contains(t, v5, old)
+	require.Equal(t, v5[old], v6[old])
+	for _, fn := range []string{"sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
+		"sqldlm_delete_lease(bigint)", "sqldlm_reap(integer,bigint)"} {
+		require.Contains(t, v5, "function "+fn)
+		require.NotEqual(t, v5["function "+fn], v6["function "+fn], fn)
+	}
+
+	_, err = p.DownTo(ctx, 5)
+	require.NoError(t, err)
+	require.Equal(t, v5, schemaCatalog(ctx, t, db.DB))
+}

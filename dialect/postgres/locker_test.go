@@ -367,13 +367,14 @@ func TestTakeoverOfFencedHoldDoesNotWait(t *testing.T) {
 	require.Equal(t, "a", res.Blocker.Owner)
 	require.LessOrEqual(t, res.Blocker.ExpiresIn, time.Duration(0), "how long the fence pins the hold is unknown")
 	// The server reports it unknown (NULL), not 0, which reads as "free now"
-	// and made waiters poll every millisecond.
+	// and made waiters poll every millisecond. (The request's repeat: it has
+	// no waiter ahead, so it reaches the takeover.)
 	var (
 		status  string
 		expires sql.NullInt64
 	)
-	require.NoError(t, other.QueryRowContext(ctx, `SELECT o_status, o_expires_us FROM sqldlm_acquire($1, $2, $3, 'X', false, 0, '', 0)`,
-		"n", c, rand.Int64()).Scan(&status, &expires))
+	require.NoError(t, other.QueryRowContext(ctx, `SELECT o_status, o_expires_us FROM sqldlm_acquire($1, $2, $3, 'X', true, 0, '', 0)`,
+		"n", c, p.RequestID).Scan(&status, &expires))
 	require.Equal(t, "blocked", status)
 	require.False(t, expires.Valid, "a pinned hold's expiry: %d us", expires.Int64)
 	var waiters int

@@ -342,3 +342,44 @@ func TestFenceAndReleaseTxWithOldSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// TestReapDeletesOldWithdrawalRecords: Reap deletes, up to its limit, the
+// withdrawal records older than dialect.WithdrawnRetention, oldest first,
+// also of live leases; younger ones stay.
+func TestReapDeletesOldWithdrawalRecords(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	w := f.lease("w", time.Minute)
+	ids := make([]int64, 4)
+	for i := range ids {
+		ids[i] = rand.Int64()
+		_, err := f.d.Abandon(f.ctx, f.db.DB, &dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: ids[i]})
+		require.NoError(t, err)
+	}
+	// The first three are past the retention, the oldest first.
+	for i, id := range ids[:3] {
+		_, err := f.db.ExecContext(f.ctx, `UPDATE sqldlm_withdrawn SET withdrawn_at = clock_timestamp() - $1::bigint * interval '1 microsecond'
+			WHERE lease_id = $2 AND request_id = $3`, (dialect.WithdrawnRetention + time.Duration(10-i)*time.Minute).Microseconds(), w, id)
+		require.NoError(t, err)
+	}
+	left := func() []int64 {
+		rows, err := f.db.QueryContext(f.ctx, `SELECT request_id FROM sqldlm_withdrawn WHERE lease_id = $1 ORDER BY withdrawn_at`, w)
+		require.NoError(t, err)
+		defer rows.Close()
+		var out []int64
+		for rows.Next() {
+			var id int64
+			require.NoError(t, rows.Scan(&id))
+			out = append(out, id)
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	_, err := f.d.Reap(f.ctx, f.db.DB, 2, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, ids[2:], left(), "the two oldest go first")
+	_, err = f.d.Reap(f.ctx, f.db.DB, 2, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, ids[3:], left(), "a record within the retention stays")
+	require.Equal(t, dialect.Withdrawn, f.acquire(dialect.AcquireParams{Name: "n", LeaseID: w, RequestID: ids[3], Mode: dialect.Exclusive}).Status)
+}

@@ -52,10 +52,10 @@ package postgres
 //	Fence        SELECT sqldlm_fence, in the caller's tx: SET LOCAL
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
 //	             FOR KEY SHARE; SELECT lease live. At REPEATABLE READ and
-//	             SERIALIZABLE, if not live: SELECT hold and lease live
-//	             through db (autocommit; live: serialization error); if
-//	             live: SAVEPOINT, SELECT lease FOR SHARE, ROLLBACK TO and
-//	             RELEASE the savepoint, in tx
+//	             SERIALIZABLE, if sqldlm_fence says no: SELECT hold and
+//	             lease live through db (autocommit; held and live: a
+//	             serialization error); if yes: SAVEPOINT, SELECT lease FOR
+//	             SHARE, ROLLBACK TO and RELEASE the savepoint, in tx
 //	ReleaseTx    SELECT sqldlm_release, in the caller's tx; at REPEATABLE
 //	             READ and SERIALIZABLE, if no hold was deleted: SELECT hold
 //	             and lease live through db (live: serialization error)

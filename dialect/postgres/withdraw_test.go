@@ -27,8 +27,9 @@ func (f *fixture) onePool() (*sql.DB, int) {
 	return db, pid
 }
 
-// waitingOrDone polls until backend pid waits for a lock, or done reports
-// that its statement has returned.
+// waitingOrDone polls until backend pid waits for a row lock (for the
+// transaction holding the row, or for its place in the row's queue), or
+// done reports that its statement has returned.
 func (f *fixture) waitingOrDone(pid int, done *atomic.Bool, what string) {
 	f.t.Helper()
 	require.Eventually(f.t, func() bool {
@@ -36,7 +37,8 @@ func (f *fixture) waitingOrDone(pid int, done *atomic.Bool, what string) {
 			return true
 		}
 		var waiting bool
-		err := f.db.QueryRowContext(f.ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)`, pid).Scan(&waiting)
+		err := f.db.QueryRowContext(f.ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
+			WHERE pid = $1 AND NOT granted AND locktype IN ('transactionid', 'tuple'))`, pid).Scan(&waiting)
 		return err == nil && waiting
 	}, 10*time.Second, time.Millisecond, "%s neither waits for a lock nor returned", what)
 }

@@ -8,8 +8,8 @@ package sqlite
 //	CreateLease  INSERT lease
 //	RenewLease   UPDATE lease WHERE live
 //	Acquire      read-only first (below), then in a write transaction:
-//	             SELECT own lease; SELECT its withdrawal record (a withdrawn
-//	             request is answered Withdrawn); SELECT hold of this request
+//	             SELECT own lease and the request's withdrawal record (a
+//	             withdrawn request is answered Withdrawn); SELECT hold of this request
 //	             (idempotent retry); [upgrade: SELECT own shared hold, SELECT other
 //	             upgraders]; SELECT holds of the name with their leases;
 //	             SELECT live waiters; then either [UPDATE dead leases, DELETE
@@ -195,25 +195,23 @@ func (d *sqliteDialect) readTx(ctx context.Context, db *sql.DB, fn func(conn *sq
 // acquire decides one attempt. With readOnly it returns errNeedsWrite
 // instead of writing anything.
 func (d *sqliteDialect) acquire(ctx context.Context, conn dialect.Querier, now int64, p *dialect.AcquireParams, readOnly bool) (*dialect.AcquireResult, error) {
-	var live bool
+	// The own lease, and whether the request was withdrawn (in the same
+	// statement: a polling waiter pays for every one).
+	var live, withdrawn bool
 	var owner string
-	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ?, owner FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live, &owner)
+	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ?1, owner,
+			EXISTS (SELECT 1 FROM sqldlm_withdrawn WHERE lease_id = ?2 AND request_id = ?3)
+		FROM sqldlm_leases WHERE id = ?2`, now, p.LeaseID, p.RequestID).Scan(&live, &owner, &withdrawn)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
 		return &dialect.AcquireResult{Status: dialect.LeaseLost}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-
 	// A withdrawn request is never granted or queued, not even as the
 	// repeat of a request that obtained a hold (an upgrade's withdrawal
 	// keeps that hold, which belongs to the caller's handle again).
-	var withdrawn int
-	if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_withdrawn WHERE lease_id = ? AND request_id = ?`,
-		p.LeaseID, p.RequestID).Scan(&withdrawn); err != nil {
-		return nil, err
-	}
-	if withdrawn > 0 {
+	if withdrawn {
 		return &dialect.AcquireResult{Status: dialect.Withdrawn}, nil
 	}
 

@@ -767,6 +767,7 @@ func (l *Lock) downgrade(ctx context.Context) error {
 			if lockErr != nil {
 				return lockErr // lost (or released) meanwhile
 			}
+			l.c.waiters.wake(l.name) // shared requests may be let in
 			return fmt.Errorf("whether the downgrade committed is unknown, so the lock is now shared (Upgrade to be exclusive again): %w", err)
 		}
 		return err

@@ -44,6 +44,7 @@ type faultDialect struct {
 	abandonHang bool
 	fenceFalse  bool
 	calls       map[string]int
+	keepHold    []bool // KeepHold of every Abandon call
 
 	withdrawn chan struct{} // closed when the late request's withdrawal returned
 	wOnce     sync.Once
@@ -110,6 +111,7 @@ func (d *faultDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acqui
 func (d *faultDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
 	d.mu.Lock()
 	d.calls["abandon"]++
+	d.keepHold = append(d.keepHold, p.KeepHold)
 	fail := d.abandonErrs > 0
 	if fail {
 		d.abandonErrs--
@@ -266,6 +268,39 @@ func TestUpgradeUnknownWithdrawalFailsLosesLock(t *testing.T) {
 			"the janitor deleted the upgrade's hold (the lease lives on for a minute)")
 		requireFree(t, b, "up/unknown")
 		require.ErrorIs(t, l.Release(ctx), ErrLost)
+	})
+}
+
+// Defect 1, certain outcome: an upgrade that waits behind another shared
+// holder and gives up (ctx ended) is withdrawn keeping its hold: the lock
+// stays shared, its hold untouched, and the other holder's release grants
+// nothing to the withdrawn upgrade.
+func TestUpgradeGivenUpStaysShared(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		d := newFaultDialect(b.db.Dialect)
+		c := b.client(t, Config{Dialect: d, ReapInterval: ReapDisabled})
+		other := b.client(t, Config{ReapInterval: ReapDisabled})
+		l, err := c.Lock(ctx, "up/given-up", Shared)
+		require.NoError(t, err)
+		lo, err := other.Lock(ctx, "up/given-up", Shared)
+		require.NoError(t, err)
+		uctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		require.ErrorIs(t, l.Upgrade(uctx), context.DeadlineExceeded)
+		require.Equal(t, Shared, l.Mode())
+		d.mu.Lock()
+		require.Equal(t, []bool{true}, d.keepHold, "one withdrawal, keeping the hold")
+		d.mu.Unlock()
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM sqldlm_waiters`))
+		require.NoError(t, lo.Release(ctx))
+		require.Equal(t, map[int64]string{l.Token(): "S"}, b.holds(t, "up/given-up"))
+		requireHeldAsReported(t, b, l)
+		require.NoError(t, l.Upgrade(ctx), "and it can upgrade later")
+		requireHeldAsReported(t, b, l)
+		require.NoError(t, l.Release(ctx))
+		requireFree(t, b, "up/given-up")
 	})
 }
 

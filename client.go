@@ -181,29 +181,34 @@ func (c *Client) dropLease(l *lease) {
 	c.mu.Unlock()
 }
 
-// abandon withdraws request id of lease l: at once if the database answers
-// within a short timeout, else in the background. A withdrawn request
-// leaves no waiter row and no hold behind. If the request's last statement
-// was cut off (uncertain), it may still commit in the server: it is
-// withdrawn again after a second and after a TTL.
-func (c *Client) abandon(l *lease, name string, id int64, uncertain bool) {
+// abandon withdraws request id of lease l. A withdrawal is final: the
+// database records it, and no statement of the request that runs after it
+// (a retry, or one still on its way or waiting in the server when the
+// client gave up) can grant or queue the request; one that ran before it is
+// undone by it. So one withdrawal that succeeds is enough. It is tried at
+// once for a short time (the caller has given up and should get its answer
+// promptly), then by the janitor for as long as the lease lives (the
+// lease's deletion covers it after that).
+func (c *Client) abandon(l *lease, name string, id int64) {
 	if !l.live() {
 		return // the lease's deletion covers it
 	}
-	if uncertain {
-		c.janitor.abandon(l, name, id, time.Second)
-		c.janitor.abandon(l, name, id, c.cfg.TTL)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/2, 5*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawBound(c.cfg.TTL))
 	err := c.withdraw(ctx, l, name, id)
 	cancel()
 	if err != nil {
-		c.janitor.abandon(l, name, id, 0)
+		c.logger.Debug("sqldlm: withdrawing a request failed, retrying in the background", "lock_name", name, "error", err)
+		c.janitor.abandon(l, name, id)
 	}
 }
 
-// withdraw deletes request id of lease l (its waiter row and any hold it
-// obtained) and wakes the waiters of the names it freed.
+// withdrawBound is how long a caller that gave up waits for the withdrawal
+// of its request before the janitor takes it over.
+func withdrawBound(ttl time.Duration) time.Duration { return min(ttl/10, 250*time.Millisecond) }
+
+// withdraw withdraws request id of lease l for good (deleting its waiter
+// row and any hold it obtained) and wakes the waiters of the names it
+// freed.
 func (c *Client) withdraw(ctx context.Context, l *lease, name string, id int64) error {
 	res, err := c.dialect.Abandon(ctx, c.db, &dialect.AbandonParams{Name: name, LeaseID: l.id, RequestID: id})
 	if err != nil {

@@ -61,18 +61,35 @@ func (j *janitor) release(l *lease, ref *dialect.HoldRef) {
 }
 
 // abandon withdraws a request (its waiter row, and a grant it may have
-// obtained unseen) while its lease lives, first after delay.
-//
-// A request whose last statement was cut off (its context ended, or the
-// connection failed) may still be running in the server and commit after
-// the client withdrew it: the client withdraws it again later, so that such
-// a grant cannot stay attached to the live, renewed lease.
-func (j *janitor) abandon(l *lease, name string, requestID int64, delay time.Duration) {
+// obtained unseen) while its lease lives. A withdrawal is final, so the
+// task is done once one attempt succeeds.
+func (j *janitor) abandon(l *lease, name string, requestID int64) {
 	j.add(&task{
-		notBefore: time.Now().Add(delay),
-		what:      "withdraw request",
+		what: "withdraw request",
 		run: func(ctx context.Context) error {
 			return j.c.withdraw(ctx, l, name, requestID)
+		},
+		until: l.live,
+	})
+}
+
+// abandonUpgrade cleans up after an upgrade whose outcome stayed unknown
+// because its withdrawal failed (the handle has already been ended with
+// ErrLost): it withdraws the upgrade request, deleting the exclusive hold
+// it may have obtained, then releases the handle's shared hold (gone
+// already if the upgrade replaced it), while the lease lives.
+func (j *janitor) abandonUpgrade(l *lease, name string, requestID, sharedToken int64) {
+	j.add(&task{
+		what: "withdraw an upgrade and release the shared hold",
+		run: func(ctx context.Context) error {
+			if err := j.c.withdraw(ctx, l, name, requestID); err != nil {
+				return err
+			}
+			if _, err := j.c.dialect.Release(ctx, j.c.db, &dialect.HoldRef{Name: name, LeaseID: l.id, Token: sharedToken}); err != nil {
+				return err
+			}
+			j.c.waiters.wake(name)
+			return nil
 		},
 		until: l.live,
 	})

@@ -301,6 +301,10 @@ type request struct {
 	upgradeToken int64  // for Upgrade
 	lease        *lease // for Upgrade: the lock's lease (never replaced)
 	payload      string
+	// For Upgrade: run gave up on a request that may have left a waiter
+	// row or a grant; the caller withdraws it (keeping its hold, which
+	// replaced the lock's shared hold).
+	giveUp bool
 }
 
 // run retries the acquire statement until it is granted, refused, or ctx
@@ -311,11 +315,14 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	wake, unregister := c.waiters.register(r.name, r.id)
 	defer unregister()
 	backoff := newBackoff(c)
-	var enqueuedOn *lease // the lease a waiter row of this request may exist under
-	uncertain := false    // the last statement was cut off: its outcome is unknown
+	var enqueuedOn *lease // the lease a waiter row or an unseen grant of this request may exist under
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if enqueuedOn != nil {
-			c.abandon(enqueuedOn, r.name, r.id, uncertain)
+			if r.upgradeToken != 0 {
+				r.giveUp = true // withdrawn by the upgrade, which may adopt its grant
+			} else {
+				c.abandon(enqueuedOn, r.name, r.id)
+			}
 		}
 		return 0, nil, nil, cause
 	}
@@ -334,7 +341,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			}
 		}
 		if enqueuedOn != nil && enqueuedOn != l {
-			c.abandon(enqueuedOn, r.name, r.id, uncertain) // the old lease's waiter row is void
+			c.abandon(enqueuedOn, r.name, r.id) // the old lease's waiter row is void
 			enqueuedOn = nil
 		}
 		if r.wait {
@@ -346,7 +353,6 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			Enqueue: r.wait, UpgradeToken: r.upgradeToken, Payload: r.payload, LockDelay: c.cfg.LockDelay,
 		})
 		backoff.cost = time.Since(sent)
-		uncertain = err != nil
 		if err != nil {
 			if ctx.Err() != nil {
 				enqueuedOn = l // the outcome is unknown: withdraw whatever it did
@@ -360,7 +366,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 				if err != nil {
 					return abandon(err)
 				}
-				if v.grants(l) {
+				if r.handedOver(ctx, l, v) {
 					return v.token, l, nil, nil // handed over meanwhile
 				}
 				continue
@@ -382,6 +388,10 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			return abandon(ErrLost)
 		case dialect.UpgradeConflict:
 			return abandon(ErrUpgradeConflict)
+		case dialect.Withdrawn:
+			// Only a withdrawal of this very request answers this: there is
+			// nothing left to withdraw.
+			return 0, nil, nil, fmt.Errorf("sqldlm: acquire %q: the request was withdrawn by this client's cleanup; ask again", r.name)
 		}
 		b := res.Blocker
 		if !r.wait {
@@ -390,9 +400,11 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		// Wake up when this request reaches the head of the queue (a
 		// release in this process, or a notification), when the holder's
 		// lease would expire if not renewed, or at the next poll, which
-		// comes sooner the nearer the request is to the head.
+		// comes sooner the nearer the request is to the head. An expiry of
+		// zero or less is unknown (a dead holder's hold pinned by its
+		// fenced transaction): the usual backoff applies.
 		var expiry time.Duration
-		if b.Owner != "" {
+		if b.Owner != "" && b.ExpiresIn > 0 {
 			expiry = b.ExpiresIn + time.Millisecond
 		}
 		select {
@@ -404,13 +416,39 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		if err != nil {
 			return abandon(err)
 		}
-		if v.grants(l) {
+		if r.handedOver(ctx, l, v) {
 			// A release handed the name over to this request, under the
 			// lease it waits with, and that grant has committed: no need
 			// to ask again.
 			return v.token, l, nil, nil
 		}
 	}
+}
+
+// handedOver reports whether wake-up v hands the name over to this request
+// under lease l, as the database confirms. Any session can send a
+// notification, so the grant one carries is believed only after a read of
+// the hold it names; one that is not confirmed (forged, or void by now)
+// counts as a plain wake-up, and the next attempt asks the database.
+func (r *request) handedOver(ctx context.Context, l *lease, v wakeup) bool {
+	if !v.grants(l) {
+		return false
+	}
+	n, ok := r.c.dialect.(dialect.Notifier)
+	if !ok {
+		return false
+	}
+	confirmed, err := n.ConfirmGrant(ctx, r.c.db, dialect.Wakeup{Name: r.name, LeaseID: l.id, RequestID: r.id, Token: v.token})
+	switch {
+	case err != nil:
+		r.c.logger.Debug("sqldlm: confirming a handed-over grant failed, asking again", "lock_name", r.name, "error", err)
+		return false
+	case !confirmed:
+		r.c.logger.Info("sqldlm: ignored a notification of a grant the database does not hold", "lock_name", r.name,
+			"token", v.token, "lease_id", l.id)
+		return false
+	}
+	return true
 }
 
 // reportTakeover logs, at info, a grant that took a name over from dead
@@ -460,6 +498,7 @@ func (l *Lock) release(ctx context.Context) error {
 	if lostBefore {
 		l.lease.remove(l)
 		l.setRelErr(ErrLost)
+		l.releaseLost(ctx)
 		return ErrLost
 	}
 	if l.isPending() && l.releasePending(ctx) {
@@ -492,6 +531,34 @@ func (l *Lock) release(ctx context.Context) error {
 		c.waiters.wakeHead(l.name)
 	}
 	return nil
+}
+
+// releaseLost deletes, by its token, the hold of a handle that was marked
+// lost while its lease still lives: the loss may be an answer the latest
+// state contradicts (a snapshot older than the grant), and a hold left on a
+// live, renewed lease would keep the name locked for the client's life. The
+// delete finds nothing where the hold really was taken over or reaped. It
+// is tried for a short time, then by the janitor while the lease lives.
+func (l *Lock) releaseLost(ctx context.Context) {
+	c := l.c
+	if !l.lease.live() {
+		return // the lease's deletion covers the hold
+	}
+	if l.isPending() {
+		c.settlePending(l.lease, l.name, l.txReq) // withdraws the request if its transaction committed
+		return
+	}
+	ref := l.ref()
+	ctx, cancel := context.WithTimeout(ctx, min(c.cfg.TTL/4, 2*time.Second))
+	released, err := c.release(ctx, ref)
+	cancel()
+	switch {
+	case err != nil:
+		c.logger.Info("sqldlm: release of a lost lock failed, retrying in the background", "lock_name", l.name, "token", ref.Token, "error", err)
+		c.janitor.release(l.lease, ref)
+	case released && !c.notified():
+		c.waiters.wakeHead(l.name)
+	}
 }
 
 // release deletes a hold; where the dialect can, it hands the name over to
@@ -586,7 +653,11 @@ func (l *Lock) setRelErr(err error) {
 // token. A pending upgrade goes before every waiter. If another holder is
 // already upgrading, Upgrade fails at once with ErrUpgradeConflict (instead
 // of the two waiting for each other forever). If ctx ends first, the lock
-// stays shared. Upgrading an exclusive lock does nothing.
+// stays shared, except that if the upgrade was granted as ctx ended,
+// Upgrade returns nil (the lock is then exclusive). If the database cannot
+// tell which (the request's withdrawal fails too), the lock is given up:
+// Upgrade returns an error matching ErrLost, and the lock is released in
+// the background. Upgrading an exclusive lock does nothing.
 func (l *Lock) Upgrade(ctx context.Context) error {
 	return opError("upgrade", l.name, l.upgrade(ctx))
 }
@@ -606,6 +677,9 @@ func (l *Lock) upgrade(ctx context.Context) error {
 	}
 	r := request{c: l.c, name: l.name, mode: Exclusive, id: rand.Int64(), wait: true, upgradeToken: token, lease: l.lease}
 	newToken, _, taken, err := r.run(ctx)
+	if err != nil && r.giveUp {
+		newToken, err = l.withdrawUpgrade(r.id, token, err)
+	}
 	if errors.Is(err, ErrLost) {
 		l.lost()
 	}
@@ -623,6 +697,39 @@ func (l *Lock) upgrade(ctx context.Context) error {
 	}
 	l.c.reportTakeover(l.name, Exclusive, newToken, taken)
 	return nil
+}
+
+// withdrawUpgrade withdraws upgrade request id, which gave up with cause
+// (its context ended, or it failed) and may have been granted meanwhile
+// (an answer lost after the commit, a statement that ran on in the server,
+// a handover). The withdrawal keeps the hold the request obtained, since
+// that hold replaced the lock's shared one, and reports its token: the lock
+// then adopts it (Upgrade succeeded after all). Otherwise the shared hold
+// is untouched and cause is returned. If the withdrawal fails, the outcome
+// stays unknown: the lock is ended with ErrLost first (the holder knows
+// before anyone can be granted the name), then the janitor withdraws the
+// request, deleting whatever it obtained, and releases the shared hold.
+func (l *Lock) withdrawUpgrade(id, sharedToken int64, cause error) (int64, error) {
+	c := l.c
+	if !l.lease.live() {
+		return 0, cause // the lease's end lost (or released) the lock and covers the request
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/4, 2*time.Second))
+	res, err := c.dialect.Abandon(ctx, c.db, &dialect.AbandonParams{Name: l.name, LeaseID: l.lease.id, RequestID: id, KeepHold: true})
+	cancel()
+	if err != nil {
+		l.lost()
+		c.janitor.abandonUpgrade(l.lease, l.name, id, sharedToken)
+		c.logger.Info("sqldlm: an upgrade's outcome is unknown and withdrawing it failed; the lock is given up",
+			"lock_name", l.name, "cause", cause, "error", err)
+		return 0, fmt.Errorf("%w; withdrawing the upgrade failed (%v), so whether it was granted is unknown and the lock was given up: %w",
+			cause, err, ErrLost)
+	}
+	if res.Kept != 0 {
+		c.logger.Debug("sqldlm: an upgrade given up had been granted; keeping it", "lock_name", l.name, "token", res.Kept)
+		return res.Kept, nil
+	}
+	return 0, cause
 }
 
 // Downgrade turns an exclusive lock into a shared one, keeping its token,
@@ -645,8 +752,24 @@ func (l *Lock) downgrade(ctx context.Context) error {
 	if mode == Shared {
 		return nil
 	}
-	ok, err := retryStatement(ctx, func() (bool, error) { return l.c.dialect.Downgrade(ctx, l.c.db, l.ref()) })
+	ok, unknown, err := l.downgradeStatement(ctx)
 	if err != nil {
+		if unknown {
+			// The downgrade may have committed. Shared is the safe side: a
+			// handle that believes it is exclusive over a shared hold would
+			// pass Fence while other shared holders exist.
+			l.mu.Lock()
+			lockErr := l.err
+			if lockErr == nil {
+				l.mode = Shared
+			}
+			l.mu.Unlock()
+			if lockErr != nil {
+				return lockErr // lost (or released) meanwhile
+			}
+			l.c.waiters.wake(l.name) // shared requests may be let in
+			return fmt.Errorf("whether the downgrade committed is unknown, so the lock is now shared (Upgrade to be exclusive again): %w", err)
+		}
 		return err
 	}
 	if !ok {
@@ -658,6 +781,37 @@ func (l *Lock) downgrade(ctx context.Context) error {
 	l.mu.Unlock()
 	l.c.waiters.wake(l.name)
 	return nil
+}
+
+// downgradeStatement runs the downgrade, retrying it while ctx allows and
+// the lock is held when the connection failed (its outcome is unknown; the
+// statement is idempotent) or on a deadlock, serialization failure or lock
+// timeout. unknown reports that the error it returns follows a statement
+// whose outcome is unknown.
+func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err error) {
+	wait := 5 * time.Millisecond
+	for {
+		ok, err = l.c.dialect.Downgrade(ctx, l.c.db, l.ref())
+		if err == nil {
+			return ok, false, nil
+		}
+		cut := errors.Is(err, dialect.ErrConnection) || ctx.Err() != nil
+		unknown = unknown || cut
+		if !cut && !dialect.IsRetryable(err) || ctx.Err() != nil {
+			return false, unknown, err
+		}
+		t := time.NewTimer(wait + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, unknown, err
+		case <-l.done:
+			t.Stop()
+			return false, unknown, err
+		case <-t.C:
+		}
+		wait = min(wait*2, time.Second)
+	}
 }
 
 // Fence proves, inside the caller's own transaction tx, that the lock is

@@ -242,7 +242,8 @@ func TestTryLockTxLeaseLost(t *testing.T) {
 // A Lock that gives up while a TryLockTx transaction holds the name must
 // not be granted later, when that transaction ends with the name free:
 // its statement may still be waiting in the server (MySQL notices a closed
-// connection only once the wait ends), past the client's re-withdrawals.
+// connection only once the wait ends) after the client withdrew the
+// request, and the withdrawal is final.
 func TestGivenUpWaiterNotGrantedAfterTx(t *testing.T) {
 	t.Parallel()
 	forEachKind(t, func(t *testing.T, b *lockBundle) {
@@ -259,7 +260,7 @@ func TestGivenUpWaiterNotGrantedAfterTx(t *testing.T) {
 		_, err = other.Lock(waitCtx, "job/5", Exclusive)
 		cancel()
 		require.ErrorIs(t, err, context.DeadlineExceeded)
-		// Keep tx open past the other client's re-withdrawals (1s and one TTL).
+		// Keep tx open well past the other client's withdrawal.
 		time.Sleep(2500 * time.Millisecond)
 		require.NoError(t, tx.Commit())
 		require.Never(t, func() bool {

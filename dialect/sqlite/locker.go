@@ -8,12 +8,15 @@ package sqlite
 //	CreateLease  INSERT lease
 //	RenewLease   UPDATE lease WHERE live
 //	Acquire      read-only first (below), then in a write transaction:
-//	             SELECT own lease; SELECT hold of this request (idempotent
-//	             retry); [upgrade: SELECT own shared hold, SELECT other
+//	             SELECT own lease and the request's withdrawal record (a
+//	             withdrawn request is answered Withdrawn); SELECT hold of this request
+//	             (idempotent retry); [upgrade: SELECT own shared hold, SELECT other
 //	             upgraders]; SELECT holds of the name with their leases;
 //	             SELECT live waiters; then either [UPDATE dead leases, DELETE
 //	             their holds] INSERT hold, [DELETE upgraded hold], UPSERT lock
 //	             row, DELETE own waiter, or INSERT waiter
+//	Abandon      INSERT withdrawal record, DELETE waiter, DELETE hold (or,
+//	             for an upgrade, SELECT its token)
 //	Release      DELETE hold
 //	Downgrade    UPDATE hold WHERE lease live
 //	Fence        UPDATE hold SET mode = mode WHERE lease live (takes the
@@ -119,6 +122,9 @@ func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int
 		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ?`, leaseID); err != nil {
 			return err
 		}
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_withdrawn WHERE lease_id = ?`, leaseID); err != nil {
+			return err
+		}
 		_, err = conn.ExecContext(ctx, `DELETE FROM sqldlm_leases WHERE id = ?`, leaseID)
 		return err
 	})
@@ -189,14 +195,24 @@ func (d *sqliteDialect) readTx(ctx context.Context, db *sql.DB, fn func(conn *sq
 // acquire decides one attempt. With readOnly it returns errNeedsWrite
 // instead of writing anything.
 func (d *sqliteDialect) acquire(ctx context.Context, conn dialect.Querier, now int64, p *dialect.AcquireParams, readOnly bool) (*dialect.AcquireResult, error) {
-	var live bool
+	// The own lease, and whether the request was withdrawn (in the same
+	// statement: a polling waiter pays for every one).
+	var live, withdrawn bool
 	var owner string
-	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ?, owner FROM sqldlm_leases WHERE id = ?`, now, p.LeaseID).Scan(&live, &owner)
+	err := conn.QueryRowContext(ctx, `SELECT broken_at IS NULL AND expires_at > ?1, owner,
+			EXISTS (SELECT 1 FROM sqldlm_withdrawn WHERE lease_id = ?2 AND request_id = ?3)
+		FROM sqldlm_leases WHERE id = ?2`, now, p.LeaseID, p.RequestID).Scan(&live, &owner, &withdrawn)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !live) {
 		return &dialect.AcquireResult{Status: dialect.LeaseLost}, nil
 	}
 	if err != nil {
 		return nil, err
+	}
+	// A withdrawn request is never granted or queued, not even as the
+	// repeat of a request that obtained a hold (an upgrade's withdrawal
+	// keeps that hold, which belongs to the caller's handle again).
+	if withdrawn {
+		return &dialect.AcquireResult{Status: dialect.Withdrawn}, nil
 	}
 
 	// A repeated request returns the hold it already obtained.
@@ -379,32 +395,43 @@ func (d *sqliteDialect) waitersAhead(ctx context.Context, conn dialect.Querier, 
 	return ahead, err
 }
 
-// Abandon withdraws a request (interim: KeepHold and the withdrawal record
-// are not implemented yet).
-func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
-	if p.KeepHold {
-		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
-	}
-	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
-	if err != nil {
-		return nil, err
-	}
-	return &dialect.AbandonResult{Freed: names}, nil
-}
-
-func (d *sqliteDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) (names []string, err error) {
+// Abandon withdraws a request for good, in one write transaction: it
+// records the withdrawal (if the lease row exists: a request of a missing
+// lease is answered LeaseLost anyway), deletes the request's waiter row, and
+// deletes the hold it obtained or, with KeepHold, reports its token. An
+// Acquire of the request that runs later answers Withdrawn (see acquire);
+// one that ran earlier committed before the write lock was taken here.
+func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (res *dialect.AbandonResult, err error) {
+	res = &dialect.AbandonResult{}
 	err = d.writeTx(ctx, db, func(conn *sql.Conn, now int64) error {
-		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, requestID); err != nil {
+		if _, err := conn.ExecContext(ctx, `INSERT INTO sqldlm_withdrawn (lease_id, request_id, name, withdrawn_at)
+			SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sqldlm_leases WHERE id = ?1)
+			ON CONFLICT (lease_id, request_id) DO NOTHING`, p.LeaseID, p.RequestID, p.Name, now); err != nil {
+			return err
+		}
+		if _, err := conn.ExecContext(ctx, `DELETE FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, p.LeaseID, p.RequestID); err != nil {
+			return err
+		}
+		if p.KeepHold {
+			err := conn.QueryRowContext(ctx, `SELECT token FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`,
+				p.LeaseID, p.RequestID).Scan(&res.Kept)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil
+			}
 			return err
 		}
 		if err := auditHolds(ctx, conn, now, dialect.AuditRelease, `'abandoned'`, nil,
-			`h.lease_id = ? AND h.request_id = ?`, leaseID, requestID); err != nil {
+			`h.lease_id = ? AND h.request_id = ?`, p.LeaseID, p.RequestID); err != nil {
 			return err
 		}
-		names, err = queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? AND request_id = ? RETURNING name`, leaseID, requestID)
+		names, err := queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? AND request_id = ? RETURNING name`, p.LeaseID, p.RequestID)
+		res.Freed = dialect.Unique(names)
 		return err
 	})
-	return names, err
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 func (d *sqliteDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (ok bool, err error) {
@@ -494,6 +521,12 @@ func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAft
 			args  []any
 		}{
 			{&res.Waiters, `DELETE FROM sqldlm_waiters WHERE lease_id IN (` + dead + `)`, []any{now, limit}},
+			// Withdrawal records go with their lease, and after
+			// WithdrawnRetention (no statement of theirs can still run).
+			{new(int), `DELETE FROM sqldlm_withdrawn WHERE lease_id IN (` + dead + `)`, []any{now, limit}},
+			{new(int), `DELETE FROM sqldlm_withdrawn WHERE (lease_id, request_id) IN (SELECT lease_id, request_id
+				FROM sqldlm_withdrawn WHERE withdrawn_at < ?1 - ?2 ORDER BY withdrawn_at LIMIT ?3)`,
+				[]any{now, dialect.WithdrawnRetention.Microseconds(), limit}},
 			{&res.Leases, `DELETE FROM sqldlm_leases WHERE id IN (` + dead + `)`, []any{now, limit}},
 			{&res.IdleLocks, `DELETE FROM sqldlm_locks WHERE name IN (SELECT name FROM sqldlm_locks l
 				WHERE updated_at < ?1 - ?2

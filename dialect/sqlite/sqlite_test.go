@@ -1,21 +1,113 @@
 package sqlite_test
 
 import (
+	"context"
 	"database/sql"
+	"math/rand/v2"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/dialect/dialecttest"
 	"github.com/sqldlm/sqldlm/dialect/sqlite"
 	"github.com/sqldlm/sqldlm/internal/testdb"
+	"github.com/sqldlm/sqldlm/migrations"
 )
 
-func TestConformance(t *testing.T) {
-	t.Parallel()
-	dialecttest.Exercise(t, dialecttest.Harness{
+func harness() dialecttest.Harness {
+	return dialecttest.Harness{
 		Dialect: sqlite.Dialect(),
 		Open: func(t testing.TB) (*sql.DB, func(testing.TB) *sql.DB) {
 			db := testdb.Open(t, testdb.SQLite)
 			return db.DB, func(t testing.TB) *sql.DB { return testdb.Reopen(t, db.Kind, db.DSN).DB }
 		},
-	})
+	}
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	dialecttest.Exercise(t, harness())
+}
+
+func TestConformanceWithdraw(t *testing.T) {
+	t.Parallel()
+	dialecttest.ExerciseWithdraw(t, harness())
+}
+
+// schemaOf returns the schema's objects (tables, indexes, views, triggers)
+// with their SQL, as SQLite keeps them.
+func schemaOf(ctx context.Context, t *testing.T, db *sql.DB) map[string]string {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, `SELECT type || ' ' || name, COALESCE(sql, '') FROM sqlite_schema`)
+	require.NoError(t, err)
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		require.NoError(t, rows.Scan(&k, &v))
+		out[k] = v
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// Down from version 4 restores version 3 exactly (as a database migrated
+// only to version 3 has it): sqldlm_withdrawn and its index are gone.
+func TestMigrationDownRestoresVersion3(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.Open(t, testdb.SQLite)
+	p, err := migrations.NewProvider(db.DB, sqlite.Dialect())
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 3)
+	require.NoError(t, err)
+	v3 := schemaOf(ctx, t, db.DB)
+	require.NotContains(t, v3, "table sqldlm_withdrawn")
+	_, err = p.UpTo(ctx, 4)
+	require.NoError(t, err)
+	v4 := schemaOf(ctx, t, db.DB)
+	require.Contains(t, v4, "table sqldlm_withdrawn")
+	require.Contains(t, v4, "index sqldlm_withdrawn_at")
+
+	_, err = p.DownTo(ctx, 3)
+	require.NoError(t, err)
+	require.Equal(t, v3, schemaOf(ctx, t, db.DB))
+	_, err = p.Up(ctx)
+	require.NoError(t, err, "and up again")
+}
+
+// Reap deletes withdrawal records older than WithdrawnRetention, of live
+// leases too, and keeps younger ones.
+func TestReapWithdrawnAfterRetention(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := sqlite.Dialect()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	lease := rand.Int64()
+	require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: lease, Owner: "o", TTL: time.Hour}))
+	for _, id := range []int64{1, 2} {
+		_, err := d.Abandon(ctx, db.DB, &dialect.AbandonParams{Name: "n", LeaseID: lease, RequestID: id})
+		require.NoError(t, err)
+	}
+	_, err := db.ExecContext(ctx, `UPDATE sqldlm_withdrawn SET withdrawn_at = withdrawn_at - ? WHERE request_id = 1`,
+		(dialect.WithdrawnRetention + time.Minute).Microseconds())
+	require.NoError(t, err)
+	_, err = d.Reap(ctx, db.DB, 100, time.Hour)
+	require.NoError(t, err)
+	var left []int64
+	rows, err := db.QueryContext(ctx, `SELECT request_id FROM sqldlm_withdrawn`)
+	require.NoError(t, err)
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		require.NoError(t, rows.Scan(&id))
+		left = append(left, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []int64{2}, left)
 }

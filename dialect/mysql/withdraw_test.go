@@ -1,0 +1,366 @@
+package mysql_test
+
+// Schema version 5 on MySQL/MariaDB: a withdrawal is final against a late
+// statement of the withdrawn request (one still waiting in the server when
+// its client gave up and whose cancel was lost), on every path that inserts
+// a hold or a waiter row; an upgrade's withdrawal keeps the hold it obtained
+// (defect 1 of the December 2026 review, without an injected fault); Fence
+// at SERIALIZABLE does not hold off its own lease's renewals (defect 4);
+// Reap's retention of withdrawal records; the down migration back to
+// version 4.
+
+import (
+	"context"
+	"database/sql"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/migrations"
+)
+
+// actor is a pool of one connection, on which one operation runs.
+type actor struct {
+	db *sql.DB
+}
+
+func (e *env) actor() actor {
+	e.t.Helper()
+	db := e.pool(nil)
+	db.SetMaxOpenConns(1)
+	return actor{db: db}
+}
+
+// waitingIn waits until a connection to the test's database runs a
+// statement whose text contains stmt: information_schema.PROCESSLIST shows a
+// procedure's current statement while it waits for a row lock (unlike
+// innodb_trx, it is not a cache). The statements named below are each run by
+// one procedure only.
+func (e *env) waitingIn(stmt string) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		var n int
+		err := e.db.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM information_schema.PROCESSLIST
+			WHERE DB = DATABASE() AND INSTR(INFO, ?) > 0`, stmt).Scan(&n)
+		return err == nil && n > 0
+	}, 5*time.Second, 2*time.Millisecond, "no connection ran %q", stmt)
+}
+
+// The statements that wait for the name's row (or the own lease's): in
+// sqldlm_abandon, the fast path's insert of the name's row, phase 2 of
+// sqldlm_acquire_decide, and the first enqueue's share lock on the lease.
+const (
+	abandonWaits = "INTO v_n FROM sqldlm_locks WHERE name"
+	fastWaits    = "INSERT INTO sqldlm_locks (name, token, updated_at) VALUES"
+	fullWaits    = "INTO v_exists, v_top FROM sqldlm_locks WHERE name"
+	enqueueWaits = "INTO v_live FROM sqldlm_leases"
+)
+
+// abandon withdraws p on db as the client's janitor does: again after a
+// retryable error (a lock wait timeout: each wait is bounded to a second in
+// the procedure; a deadlock).
+func (e *env) abandon(db *sql.DB, p dialect.AbandonParams) (*dialect.AbandonResult, error) {
+	for {
+		res, err := d.Abandon(e.ctx, db, &p)
+		if err == nil || !dialect.IsRetryable(err) {
+			return res, err
+		}
+		e.t.Logf("abandon: %v; again", err)
+	}
+}
+
+type acquired struct {
+	res *dialect.AcquireResult
+	err error
+}
+
+// late sends p on a's connection with a context that is not cancelled (a
+// client whose cancel was lost: the statement runs on in the server) and
+// returns its outcome on a channel.
+func (e *env) late(a actor, p dialect.AcquireParams) <-chan acquired {
+	out := make(chan acquired, 1)
+	go func() {
+		res, err := d.Acquire(e.ctx, a.db, &p)
+		out <- acquired{res, err}
+	}()
+	return out
+}
+
+type withdrawn struct {
+	res *dialect.AbandonResult
+	err error
+}
+
+func (e *env) abandonAsync(a actor, p dialect.AbandonParams) <-chan withdrawn {
+	out := make(chan withdrawn, 1)
+	go func() {
+		res, err := e.abandon(a.db, p)
+		out <- withdrawn{res, err}
+	}()
+	return out
+}
+
+// TestLateStatementAfterWithdrawal: another transaction holds the name's row
+// (or the request's own lease row, the only row a first enqueue waits for);
+// the request's Acquire waits behind it, its client having given up; the
+// request is withdrawn meanwhile; then the blocker commits. Whatever the late
+// Acquire returns, no hold or waiter row of the request is left, and another
+// lease is granted the name. For the fast path and the full path, the
+// withdrawal queues for the name's row before the Acquire does, so it
+// commits first and the Acquire must see it (schema version 4 granted);
+// for the enqueue path, it commits while the Acquire waits for its lease.
+func TestLateStatementAfterWithdrawal(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"fast", "full", "enqueue"} {
+		t.Run(path, func(t *testing.T) {
+			e := newEnv(t)
+			w, o := e.lease(e.db.DB, "w", time.Minute), e.lease(e.db.DB, "o", time.Minute)
+			p := dialect.AcquireParams{Name: "n", LeaseID: w, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true}
+			var holder int64
+			blocker, err := e.db.BeginTx(e.ctx, nil)
+			require.NoError(t, err)
+			defer blocker.Rollback()
+			switch path {
+			case "fast":
+				// An uncommitted first insert of the name's row (as by a
+				// grant in a caller's transaction): the fast path's insert
+				// waits for it.
+				_, err = blocker.ExecContext(e.ctx, `INSERT INTO sqldlm_locks (name, token, updated_at) VALUES ('n', 0, UTC_TIMESTAMP(6))`)
+				require.NoError(t, err)
+			case "full":
+				// The name's row locked: the fast path skips it, and phase 2
+				// waits for it.
+				e.release(e.db.DB, "n", o, e.grant(e.db.DB, "n", o, dialect.Exclusive))
+				require.Equal(t, 1, e.qcount(blocker, `SELECT COUNT(*) FROM sqldlm_locks WHERE name = 'n' FOR UPDATE`))
+			case "enqueue":
+				holder = e.grant(e.db.DB, "n", o, dialect.Exclusive)
+				require.Equal(t, 1, e.qcount(blocker, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ? FOR UPDATE`, w))
+			}
+			ab, ac := e.actor(), e.actor()
+			var gotAcquire <-chan acquired
+			var gotAbandon <-chan withdrawn
+			withdraw := dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: p.RequestID}
+			if path == "enqueue" {
+				gotAcquire = e.late(ac, p)
+				e.waitingIn(enqueueWaits)
+				gotAbandon = e.abandonAsync(ab, withdraw)
+				require.NoError(t, (<-gotAbandon).err)
+			} else {
+				gotAbandon = e.abandonAsync(ab, withdraw)
+				e.waitingIn(abandonWaits)
+				gotAcquire = e.late(ac, p)
+				if path == "fast" {
+					e.waitingIn(fastWaits)
+				} else {
+					e.waitingIn(fullWaits)
+				}
+			}
+			require.NoError(t, blocker.Commit())
+			a := <-gotAcquire
+			if a.err != nil {
+				t.Logf("late acquire: %v", a.err)
+			} else {
+				t.Logf("late acquire: status %d", a.res.Status)
+			}
+			if path != "enqueue" {
+				w := <-gotAbandon
+				require.NoError(t, w.err)
+			}
+
+			waiters := e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, w, p.RequestID)
+			holds := e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`, w, p.RequestID)
+			require.Zero(t, waiters, "a waiter row of the withdrawn request")
+			require.Zero(t, holds, "a hold of the withdrawn request")
+			res := e.acquire(e.db.DB, p)
+			require.Equal(t, dialect.Withdrawn, res.Status, "the request again")
+			if holder != 0 {
+				e.release(e.db.DB, "n", o, holder)
+			}
+			e.grant(e.db.DB, "n", o, dialect.Exclusive)
+		})
+	}
+}
+
+// TestUpgradeWithdrawnBehindTxGrant is the review's reproduction of defect 1
+// at the dialect level, without an injected fault: A holds "u" shared; B's
+// transaction acquires "u" shared with AcquireTx and keeps the name's row;
+// A's upgrade waits for that row on a connection whose client gave up (and
+// whose cancel was lost); A's client withdraws the upgrade, keeping any hold
+// it obtained; B's transaction ends. Whichever of the upgrade and the
+// withdrawal gets the row first, A still holds "u": exclusive, with the
+// token the withdrawal reports as kept, or shared as before, and then the
+// upgrade can never be granted. Schema version 4's withdrawal deleted the
+// exclusive hold: no hold at all, the handle still saying "shared".
+func TestUpgradeWithdrawnBehindTxGrant(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		upgradeFirst bool
+		commit       bool
+	}{
+		{"upgrade first, B rolls back", true, false},
+		{"upgrade first, B commits", true, true},
+		{"withdrawal first, B rolls back", false, false},
+		{"withdrawal first, B commits", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			a, b := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "b", time.Minute)
+			ts := e.grant(e.db.DB, "u", a, dialect.Shared)
+			btx := e.begin(e.db.DB, sql.LevelReadCommitted)
+			got, err := e.acquireTx(btx, dialect.AcquireParams{Name: "u", LeaseID: b, Mode: dialect.Shared})
+			require.NoError(t, err)
+			require.Equal(t, dialect.Granted, got.Status)
+
+			up := dialect.AcquireParams{Name: "u", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true, UpgradeToken: ts}
+			withdraw := dialect.AbandonParams{Name: "u", LeaseID: a, RequestID: up.RequestID, KeepHold: true}
+			ua, wa := e.actor(), e.actor()
+			var gotUp <-chan acquired
+			var gotW <-chan withdrawn
+			if tc.upgradeFirst {
+				gotUp = e.late(ua, up)
+				e.waitingIn(fullWaits)
+				gotW = e.abandonAsync(wa, withdraw)
+				e.waitingIn(abandonWaits)
+			} else {
+				gotW = e.abandonAsync(wa, withdraw)
+				e.waitingIn(abandonWaits)
+				gotUp = e.late(ua, up)
+				e.waitingIn(fullWaits)
+			}
+			if tc.commit {
+				require.NoError(t, btx.Commit())
+			} else {
+				require.NoError(t, btx.Rollback())
+			}
+			u := <-gotUp
+			if u.err != nil {
+				t.Logf("late upgrade: %v", u.err)
+			} else {
+				t.Logf("late upgrade: status %d, token %d", u.res.Status, u.res.Token)
+			}
+			w := <-gotW
+			require.NoError(t, w.err)
+			t.Logf("withdrawal: kept %d", w.res.Kept)
+
+			type hold struct {
+				token int64
+				mode  string
+			}
+			holdsOfA := func() []hold {
+				rows, err := e.db.QueryContext(e.ctx, `SELECT token, mode FROM sqldlm_holders WHERE lease_id = ? AND name = 'u' ORDER BY token`, a)
+				require.NoError(t, err)
+				defer rows.Close()
+				var out []hold
+				for rows.Next() {
+					var h hold
+					require.NoError(t, rows.Scan(&h.token, &h.mode))
+					out = append(out, h)
+				}
+				require.NoError(t, rows.Err())
+				return out
+			}
+			require.NotEmpty(t, holdsOfA(), "A holds nothing: the withdrawal deleted the upgrade's hold")
+			if w.res.Kept != 0 {
+				require.Equal(t, []hold{{w.res.Kept, "X"}}, holdsOfA(), "the kept hold is A's only one")
+				return
+			}
+			require.Equal(t, []hold{{ts, "S"}}, holdsOfA(), "A's shared hold, as before")
+			require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, a))
+			if tc.commit {
+				e.release(e.db.DB, "u", b, got.Token)
+			}
+			res := e.acquire(e.db.DB, up)
+			require.Equal(t, dialect.Withdrawn, res.Status, "the upgrade can no longer be granted")
+			require.Equal(t, []hold{{ts, "S"}}, holdsOfA())
+		})
+	}
+}
+
+// TestSerializableFenceLetsRenewalsThrough (defect 4): a transaction at
+// SERIALIZABLE that fenced a hold stays open, and busy (a statement every
+// 200 ms, so it is not idle), for 1.5 TTL; the lease's renewals on another
+// connection go on succeeding at once, the hold is still there and the
+// lease live. Schema version 4's fence read the lease row in the
+// transaction, which InnoDB turns into a shared lock at SERIALIZABLE: the
+// renewals waited for the transaction, and the lease expired.
+func TestSerializableFenceLetsRenewalsThrough(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 2 * time.Second
+	a := e.lease(e.db.DB, "a", ttl)
+	tok := e.grant(e.db.DB, "n", a, dialect.Exclusive)
+	fenced := e.pool(nil)
+	tx := e.begin(fenced, sql.LevelSerializable)
+	ok, err := d.Fence(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, ttl)
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); <-tick.C {
+		var one int
+		require.NoError(t, tx.QueryRowContext(e.ctx, `SELECT 1`).Scan(&one))
+		ctx, cancel := context.WithTimeout(e.ctx, ttl/4)
+		ok, err := d.RenewLease(ctx, e.db.DB, a)
+		cancel()
+		require.NoError(t, err, "a renewal waited for the fenced transaction")
+		require.True(t, ok, "the lease expired")
+	}
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders WHERE token = ?`, tok))
+	ok, err = d.Fence(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: "n", LeaseID: a, Token: tok}, ttl)
+	require.NoError(t, err)
+	require.True(t, ok, "still held")
+	require.NoError(t, tx.Commit())
+}
+
+// TestReapDeletesOldWithdrawals: Reap deletes withdrawal records older than
+// dialect.WithdrawnRetention, at most limit of them per call, and keeps
+// younger ones (their lease is live).
+func TestReapDeletesOldWithdrawals(t *testing.T) {
+	e := newEnv(t)
+	require.Equal(t, time.Hour, dialect.WithdrawnRetention, "the procedure's INTERVAL 1 HOUR")
+	w := e.lease(e.db.DB, "w", time.Minute)
+	for i := range 5 {
+		_, err := e.abandon(e.db.DB, dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: int64(i + 1)})
+		require.NoError(t, err)
+	}
+	_, err := e.db.ExecContext(e.ctx, `UPDATE sqldlm_withdrawn SET withdrawn_at = withdrawn_at - INTERVAL 61 MINUTE WHERE request_id <= 3`)
+	require.NoError(t, err)
+	records := func() int { return e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_withdrawn`) }
+	_, err = d.Reap(e.ctx, e.db.DB, 2, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, 3, records(), "two of the three old ones (the limit)")
+	_, err = d.Reap(e.ctx, e.db.DB, 2, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, 2, records(), "the young ones stay")
+	require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_withdrawn WHERE request_id <= 3`))
+}
+
+// TestMigrateDownRestoresVersion4: after up to 5 and down to 4, the routines,
+// tables and views are exactly those of a schema migrated to 4 only, and
+// they work (version 4's sqldlm_abandon takes the lease and the request).
+func TestMigrateDownRestoresVersion4(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	want, got := migratedDown(t, ctx, 4)
+	require.Contains(t, want, "sqldlm_pending")
+	require.NotContains(t, want, "sqldlm_withdrawn")
+	require.Equal(t, want, schemaOf(t, ctx, got))
+
+	lease := rand.Int64()
+	require.NoError(t, d.CreateLease(ctx, got, &dialect.CreateLeaseParams{ID: lease, Owner: "o", TTL: time.Minute}))
+	res, err := d.Acquire(ctx, got, &dialect.AcquireParams{Name: "n", LeaseID: lease, RequestID: 1, Mode: X})
+	require.NoError(t, err)
+	require.Equal(t, dialect.Granted, res.Status)
+	_, err = got.ExecContext(ctx, `CALL sqldlm_abandon(?, 1)`, lease)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, got.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders`).Scan(&n))
+	require.Zero(t, n, "abandoned")
+	_, err = migrations.Up(ctx, got, d)
+	require.NoError(t, err, "and up again")
+}

@@ -89,7 +89,11 @@ package mysql
 //	Release      CALL sqldlm_release: DELETE hold unless audit is on (one
 //	             statement); [audit: SELECT hold FOR UPDATE, release; DELETE
 //	             hold]
-//	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: the same
+//	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: DELETE
+//	             hold (audit off); [audit: SELECT hold FOR UPDATE, answer 2;
+//	             CALL sqldlm_lease_live through db for the owner; CALL
+//	             sqldlm_release_tx again with it: release, DELETE hold]. No
+//	             read of the lease row in the transaction
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
 //	             live (no lock); UPDATE hold SET mode = 'S'; [audit:
 //	             downgrade]
@@ -394,13 +398,49 @@ func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRe
 
 // ReleaseTx calls sqldlm_release_tx in the caller's transaction: the
 // release procedure starts a transaction of its own, which would commit the
-// caller's. It writes the audit row in tx too.
-func (d mysqlDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+// caller's. It writes the audit row in tx too. It reads the hold with a
+// locking read (or deletes it), so "not held" is the latest committed state
+// at every isolation level, and it reads no lease row in tx: with audit on,
+// the procedure answers 2 (the hold locked, nothing else changed) and the
+// audit row's owner is read through db, outside tx (sqldlm_lease_live), for
+// a second call that writes the row and deletes the hold. At SERIALIZABLE a
+// read of the lease row in tx would be a shared lock held until tx ends,
+// holding off the lease's renewals. One round trip with audit off, three
+// with it on.
+func (d mysqlDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	const releaseTx = `CALL sqldlm_release_tx(?, ?, ?, ?)`
 	var n int64
-	if err := tx.QueryRowContext(ctx, `CALL sqldlm_release_tx(?, ?, ?)`, p.Name, p.LeaseID, p.Token).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, releaseTx, p.Name, p.LeaseID, p.Token, nil).Scan(&n); err != nil {
 		return false, d.ClassifyError(err)
 	}
+	if n == 2 {
+		_, owner, err := d.leaseState(ctx, db, p.LeaseID)
+		if err != nil {
+			return false, err
+		}
+		if err := tx.QueryRowContext(ctx, releaseTx, p.Name, p.LeaseID, p.Token, owner).Scan(&n); err != nil {
+			return false, d.ClassifyError(err)
+		}
+		if n == 2 {
+			return false, errors.New("sqldlm_release_tx asked for the owner again")
+		}
+	}
 	return n != 0, nil
+}
+
+// leaseState calls sqldlm_lease_live: whether the lease is live by the
+// latest committed state and the server's clock, and its owner ("" if there
+// is no such lease), in a READ COMMITTED transaction of its own on db.
+func (d mysqlDialect) leaseState(ctx context.Context, db *sql.DB, leaseID int64) (live bool, owner string, err error) {
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_lease_live(?)`)
+	if err != nil {
+		return false, "", err
+	}
+	var n int64
+	if err := stmt.QueryRowContext(ctx, leaseID).Scan(&n, &owner); err != nil {
+		return false, "", d.ClassifyError(err)
+	}
+	return n != 0, owner, nil
 }
 
 func (d mysqlDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -453,7 +493,8 @@ func (d mysqlDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dial
 	if pinned == 0 {
 		return false, nil
 	}
-	return d.callBool(ctx, db, `CALL sqldlm_lease_live(?)`, p.LeaseID)
+	live, _, err := d.leaseState(ctx, db, p.LeaseID)
+	return live, err
 }
 
 func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (*dialect.ReapResult, error) {

@@ -364,3 +364,42 @@ func TestMigrateDownRestoresVersion4(t *testing.T) {
 	_, err = migrations.Up(ctx, got, d)
 	require.NoError(t, err, "and up again")
 }
+
+// TestSerializableReleaseTxLetsRenewalsThrough: ReleaseTx in a transaction
+// at SERIALIZABLE, with audit off and on, leaves the lease's renewals free
+// while the transaction stays open, writes the audit row with the lease's
+// owner, and the hold is gone once it commits. Schema version 4 read the
+// lease's owner in the transaction when audit was on: a shared lock on the
+// lease row until the transaction ended, which the renewals waited for.
+func TestSerializableReleaseTxLetsRenewalsThrough(t *testing.T) {
+	e := newEnv(t)
+	for _, audit := range []bool{false, true} {
+		e.setAudit(audit, time.Hour)
+		name := "r-" + map[bool]string{false: "off", true: "on"}[audit]
+		a := e.lease(e.db.DB, "alice", time.Minute)
+		tok := e.grant(e.db.DB, name, a, dialect.Exclusive)
+		tx := e.begin(e.db.DB, sql.LevelSerializable)
+		ok, err := d.ReleaseTx(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: name, LeaseID: a, Token: tok})
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = d.ReleaseTx(e.ctx, e.db.DB, tx, &dialect.HoldRef{Name: name, LeaseID: a, Token: tok})
+		require.NoError(t, err)
+		require.False(t, ok, "audit %v: released already", audit)
+		ctx, cancel := context.WithTimeout(e.ctx, 2*time.Second)
+		ok, err = d.RenewLease(ctx, e.db.DB, a)
+		cancel()
+		require.NoError(t, err, "audit %v: the renewal waited for the transaction", audit)
+		require.True(t, ok)
+		require.NoError(t, tx.Commit())
+		require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_holders WHERE token = ?`, tok))
+		log := e.auditLog(dialect.AuditFilter{Name: name})
+		if !audit {
+			require.Empty(t, log)
+			continue
+		}
+		require.Len(t, log, 2)
+		require.Equal(t, dialect.AuditRelease, log[1].Event)
+		require.Equal(t, "alice", log[1].Owner)
+		require.Equal(t, tok, log[1].Token)
+	}
+}

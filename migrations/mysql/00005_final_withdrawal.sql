@@ -49,6 +49,10 @@
 -- REPEATABLE READ a read in the caller's snapshot could see a lease renewed
 -- since as expired (version 4 then returned status 2, retry the transaction).
 --
+-- sqldlm_release_tx (ReleaseTx) no longer reads the lease row in the
+-- caller's transaction either (with audit on, version 4 read the owner for
+-- the audit row there): the client passes the owner, read outside.
+--
 -- Down drops what Up created and restores the version 4 procedures as 00001,
 -- 00003 and 00004 define them.
 
@@ -73,6 +77,7 @@ DROP PROCEDURE IF EXISTS sqldlm_abandon;
 DROP PROCEDURE IF EXISTS sqldlm_delete_lease;
 DROP PROCEDURE IF EXISTS sqldlm_reap;
 DROP PROCEDURE IF EXISTS sqldlm_fence;
+DROP PROCEDURE IF EXISTS sqldlm_release_tx;
 
 -- sqldlm_acquire_decide: as in version 3, with status 6 (withdrawn) read
 -- first in phase 1 and, in phase 2, right after the name's row (inserted if
@@ -773,15 +778,18 @@ BEGIN
 END
 -- +goose StatementEnd
 
--- sqldlm_lease_live returns one row, live: 1 if lease p_id is live by
--- SYSDATE(6) in the latest committed state, else 0. A READ COMMITTED
--- transaction of its own (so it is a fresh read, and locks nothing, whatever
--- the session's settings); Fence's check after sqldlm_fence.
+-- sqldlm_lease_live returns one row: live, 1 if lease p_id is live by
+-- SYSDATE(6) in the latest committed state, else 0; and owner, the lease's
+-- owner ('' if there is no such lease). A READ COMMITTED transaction of its
+-- own (a fresh read that locks nothing, whatever the session's settings),
+-- called by the client outside the caller's transaction: Fence's check after
+-- sqldlm_fence, and the owner of sqldlm_release_tx's audit row.
 -- +goose StatementBegin
 CREATE PROCEDURE sqldlm_lease_live(IN p_id BIGINT)
 BEGIN
     DECLARE saved_tz VARCHAR(64) DEFAULT @@session.time_zone;
     DECLARE v_n INT;
+    DECLARE v_owner VARBINARY(255);
     DECLARE EXIT HANDLER FOR SQLEXCEPTION
     BEGIN
         ROLLBACK;
@@ -791,11 +799,64 @@ BEGIN
     SET time_zone = '+00:00';
     SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     START TRANSACTION;
-    SELECT COUNT(*) INTO v_n FROM sqldlm_leases
-     WHERE id = p_id AND broken_at IS NULL AND expires_at > SYSDATE(6);
+    SELECT COUNT(*), COALESCE(MAX(owner), '') INTO v_n, v_owner FROM sqldlm_leases WHERE id = p_id;
+    IF v_n > 0 THEN
+        SELECT COUNT(*) INTO v_n FROM sqldlm_leases
+         WHERE id = p_id AND broken_at IS NULL AND expires_at > SYSDATE(6);
+    END IF;
     COMMIT;
     SET time_zone = saved_tz;
-    SELECT v_n AS live;
+    SELECT v_n AS live, v_owner AS owner;
+END
+-- +goose StatementEnd
+
+-- sqldlm_release_tx deletes a hold inside the caller's transaction and
+-- returns one row, released: 1, or 0 if the hold did not exist (a locking
+-- read or a DELETE: the latest version, whatever the transaction's
+-- snapshot). It reads no lease row: at SERIALIZABLE InnoDB turns a plain read
+-- into a shared lock held until the transaction ends, and version 4 read the
+-- lease's owner for the audit row, which held off the lease's renewals. With
+-- audit on, the audit row's owner is p_owner, which the client reads outside
+-- the transaction (sqldlm_lease_live): called with p_owner NULL while audit
+-- is on, it locks the hold and returns 2, changing nothing else, and the
+-- client calls it again with the owner. (The audit setting itself is read in
+-- the transaction: at SERIALIZABLE that share-locks the settings row, so a
+-- change of the setting waits for the transaction.) No transaction control;
+-- on an error it puts the time zone back and re-raises.
+-- +goose StatementBegin
+CREATE PROCEDURE sqldlm_release_tx(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT,
+                                   IN p_owner VARBINARY(1024))
+BEGIN
+    DECLARE saved_tz VARCHAR(64) DEFAULT @@session.time_zone;
+    DECLARE v_n INT;
+    DECLARE v_audit BOOLEAN DEFAULT FALSE;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        SET time_zone = saved_tz;
+        RESIGNAL;
+    END;
+    SET time_zone = '+00:00';
+    SELECT COALESCE(MAX(audit), FALSE) INTO v_audit FROM sqldlm_settings WHERE id = 1;
+    IF NOT v_audit THEN
+        DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name;
+        SET v_n = ROW_COUNT();
+    ELSE
+        SELECT COUNT(*) INTO v_n FROM sqldlm_holders
+         WHERE token = p_token AND lease_id = p_lease AND name = p_name FOR UPDATE;
+        IF v_n > 0 THEN
+            IF p_owner IS NULL THEN
+                SET v_n = 2;
+            ELSE
+                INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+                SELECT SYSDATE(6), 'release', name, p_owner, lease_id, token, mode, payload, ''
+                  FROM sqldlm_holders WHERE token = p_token;
+                DELETE FROM sqldlm_holders WHERE token = p_token;
+                SET v_n = ROW_COUNT();
+            END IF;
+        END IF;
+    END IF;
+    SET time_zone = saved_tz;
+    SELECT v_n AS released;
 END
 -- +goose StatementEnd
 
@@ -1013,6 +1074,7 @@ SET @sqldlm_saved_sql_mode = NULL;
 SET @sqldlm_saved_sql_mode = @@session.sql_mode;
 SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION';
 
+DROP PROCEDURE sqldlm_release_tx;
 DROP PROCEDURE sqldlm_lease_live;
 DROP PROCEDURE sqldlm_fence;
 DROP PROCEDURE sqldlm_reap;
@@ -1797,6 +1859,23 @@ BEGIN
     END IF;
     SET time_zone = saved_tz;
     SELECT v_status AS status;
+END
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE PROCEDURE sqldlm_release_tx(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT)
+BEGIN
+    DECLARE saved_tz VARCHAR(64) DEFAULT @@session.time_zone;
+    DECLARE v_n INT;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        SET time_zone = saved_tz;
+        RESIGNAL;
+    END;
+    SET time_zone = '+00:00';
+    CALL sqldlm_release_hold(p_name, p_lease, p_token, v_n);
+    SET time_zone = saved_tz;
+    SELECT v_n AS released;
 END
 -- +goose StatementEnd
 

@@ -5,9 +5,9 @@ package mysql_test
 // its client gave up and whose cancel was lost), on every path that inserts
 // a hold or a waiter row; an upgrade's withdrawal keeps the hold it obtained
 // (defect 1 of the December 2026 review, without an injected fault); Fence
-// at SERIALIZABLE does not hold off its own lease's renewals (defect 4);
-// Reap's retention of withdrawal records; the down migration back to
-// version 4.
+// and ReleaseTx at SERIALIZABLE do not hold off their own lease's renewals
+// (defect 4); Reap's retention of withdrawal records; the down migration
+// back to version 4.
 
 import (
 	"context"

@@ -79,13 +79,13 @@ package mysql
 //	CreatePending  CALL sqldlm_create_pending: INSERT pending row
 //	PendingOutcome CALL sqldlm_pending_outcome: SELECT pending row (no
 //	             lock); SELECT it FOR UPDATE SKIP LOCKED; DELETE it
-//	Abandon      CALL sqldlm_abandon, under a 1 s lock wait bound: SELECT
-//	             the name's lock row FOR UPDATE (or INSERT it ... ON
-//	             DUPLICATE KEY UPDATE); KeepHold: SELECT the request's hold
-//	             FOR UPDATE (its token); otherwise SELECT the request's holds
-//	             FOR UPDATE (the result), [audit: release 'abandoned'], DELETE
-//	             them; INSERT withdrawal record ... ON DUPLICATE KEY UPDATE;
-//	             DELETE its waiter
+//	Abandon      CALL sqldlm_abandon, under a 1 s lock wait bound: INSERT
+//	             withdrawal record ... ON DUPLICATE KEY UPDATE; DELETE its
+//	             waiter; COMMIT; SELECT the name's lock row FOR UPDATE (or
+//	             INSERT it ... ON DUPLICATE KEY UPDATE); KeepHold: SELECT the
+//	             request's hold FOR UPDATE (its token); otherwise SELECT the
+//	             request's holds FOR UPDATE (the result), [audit: release
+//	             'abandoned'], DELETE them; COMMIT
 //	Release      CALL sqldlm_release: DELETE hold unless audit is on (one
 //	             statement); [audit: SELECT hold FOR UPDATE, release; DELETE
 //	             hold]
@@ -353,12 +353,16 @@ func (d mysqlDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, r
 	}
 }
 
-// Abandon calls sqldlm_abandon, which locks the name's row exclusively
-// (creating it if missing), deletes the request's hold (unless p.KeepHold:
-// then it reports the hold's token) and waiter row, and records the
-// withdrawal in sqldlm_withdrawn, in one transaction whose lock waits are
-// bounded to a second (dialect.ErrLockTimeout: retry). Its result sets: the
-// names of the deleted holds (none with KeepHold), then one row, kept.
+// Abandon calls sqldlm_abandon, which first records the withdrawal in
+// sqldlm_withdrawn and deletes the request's waiter row, and commits; then,
+// with the name's row locked exclusively (created if missing), deletes the
+// request's hold (unless p.KeepHold: then it reports the hold's token), and
+// commits. Each lock wait is bounded to a second: an error matching
+// dialect.ErrLockTimeout (the name's row held by a transaction that acquired
+// the name with AcquireTx) may come after the first commit, when the
+// withdrawal is recorded and only the hold is left to delete or report:
+// retry until it succeeds. Its result sets: the names of the deleted holds
+// (none with KeepHold), then one row, kept.
 func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
 	res := &dialect.AbandonResult{}
 	var got bool

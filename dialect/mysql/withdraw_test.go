@@ -103,18 +103,32 @@ func (e *env) abandonAsync(a actor, p dialect.AbandonParams) <-chan withdrawn {
 	return out
 }
 
+// killWaiting ends, server-side (KILL QUERY), the statement of the test's
+// database whose text contains stmt: a withdrawal whose second step never
+// runs, as when the client gives up retrying it.
+func (e *env) killWaiting(stmt string) {
+	e.t.Helper()
+	var id int64
+	require.NoError(e.t, e.db.QueryRowContext(e.ctx, `SELECT ID FROM information_schema.PROCESSLIST
+		WHERE DB = DATABASE() AND INSTR(INFO, ?) > 0`, stmt).Scan(&id))
+	_, err := e.db.ExecContext(e.ctx, `KILL QUERY ?`, id)
+	require.NoError(e.t, err)
+}
+
 // TestLateStatementAfterWithdrawal: another transaction holds the name's row
 // (or the request's own lease row, the only row a first enqueue waits for);
-// the request's Acquire waits behind it, its client having given up; the
-// request is withdrawn meanwhile; then the blocker commits. Whatever the late
-// Acquire returns, no hold or waiter row of the request is left, and another
-// lease is granted the name. For the fast path and the full path, the
-// withdrawal queues for the name's row before the Acquire does, so it
-// commits first and the Acquire must see it (schema version 4 granted);
-// for the enqueue path, it commits while the Acquire waits for its lease.
+// the request's Acquire, whose client gave up and whose cancel was lost,
+// waits behind it, past its first reads; the request is withdrawn meanwhile
+// (Abandon commits the withdrawal record at once, then waits for the name's
+// row to delete the request's holds); then the blocker commits. Whatever
+// the late Acquire returns, no hold or waiter row of the request is left,
+// and another lease is granted the name. With "killed", the withdrawal's
+// second step never runs (its statement is killed in the server, as when the
+// janitor stops retrying): the late grant must see the record itself (schema
+// version 4 granted, and its withdrawal had run and found nothing).
 func TestLateStatementAfterWithdrawal(t *testing.T) {
 	t.Parallel()
-	for _, path := range []string{"fast", "full", "enqueue"} {
+	for _, path := range []string{"fast", "full", "fast/killed", "full/killed", "enqueue"} {
 		t.Run(path, func(t *testing.T) {
 			e := newEnv(t)
 			w, o := e.lease(e.db.DB, "w", time.Minute), e.lease(e.db.DB, "o", time.Minute)
@@ -123,41 +137,48 @@ func TestLateStatementAfterWithdrawal(t *testing.T) {
 			blocker, err := e.db.BeginTx(e.ctx, nil)
 			require.NoError(t, err)
 			defer blocker.Rollback()
+			waits := enqueueWaits
 			switch path {
-			case "fast":
+			case "fast", "fast/killed":
 				// An uncommitted first insert of the name's row (as by a
 				// grant in a caller's transaction): the fast path's insert
 				// waits for it.
 				_, err = blocker.ExecContext(e.ctx, `INSERT INTO sqldlm_locks (name, token, updated_at) VALUES ('n', 0, UTC_TIMESTAMP(6))`)
 				require.NoError(t, err)
-			case "full":
+				waits = fastWaits
+			case "full", "full/killed":
 				// The name's row locked: the fast path skips it, and phase 2
 				// waits for it.
 				e.release(e.db.DB, "n", o, e.grant(e.db.DB, "n", o, dialect.Exclusive))
 				require.Equal(t, 1, e.qcount(blocker, `SELECT COUNT(*) FROM sqldlm_locks WHERE name = 'n' FOR UPDATE`))
+				waits = fullWaits
 			case "enqueue":
 				holder = e.grant(e.db.DB, "n", o, dialect.Exclusive)
 				require.Equal(t, 1, e.qcount(blocker, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ? FOR UPDATE`, w))
 			}
 			ab, ac := e.actor(), e.actor()
-			var gotAcquire <-chan acquired
-			var gotAbandon <-chan withdrawn
 			withdraw := dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: p.RequestID}
-			if path == "enqueue" {
-				gotAcquire = e.late(ac, p)
-				e.waitingIn(enqueueWaits)
-				gotAbandon = e.abandonAsync(ab, withdraw)
-				require.NoError(t, (<-gotAbandon).err)
-			} else {
+			gotAcquire := e.late(ac, p)
+			e.waitingIn(waits)
+			var gotAbandon <-chan withdrawn
+			switch path {
+			case "enqueue":
+				// Abandon waits for nothing here.
+				res, err := e.abandon(ab.db, withdraw)
+				require.NoError(t, err)
+				require.Empty(t, res.Freed)
+			case "fast/killed", "full/killed":
 				gotAbandon = e.abandonAsync(ab, withdraw)
 				e.waitingIn(abandonWaits)
-				gotAcquire = e.late(ac, p)
-				if path == "fast" {
-					e.waitingIn(fastWaits)
-				} else {
-					e.waitingIn(fullWaits)
-				}
+				e.killWaiting(abandonWaits)
+				require.Error(t, (<-gotAbandon).err, "killed")
+				gotAbandon = nil
+			default:
+				gotAbandon = e.abandonAsync(ab, withdraw)
+				e.waitingIn(abandonWaits)
 			}
+			require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_withdrawn WHERE lease_id = ? AND request_id = ?`, w, p.RequestID),
+				"the withdrawal is recorded before its wait")
 			require.NoError(t, blocker.Commit())
 			a := <-gotAcquire
 			if a.err != nil {
@@ -165,9 +186,8 @@ func TestLateStatementAfterWithdrawal(t *testing.T) {
 			} else {
 				t.Logf("late acquire: status %d", a.res.Status)
 			}
-			if path != "enqueue" {
-				w := <-gotAbandon
-				require.NoError(t, w.err)
+			if gotAbandon != nil {
+				require.NoError(t, (<-gotAbandon).err)
 			}
 
 			waiters := e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, w, p.RequestID)
@@ -189,22 +209,24 @@ func TestLateStatementAfterWithdrawal(t *testing.T) {
 // transaction acquires "u" shared with AcquireTx and keeps the name's row;
 // A's upgrade waits for that row on a connection whose client gave up (and
 // whose cancel was lost); A's client withdraws the upgrade, keeping any hold
-// it obtained; B's transaction ends. Whichever of the upgrade and the
-// withdrawal gets the row first, A still holds "u": exclusive, with the
-// token the withdrawal reports as kept, or shared as before, and then the
-// upgrade can never be granted. Schema version 4's withdrawal deleted the
-// exclusive hold: no hold at all, the handle still saying "shared".
+// it obtained (the record committed at once, then a wait for the row, which
+// is killed in the "killed" cases, as when the janitor stops retrying); B's
+// transaction ends (commits: B keeps a shared hold; rolls back: the upgrade
+// would be free to go). A still holds "u", shared as before, and the upgrade
+// can never be granted; or exclusive, with the token the withdrawal reports
+// as kept (an upgrade granted before the withdrawal: ExerciseWithdraw's
+// WithdrawnUpgradeKeepsItsHold). Never no hold at all: schema version 4's
+// withdrawal deleted the exclusive hold, the handle still saying "shared".
 func TestUpgradeWithdrawnBehindTxGrant(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name         string
-		upgradeFirst bool
-		commit       bool
+		name           string
+		commit, killed bool
 	}{
-		{"upgrade first, B rolls back", true, false},
-		{"upgrade first, B commits", true, true},
-		{"withdrawal first, B rolls back", false, false},
-		{"withdrawal first, B commits", false, true},
+		{"B rolls back", false, false},
+		{"B commits", true, false},
+		{"B rolls back, killed", false, true},
+		{"B commits, killed", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -218,18 +240,13 @@ func TestUpgradeWithdrawnBehindTxGrant(t *testing.T) {
 			up := dialect.AcquireParams{Name: "u", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true, UpgradeToken: ts}
 			withdraw := dialect.AbandonParams{Name: "u", LeaseID: a, RequestID: up.RequestID, KeepHold: true}
 			ua, wa := e.actor(), e.actor()
-			var gotUp <-chan acquired
-			var gotW <-chan withdrawn
-			if tc.upgradeFirst {
-				gotUp = e.late(ua, up)
-				e.waitingIn(fullWaits)
-				gotW = e.abandonAsync(wa, withdraw)
-				e.waitingIn(abandonWaits)
-			} else {
-				gotW = e.abandonAsync(wa, withdraw)
-				e.waitingIn(abandonWaits)
-				gotUp = e.late(ua, up)
-				e.waitingIn(fullWaits)
+			gotUp := e.late(ua, up)
+			e.waitingIn(fullWaits)
+			gotW := e.abandonAsync(wa, withdraw)
+			e.waitingIn(abandonWaits)
+			if tc.killed {
+				e.killWaiting(abandonWaits)
+				require.Error(t, (<-gotW).err, "killed")
 			}
 			if tc.commit {
 				require.NoError(t, btx.Commit())
@@ -242,9 +259,13 @@ func TestUpgradeWithdrawnBehindTxGrant(t *testing.T) {
 			} else {
 				t.Logf("late upgrade: status %d, token %d", u.res.Status, u.res.Token)
 			}
-			w := <-gotW
-			require.NoError(t, w.err)
-			t.Logf("withdrawal: kept %d", w.res.Kept)
+			var kept int64
+			if !tc.killed {
+				w := <-gotW
+				require.NoError(t, w.err)
+				kept = w.res.Kept
+			}
+			t.Logf("withdrawal: kept %d", kept)
 
 			type hold struct {
 				token int64
@@ -264,8 +285,8 @@ func TestUpgradeWithdrawnBehindTxGrant(t *testing.T) {
 				return out
 			}
 			require.NotEmpty(t, holdsOfA(), "A holds nothing: the withdrawal deleted the upgrade's hold")
-			if w.res.Kept != 0 {
-				require.Equal(t, []hold{{w.res.Kept, "X"}}, holdsOfA(), "the kept hold is A's only one")
+			if kept != 0 {
+				require.Equal(t, []hold{{kept, "X"}}, holdsOfA(), "the kept hold is A's only one")
 				return
 			}
 			require.Equal(t, []hold{{ts, "S"}}, holdsOfA(), "A's shared hold, as before")
@@ -402,4 +423,34 @@ func TestSerializableReleaseTxLetsRenewalsThrough(t *testing.T) {
 		require.Equal(t, "alice", log[1].Owner)
 		require.Equal(t, tok, log[1].Token)
 	}
+}
+
+// TestWaiterWithdrawnBehindTxGrant: while a transaction that acquired the
+// name with AcquireTx holds the name's row, a waiter is still withdrawn at
+// once: its waiter row is deleted and the withdrawal recorded, even if
+// Abandon then reports a lock wait timeout (for the holds it deletes under
+// the name's row); a late Acquire of the request is answered Withdrawn.
+func TestWaiterWithdrawnBehindTxGrant(t *testing.T) {
+	e := newEnv(t)
+	h, g, w := e.lease(e.db.DB, "h", time.Minute), e.lease(e.db.DB, "g", time.Minute), e.lease(e.db.DB, "w", time.Minute)
+	e.grant(e.db.DB, "n", h, dialect.Shared)
+	tx := e.begin(e.db.DB, sql.LevelReadCommitted)
+	got, err := e.acquireTx(tx, dialect.AcquireParams{Name: "n", LeaseID: g, Mode: dialect.Shared})
+	require.NoError(t, err)
+	require.Equal(t, dialect.Granted, got.Status, "the name's row locked until tx ends")
+
+	p := dialect.AcquireParams{Name: "n", LeaseID: w, RequestID: rand.Int64(), Mode: dialect.Exclusive, Enqueue: true}
+	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, p).Status)
+	require.Equal(t, 1, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, w))
+	_, err = d.Abandon(e.ctx, e.db.DB, &dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: p.RequestID})
+	t.Logf("abandon while the name's row is held: %v", err)
+	if err != nil {
+		require.ErrorIs(t, err, dialect.ErrLockTimeout)
+	}
+	require.Zero(t, e.count(e.db.DB, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, w), "the waiter row is gone")
+	require.Equal(t, dialect.Withdrawn, e.acquire(e.db.DB, p).Status)
+	require.NoError(t, tx.Rollback())
+	res, err := e.abandon(e.db.DB, dialect.AbandonParams{Name: "n", LeaseID: w, RequestID: p.RequestID})
+	require.NoError(t, err)
+	require.Empty(t, res.Freed)
 }

@@ -5,9 +5,10 @@
 -- record has committed, no statement of the request, however late it runs
 -- (a retry, or a CALL still waiting in the server after its client gave up),
 -- can grant it or queue it; it is answered status 6, withdrawn, and leaves no
--- row. sqldlm_abandon writes the record with the name's sqldlm_locks row
--- locked exclusively (inserting the row when missing), and then deletes the
--- request's waiter row:
+-- row. sqldlm_abandon commits the record and the deletion of the request's
+-- waiter row first, without locking the name's row, then deletes (or, for
+-- an upgrade, keeps) the request's hold with the name's sqldlm_locks row
+-- locked exclusively (inserting the row when missing):
 --
 --   - a grant (the fast path of sqldlm_acquire, phase 2 of
 --     sqldlm_acquire_decide: sqldlm_acquire's full path and
@@ -21,9 +22,10 @@
 --     reads the record with a locking read: either that read comes before
 --     the record's insert (and the abandon's delete then finds the waiter
 --     row, waiting for its insert to end), or it waits for the abandon and
---     sees the record (and rolls the waiter row back). It takes no lock on
---     the name's row, which a caller's transaction that acquired the name in
---     it holds until it ends: a blocked request still queues meanwhile.
+--     sees the record (and rolls the waiter row back). Neither locks the
+--     name's row, which a caller's transaction that acquired the name in it
+--     holds until it ends: a blocked request still queues, and a waiter is
+--     still withdrawn, meanwhile.
 --
 -- Phase 1 and the fast path's first read also read the record (consistent
 -- reads, no lock), to answer a withdrawn request at once. Every lock wait of
@@ -662,24 +664,30 @@ END
 -- +goose StatementEnd
 
 -- sqldlm_abandon withdraws request (p_lease, p_request) of name p_name for
--- good. It locks the name's sqldlm_locks row exclusively (inserting it when
--- missing), the row every grant of the name locks before it checks the
--- withdrawal record, so a grant of the request that is still on its way or
--- waiting in the server either committed before (and is undone here) or sees
--- the record. Then, unless p_keep, it deletes the request's hold if it
--- obtained one (a release row 'abandoned' when audit is on); with p_keep (an
--- upgrade's withdrawal) it keeps that hold, which replaced the caller's
--- shared one, and reports its token. It records the withdrawal in
--- sqldlm_withdrawn (a repeated withdrawal keeps the first record) and only
--- then deletes the request's waiter row: a first enqueue inserts the waiter
--- row and then reads the record with a locking read, so one of the two sees
--- the other's row (see sqldlm_acquire). Locks are taken in the order the
--- name's row, holds, withdrawal record, waiter row (as sqldlm_delete_lease
--- and sqldlm_reap: holds, records, waiter rows), each wait bounded to a
--- second (1205: the client retries): a caller's transaction that acquired
--- the name in it (sqldlm_acquire_tx) holds the name's row until it ends.
--- Result sets: unless p_keep, the names of the deleted holds; then one row,
--- kept: the kept hold's token, or NULL.
+-- good, in two transactions, each lock wait bounded to a second (1205: the
+-- client retries the call; both are idempotent):
+--
+--   (1) it records the withdrawal in sqldlm_withdrawn (a repeated withdrawal
+--       keeps the first record) and then deletes the request's waiter row,
+--       and commits. A first enqueue inserts the waiter row and then reads
+--       the record with a locking read, so one of the two sees the other's
+--       row (see sqldlm_acquire). No lock of the name's row: a caller's
+--       transaction that acquired the name in it (sqldlm_acquire_tx) holds
+--       that row until it ends, and a waiter must be withdrawn meanwhile.
+--   (2) it locks the name's sqldlm_locks row exclusively (inserting it when
+--       missing), the row every grant of the name holds when it reads the
+--       record: a grant of the request that read no record has committed by
+--       now, and none can follow. Then, unless p_keep, it deletes the
+--       request's hold if it obtained one (a release row 'abandoned' when
+--       audit is on); with p_keep (an upgrade's withdrawal) it keeps that
+--       hold, which replaced the caller's shared one, and reports its token.
+--
+-- Locks are taken in the order withdrawal record, waiter row (as
+-- sqldlm_delete_lease and sqldlm_reap: holds, records, waiter rows), then
+-- the name's row and holds. Result sets: unless p_keep, the names of the
+-- deleted holds; then one row, kept: the kept hold's token, or NULL. A call
+-- that failed in (2) has still recorded the withdrawal: no statement of the
+-- request can grant or queue it any more.
 -- +goose StatementBegin
 CREATE PROCEDURE sqldlm_abandon(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_request BIGINT, IN p_keep BOOLEAN)
 BEGIN
@@ -698,6 +706,17 @@ BEGIN
     END;
     SET time_zone = '+00:00';
     SET SESSION innodb_lock_wait_timeout = LEAST(saved_lwt, 1);
+    -- (1) The record, then the waiter row, committed at once: no lock of
+    -- the name's row, which a caller's transaction may hold for long.
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+    START TRANSACTION;
+    INSERT INTO sqldlm_withdrawn (lease_id, request_id, name, withdrawn_at)
+    VALUES (p_lease, p_request, p_name, SYSDATE(6))
+        ON DUPLICATE KEY UPDATE lease_id = lease_id;
+    DELETE FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request;
+    COMMIT;
+    -- (2) The holds, with the name's row locked: a grant that read no record
+    -- has committed by then.
     SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     START TRANSACTION;
     SELECT COUNT(*) INTO v_n FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
@@ -720,10 +739,6 @@ BEGIN
         END IF;
         DELETE FROM sqldlm_holders WHERE lease_id = p_lease AND request_id = p_request;
     END IF;
-    INSERT INTO sqldlm_withdrawn (lease_id, request_id, name, withdrawn_at)
-    VALUES (p_lease, p_request, p_name, SYSDATE(6))
-        ON DUPLICATE KEY UPDATE lease_id = lease_id;
-    DELETE FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request;
     COMMIT;
     SET time_zone = saved_tz;
     SET SESSION innodb_lock_wait_timeout = saved_lwt;

@@ -20,36 +20,40 @@ package mysql
 //	             SYSDATE(6), evaluated after the row lock)
 //	DeleteLease  CALL sqldlm_delete_lease: SELECT lease FOR UPDATE; SELECT
 //	             its holds' names FOR UPDATE (the result); [audit: release
-//	             'lease closed' per hold]; DELETE holds, waiters, pending
-//	             rows, lease
+//	             'lease closed' per hold]; DELETE holds, withdrawal records,
+//	             waiters, pending rows, lease
 //	Acquire      CALL sqldlm_acquire: START TRANSACTION, then (not an
 //	             upgrade) the fast path: one consistent read, no row lock:
 //	             own lease live?, waiter row of this request?, any hold of
-//	             the name or waiter ahead?, the name's row there? A name in
+//	             the name or waiter ahead?, the name's row there?, request
+//	             withdrawn (Withdrawn, status 6)? A name in
 //	             use: the conflicting hold that blocks longest, then the live
 //	             waiters ahead and this request's hold (a repeated request
 //	             returns it; consistent reads);
-//	             Blocked: ROLLBACK, [INSERT waiter unless it has one]. A
+//	             Blocked: ROLLBACK, [first enqueue: SELECT own lease LOCK IN
+//	             SHARE MODE, INSERT waiter, SELECT withdrawal record LOCK IN
+//	             SHARE MODE (withdrawn: ROLLBACK)]. A
 //	             name unused: SELECT lock row FOR UPDATE SKIP LOCKED (or
 //	             INSERT it ... ON DUPLICATE KEY UPDATE, under a 1 s lock
 //	             wait bound); SELECT own lease LOCK IN SHARE MODE, live by
-//	             SYSDATE(6), with the name's holds and waiters again and
-//	             the audit setting; INSERT hold; [audit: grant]; UPDATE
+//	             SYSDATE(6), with the name's holds and waiters again, the
+//	             audit setting and the withdrawal record; INSERT hold; [audit: grant]; UPDATE
 //	             lock row; COMMIT. Anything else (a lease not live, an
 //	             upgrade, a takeover, compatible holds, an own waiter row,
 //	             the lock row locked) rolls back and runs the full path,
 //	             under the 1 s lock wait bound: START TRANSACTION,
 //	             sqldlm_acquire_decide (retried twice after a deadlock).
 //	             Phase 1, consistent reads, no row
-//	             locks: own lease live?; hold of this request (idempotent
-//	             retry)?; [upgrade: own shared hold?, other live upgrade
+//	             locks: request withdrawn?; own lease live?; hold of this
+//	             request (idempotent retry)?; [upgrade: own shared hold?, other live upgrade
 //	             waiter?]; the conflicting hold that blocks longest (of a
 //	             live lease, or of one dead for less than the lock delay);
 //	             live waiters ahead.
 //	             Phase 2, only if nothing blocked: SELECT lock row FOR
 //	             UPDATE; SELECT own lease LOCK IN SHARE MODE and re-check it
 //	             by SYSDATE(6); [INSERT lock row ... ON DUPLICATE KEY
-//	             UPDATE]; hold of this request again; [upgrade: own shared
+//	             UPDATE]; request withdrawn (read now that the name's row is
+//	             locked)?; hold of this request again; [upgrade: own shared
 //	             hold FOR UPDATE SKIP LOCKED, reading its payload];
 //	             conflicting holds and waiters again; per dead lease with a
 //	             conflicting hold, in id order: SELECT lease FOR UPDATE SKIP
@@ -75,32 +79,42 @@ package mysql
 //	CreatePending  CALL sqldlm_create_pending: INSERT pending row
 //	PendingOutcome CALL sqldlm_pending_outcome: SELECT pending row (no
 //	             lock); SELECT it FOR UPDATE SKIP LOCKED; DELETE it
-//	Abandon      CALL sqldlm_abandon: SELECT the request's holds FOR UPDATE
-//	             (the result); [audit: release 'abandoned']; DELETE them;
-//	             DELETE its waiter
+//	Abandon      CALL sqldlm_abandon, under a 1 s lock wait bound: INSERT
+//	             withdrawal record ... ON DUPLICATE KEY UPDATE; DELETE its
+//	             waiter; COMMIT; SELECT the name's lock row FOR UPDATE (or
+//	             INSERT it ... ON DUPLICATE KEY UPDATE); KeepHold: SELECT the
+//	             request's hold FOR UPDATE (its token); otherwise SELECT the
+//	             request's holds FOR UPDATE (the result), [audit: release
+//	             'abandoned'], DELETE them; COMMIT
 //	Release      CALL sqldlm_release: DELETE hold unless audit is on (one
 //	             statement); [audit: SELECT hold FOR UPDATE, release; DELETE
 //	             hold]
-//	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: the same
+//	ReleaseTx    CALL sqldlm_release_tx, in the caller's transaction: DELETE
+//	             hold (audit off); [audit: SELECT hold FOR UPDATE, answer 2;
+//	             CALL sqldlm_lease_live through db for the owner; CALL
+//	             sqldlm_release_tx again with it: release, DELETE hold]. No
+//	             read of the lease row in the transaction
 //	Downgrade    CALL sqldlm_downgrade: SELECT hold FOR UPDATE; SELECT lease
 //	             live (no lock); UPDATE hold SET mode = 'S'; [audit:
 //	             downgrade]
 //	SetPayload   CALL sqldlm_set_payload: SELECT hold FOR UPDATE; SELECT
 //	             lease live (no lock); UPDATE hold SET payload
 //	Fence        CALL sqldlm_fence, in the caller's transaction: SELECT hold
-//	             LOCK IN SHARE MODE; SELECT lease live (no lock, so renewals
-//	             go on; if it looks dead, a locking read tells an old snapshot
-//	             from a dead lease); bound idle time (MariaDB
-//	             idle_transaction_timeout, MySQL wait_timeout)
+//	             LOCK IN SHARE MODE; bound idle time (MariaDB
+//	             idle_transaction_timeout, MySQL wait_timeout). Then CALL
+//	             sqldlm_lease_live through db, outside the transaction:
+//	             SELECT lease live by SYSDATE(6) (no lock, so renewals go on,
+//	             at every isolation level of the caller's transaction)
 //	Reap         CALL sqldlm_reap: SELECT dead leases ORDER BY expires_at
 //	             LIMIT n FOR UPDATE SKIP LOCKED; per lease: lock its holds
 //	             and its pending rows (SKIP LOCKED; a pinned lease, or one
 //	             with a grant in an open transaction, waits for a later
 //	             pass), SELECT their names (a result set), per hold (by
-//	             primary key) [audit: expire] and DELETE; DELETE waiters,
-//	             pending rows, lease; COMMIT; then, each picked FOR UPDATE
-//	             SKIP LOCKED LIMIT n and deleted by key: idle lock rows,
-//	             pending rows of missing leases, audit rows older than the
+//	             primary key) [audit: expire] and DELETE; DELETE withdrawal
+//	             records, waiters, pending rows, lease; COMMIT; then, each
+//	             picked FOR UPDATE SKIP LOCKED LIMIT n and deleted by key:
+//	             idle lock rows, pending rows of missing leases, withdrawal
+//	             records older than an hour, audit rows older than the
 //	             retention; COMMIT
 //
 // MySQL has no notifications: waiters poll (no dialect.Notifier).
@@ -127,6 +141,7 @@ const (
 	statusLeaseLost       = 3
 	statusNotHeld         = 4
 	statusUpgradeConflict = 5
+	statusWithdrawn       = 6
 )
 
 // maxIdleSeconds is the largest idle_transaction_timeout and wait_timeout
@@ -288,6 +303,8 @@ func (r *acquireReader) result() (*dialect.AcquireResult, error) {
 		return &dialect.AcquireResult{Status: dialect.NotHeld}, nil
 	case statusUpgradeConflict:
 		return &dialect.AcquireResult{Status: dialect.UpgradeConflict}, nil
+	case statusWithdrawn:
+		return &dialect.AcquireResult{Status: dialect.Withdrawn}, nil
 	default:
 		return nil, fmt.Errorf("%s returned unknown status %d", r.proc, r.status)
 	}
@@ -336,33 +353,47 @@ func (d mysqlDialect) PendingOutcome(ctx context.Context, db *sql.DB, leaseID, r
 	}
 }
 
-// Abandon withdraws a request (interim: KeepHold and the withdrawal record
-// are not implemented yet).
+// Abandon calls sqldlm_abandon, which first records the withdrawal in
+// sqldlm_withdrawn and deletes the request's waiter row, and commits; then,
+// with the name's row locked exclusively (created if missing), deletes the
+// request's hold (unless p.KeepHold: then it reports the hold's token), and
+// commits. Each lock wait is bounded to a second: an error matching
+// dialect.ErrLockTimeout (the name's row held by a transaction that acquired
+// the name with AcquireTx) may come after the first commit, when the
+// withdrawal is recorded and only the hold is left to delete or report:
+// retry until it succeeds. Its result sets: the names of the deleted holds
+// (none with KeepHold), then one row, kept.
 func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.AbandonParams) (*dialect.AbandonResult, error) {
-	if p.KeepHold {
-		return nil, errors.New("Abandon: KeepHold is not implemented by this dialect yet")
-	}
-	names, err := d.abandon(ctx, db, p.LeaseID, p.RequestID)
-	if err != nil {
-		return nil, err
-	}
-	return &dialect.AbandonResult{Freed: names}, nil
-}
-
-func (d mysqlDialect) abandon(ctx context.Context, db *sql.DB, leaseID, requestID int64) ([]string, error) {
-	var names []string
-	err := d.call(ctx, db, func(rows *sql.Rows, _ []string) error {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			return err
+	res := &dialect.AbandonResult{}
+	var got bool
+	err := d.call(ctx, db, func(rows *sql.Rows, columns []string) error {
+		switch columns[0] {
+		case "name":
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return err
+			}
+			res.Freed = append(res.Freed, name)
+			return nil
+		case "kept":
+			var kept sql.NullInt64
+			if err := rows.Scan(&kept); err != nil {
+				return err
+			}
+			res.Kept, got = kept.Int64, true
+			return nil
+		default:
+			return fmt.Errorf("sqldlm_abandon returned a result set starting with column %q", columns[0])
 		}
-		names = append(names, name)
-		return nil
-	}, `CALL sqldlm_abandon(?, ?)`, leaseID, requestID)
+	}, `CALL sqldlm_abandon(?, ?, ?, ?)`, p.Name, p.LeaseID, p.RequestID, p.KeepHold)
 	if err != nil {
 		return nil, err
 	}
-	return dialect.Unique(names), nil
+	if !got {
+		return nil, errors.New("sqldlm_abandon returned no kept row")
+	}
+	res.Freed = dialect.Unique(res.Freed)
+	return res, nil
 }
 
 func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -371,13 +402,49 @@ func (d mysqlDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRe
 
 // ReleaseTx calls sqldlm_release_tx in the caller's transaction: the
 // release procedure starts a transaction of its own, which would commit the
-// caller's. It writes the audit row in tx too.
-func (d mysqlDialect) ReleaseTx(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+// caller's. It writes the audit row in tx too. It reads the hold with a
+// locking read (or deletes it), so "not held" is the latest committed state
+// at every isolation level, and it reads no lease row in tx: with audit on,
+// the procedure answers 2 (the hold locked, nothing else changed) and the
+// audit row's owner is read through db, outside tx (sqldlm_lease_live), for
+// a second call that writes the row and deletes the hold. At SERIALIZABLE a
+// read of the lease row in tx would be a shared lock held until tx ends,
+// holding off the lease's renewals. One round trip with audit off, three
+// with it on.
+func (d mysqlDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	const releaseTx = `CALL sqldlm_release_tx(?, ?, ?, ?)`
 	var n int64
-	if err := tx.QueryRowContext(ctx, `CALL sqldlm_release_tx(?, ?, ?)`, p.Name, p.LeaseID, p.Token).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, releaseTx, p.Name, p.LeaseID, p.Token, nil).Scan(&n); err != nil {
 		return false, d.ClassifyError(err)
 	}
+	if n == 2 {
+		_, owner, err := d.leaseState(ctx, db, p.LeaseID)
+		if err != nil {
+			return false, err
+		}
+		if err := tx.QueryRowContext(ctx, releaseTx, p.Name, p.LeaseID, p.Token, owner).Scan(&n); err != nil {
+			return false, d.ClassifyError(err)
+		}
+		if n == 2 {
+			return false, errors.New("sqldlm_release_tx asked for the owner again")
+		}
+	}
 	return n != 0, nil
+}
+
+// leaseState calls sqldlm_lease_live: whether the lease is live by the
+// latest committed state and the server's clock, and its owner ("" if there
+// is no such lease), in a READ COMMITTED transaction of its own on db.
+func (d mysqlDialect) leaseState(ctx context.Context, db *sql.DB, leaseID int64) (live bool, owner string, err error) {
+	stmt, err := d.prepared(ctx, db, `CALL sqldlm_lease_live(?)`)
+	if err != nil {
+		return false, "", err
+	}
+	var n int64
+	if err := stmt.QueryRowContext(ctx, leaseID).Scan(&n, &owner); err != nil {
+		return false, "", d.ClassifyError(err)
+	}
+	return n != 0, owner, nil
 }
 
 func (d mysqlDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
@@ -390,21 +457,31 @@ func (d mysqlDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.Hol
 	return d.callBool(ctx, db, `CALL sqldlm_set_payload(?, ?, ?, ?)`, p.Name, p.LeaseID, p.Token, payload)
 }
 
-// Fence locks the hold with a shared lock inside tx and checks its lease by
-// SYSDATE(6). It then bounds how long tx may sit idle to idleTimeout, rounded
-// up to whole seconds: on MariaDB with idle_transaction_timeout, on MySQL 8
+// Fence pins the hold inside tx with sqldlm_fence (a shared lock on the hold,
+// read in its latest version; nothing else is read or locked in tx), then
+// checks the lease with sqldlm_lease_live through db, outside tx, in a READ
+// COMMITTED transaction of its own: the latest committed state by SYSDATE(6),
+// whatever tx's isolation level or snapshot. The pin comes first, so a lease
+// found live then was live while the hold was pinned, and the pinned hold
+// cannot be taken over or released until tx ends. Two round trips, and db
+// lends a second connection for the second (a pool limited to one
+// connection, held by tx, would wait for ctx). No read of the lease row in tx:
+// at SERIALIZABLE InnoDB turns plain reads into shared locks held until tx
+// ends, which would hold off the lease's renewals; and a REPEATABLE READ
+// snapshot older than the lease's last renewal needs no retry.
+//
+// Once pinned, it bounds how long tx may sit idle to idleTimeout, rounded up
+// to whole seconds: on MariaDB with idle_transaction_timeout, on MySQL 8
 // (which has no idle-in-transaction timeout) with wait_timeout, which ends
 // the connection, and so rolls back its transaction, once it has been idle
-// that long, in or out of a transaction. The setting stays on tx's pooled
-// connection after tx ends.
-//
-// At REPEATABLE READ, Fence's read of the lease sees the snapshot taken by
-// tx's first read. When that snapshot shows the lease expired but the latest
-// version is live (it was renewed since), Fence returns an error matching
-// dialect.ErrSerialization: retry the whole transaction. At SERIALIZABLE,
-// InnoDB turns that read into a locking one, so the lease's renewals wait
-// until tx ends.
-func (d mysqlDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+// that long, in or out of a transaction. The setting is left on tx's pooled
+// connection after tx ends (nothing runs on it at the caller's commit or
+// rollback to put it back): on MariaDB a later transaction of the
+// application on that connection that sits idle for longer than
+// idleTimeout is rolled back by the server, and its next statement fails;
+// on MySQL the connection is closed once it sits idle (in or out of a
+// transaction) for longer, and the pool opens another.
+func (d mysqlDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
 	idle := int64(0)
 	if idleTimeout > 0 {
 		idle = int64(idleTimeout / time.Second)
@@ -413,21 +490,15 @@ func (d mysqlDialect) Fence(ctx context.Context, _ *sql.DB, tx *sql.Tx, p *diale
 		}
 		idle = min(idle, maxIdleSeconds)
 	}
-	var status int
-	if err := tx.QueryRowContext(ctx, `CALL sqldlm_fence(?, ?, ?, ?)`, p.Name, p.LeaseID, p.Token, idle).Scan(&status); err != nil {
+	var pinned int
+	if err := tx.QueryRowContext(ctx, `CALL sqldlm_fence(?, ?, ?, ?)`, p.Name, p.LeaseID, p.Token, idle).Scan(&pinned); err != nil {
 		return false, d.ClassifyError(err)
 	}
-	switch status {
-	case 0:
+	if pinned == 0 {
 		return false, nil
-	case 1:
-		return true, nil
-	case 2:
-		return false, dialect.NewError(dialect.ErrSerialization, "",
-			errors.New("fence: the transaction's snapshot predates the lease's last renewal; retry the transaction"))
-	default:
-		return false, fmt.Errorf("sqldlm_fence returned unknown status %d", status)
 	}
+	live, _, err := d.leaseState(ctx, db, p.LeaseID)
+	return live, err
 }
 
 func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter time.Duration) (*dialect.ReapResult, error) {

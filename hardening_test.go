@@ -24,6 +24,7 @@ type stallDialect struct {
 	stallReleases atomic.Int64  // so many Release calls hang until their ctx ends
 	releases      atomic.Int64  // Release calls
 	leaseCalls    atomic.Int64  // CreateLease calls
+	leasesMade    atomic.Int64  // gated CreateLease calls that succeeded
 	stallDelete   func(id int64) bool
 	onAcquire     func(ctx context.Context, p *dialect.AcquireParams)
 }
@@ -32,7 +33,11 @@ func (d *stallDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.C
 	d.leaseCalls.Add(1)
 	if d.gateLease != nil {
 		<-d.gateLease
-		return d.Dialect.CreateLease(context.WithoutCancel(ctx), db, p)
+		err := d.Dialect.CreateLease(context.WithoutCancel(ctx), db, p)
+		if err == nil {
+			d.leasesMade.Add(1)
+		}
+		return err
 	}
 	if d.stallLease.Load() {
 		<-ctx.Done()
@@ -103,8 +108,8 @@ func TestDoReleasesWhenFnPanics(t *testing.T) {
 				panic("boom")
 			})
 		}()
-		require.Error(t, fnCtx.Err(), "fn's ctx was cancelled: its watcher ended")
 		b.free(t, ctx, "do/panic")
+		require.Error(t, fnCtx.Err(), "fn's ctx was cancelled: its watcher ended")
 	})
 }
 
@@ -195,7 +200,8 @@ func TestLeaseCreationDoesNotHoldTheClient(t *testing.T) {
 		within(t, ttl/2, "Close", func() { require.NoError(t, c.Close()) })
 		require.ErrorIs(t, <-lockDone, ErrClosed)
 
-		// A creation that completes after Close: its lease is deleted.
+		// A creation that completes after Close began: its lease is deleted
+		// before Close returns.
 		gate := make(chan struct{})
 		d2 := &stallDialect{Dialect: b.db.Dialect, gateLease: gate}
 		c2 := b.client(t, Config{Dialect: d2, TTL: ttl, ReapInterval: ReapDisabled, Owner: "late-lease"})
@@ -204,14 +210,18 @@ func TestLeaseCreationDoesNotHoldTheClient(t *testing.T) {
 			lockDone <- err
 		}()
 		require.Eventually(t, func() bool { return d2.leaseCalls.Load() == 1 }, 5*time.Second, time.Millisecond)
-		within(t, 2*ttl, "Close with a creation that ignores its ctx", func() { require.NoError(t, c2.Close()) })
-		require.ErrorIs(t, <-lockDone, ErrClosed)
-		close(gate)
+		closed := make(chan error, 1)
+		go func() { closed <- c2.Close() }()
 		require.Eventually(t, func() bool {
-			return b.count(t, `SELECT COUNT(*) FROM sqldlm_leases WHERE owner = 'late-lease'`) == 0
-		}, 10*time.Second, 10*time.Millisecond, "the late lease was deleted")
-		// It was created, then deleted (not refused).
-		require.EqualValues(t, 1, d2.leaseCalls.Load())
+			c2.mu.Lock()
+			defer c2.mu.Unlock()
+			return c2.closing
+		}, 5*time.Second, time.Millisecond)
+		close(gate)
+		within(t, 2*ttl, "Close", func() { require.NoError(t, <-closed) })
+		require.ErrorIs(t, <-lockDone, ErrClosed)
+		require.EqualValues(t, 1, d2.leasesMade.Load(), "the lease was created")
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM sqldlm_leases WHERE owner = 'late-lease'`), "and deleted")
 	})
 }
 

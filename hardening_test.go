@@ -240,16 +240,20 @@ func TestReleaseAllSkipsNil(t *testing.T) {
 
 // Defect 12: LockAll returns only handles that are held when it returns.
 // The first lock's lease is broken while LockAll asks for the second (the
-// second is then granted under a new lease): LockAll releases everything
-// and fails with ErrLost.
-func TestLockAllFailsWhenAnEarlierLockWasLost(t *testing.T) {
+// second is then granted under a new lease): LockAll releases both and
+// starts over, and returns two held locks.
+func TestLockAllStartsOverWhenAnEarlierLockWasLost(t *testing.T) {
 	t.Parallel()
 	forEachKind(t, func(t *testing.T, b *lockBundle) {
 		ctx := testCtx(t)
 		d := &stallDialect{Dialect: b.db.Dialect}
 		var once sync.Once
+		var acquiresOfA atomic.Int64
 		d.onAcquire = func(ctx context.Context, p *dialect.AcquireParams) {
-			if p.Name == "set/b" {
+			switch p.Name {
+			case "set/a":
+				acquiresOfA.Add(1)
+			case "set/b":
 				once.Do(func() {
 					_, err := b.db.Dialect.Break(ctx, b.db.DB, "set/a", "")
 					require.NoError(t, err)
@@ -258,8 +262,17 @@ func TestLockAllFailsWhenAnEarlierLockWasLost(t *testing.T) {
 		}
 		c := b.client(t, Config{Dialect: d, ReapInterval: ReapDisabled})
 		locks, err := c.LockAll(ctx, []Request{{Name: "set/b", Mode: Exclusive}, {Name: "set/a", Mode: Exclusive}})
-		require.ErrorIs(t, err, ErrLost)
-		require.Nil(t, locks)
+		require.NoError(t, err)
+		require.EqualValues(t, 2, acquiresOfA.Load(), "started over")
+		for _, l := range locks {
+			require.NoError(t, l.Err(), l.Name())
+		}
+		other := b.client(t, Config{ReapInterval: ReapDisabled})
+		for _, name := range []string{"set/a", "set/b"} {
+			_, err := other.TryLock(ctx, name, Exclusive)
+			require.ErrorIs(t, err, ErrLocked, "%q is held in the database", name)
+		}
+		require.NoError(t, c.ReleaseAll(ctx, locks))
 		b.free(t, ctx, "set/a")
 		b.free(t, ctx, "set/b")
 	})

@@ -26,7 +26,8 @@ type Request struct {
 // Every handle it returns was held when LockAll checked, right before
 // returning: if a lock taken earlier was lost while LockAll waited for a
 // later one (its lease was lost or broken), LockAll releases all of them
-// and returns an error matching ErrLost. Call it again to start over.
+// and starts over, as Lock goes on waiting under a new lease, until ctx
+// ends.
 func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 	// Validate every request before taking any lock, so that a bad one
 	// leaves nothing behind in the database.
@@ -45,6 +46,19 @@ func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 			return nil, fmt.Errorf("sqldlm: LockAll: %q is requested twice: %w", reqs[order[i]].Name, ErrInvalidName)
 		}
 	}
+	for {
+		locks, lost, err := c.lockAll(ctx, reqs, order)
+		if err != nil || lost == "" {
+			return locks, err
+		}
+		c.logger.Debug("sqldlm: LockAll: a lock was lost while later ones were taken, starting over", "lock_name", lost)
+	}
+}
+
+// lockAll takes the locks of reqs in order, once. If one taken earlier was
+// lost by the time the last was granted, it releases them all and returns
+// the lost lock's name.
+func (c *Client) lockAll(ctx context.Context, reqs []Request, order []int) (_ []*Lock, lost string, _ error) {
 	locks := make([]*Lock, len(reqs))
 	for _, i := range order {
 		l, err := c.Lock(ctx, reqs[i].Name, reqs[i].Mode, WithPayload(reqs[i].Payload))
@@ -52,20 +66,17 @@ func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 			// A failed release is retried in the background; a lost lock's
 			// ErrLost says nothing the caller needs.
 			_ = c.ReleaseAll(context.WithoutCancel(ctx), locks)
-			return nil, fmt.Errorf("sqldlm: LockAll: %w", err) // Lock's error names the lock
+			return nil, "", fmt.Errorf("sqldlm: LockAll: %w", err) // Lock's error names the lock
 		}
 		locks[i] = l
 	}
 	for _, i := range order {
-		if err := locks[i].Err(); err != nil {
-			if locks[i].closedByClient() {
-				err = ErrClosed
-			}
+		if locks[i].Err() != nil {
 			_ = c.ReleaseAll(context.WithoutCancel(ctx), locks)
-			return nil, fmt.Errorf("sqldlm: LockAll: %q was lost while later locks were taken: %w", reqs[i].Name, err)
+			return nil, reqs[i].Name, nil
 		}
 	}
-	return locks, nil
+	return locks, "", nil
 }
 
 // ReleaseAll releases every lock, in the reverse of the global order

@@ -33,13 +33,25 @@ type Client struct {
 	reaper   *reaper.Reaper
 	listener atomic.Bool // a notification listener is up (PostgreSQL)
 
-	mu    sync.Mutex
-	lease *lease // current lease; nil before first use and after a loss
+	mu       sync.Mutex
+	lease    *lease        // current lease; nil before first use and after a loss
+	creating *leaseAttempt // the lease creation in flight, if any
+	closing  bool          // Close has begun: no lease is installed and no goroutine started after it
 
-	goroutines sync.WaitGroup // heartbeats and the listener
-	stopBG     context.CancelFunc
-	closeOnce  sync.Once
-	closed     chan struct{}
+	goroutines   sync.WaitGroup // heartbeats, transaction watchers and the listener
+	stopBG       context.CancelFunc
+	createCtx    context.Context // parent of lease creations; cancelled by Close
+	stopCreating context.CancelFunc
+	closeOnce    sync.Once
+	closed       chan struct{}
+}
+
+// leaseAttempt is one lease creation in flight, which every caller that
+// needs a lease meanwhile waits for, each with its own context.
+type leaseAttempt struct {
+	done chan struct{} // closed when l and err are set
+	l    *lease
+	err  error
 }
 
 // New returns a Client for db. It checks, within Config.ConnectTimeout, that
@@ -85,9 +97,9 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	go c.janitor.run()
 	bgCtx, stopBG := context.WithCancel(context.Background())
 	c.stopBG = stopBG
+	c.createCtx, c.stopCreating = context.WithCancel(context.Background())
 	if n, ok := d.(dialect.Notifier); ok {
-		c.goroutines.Add(1)
-		go c.listen(bgCtx, n)
+		c.goStart(func() { c.listen(bgCtx, n) })
 	}
 	if cfg.ReapInterval > 0 {
 		c.reaper = reaper.New(db, d, reaper.Config{
@@ -114,7 +126,9 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 // for them. Locks it held report ErrReleased. It is idempotent; methods
 // called after it return ErrClosed. It does not close the *sql.DB given to
 // New. If the database cannot be reached, the lease expires by itself
-// within the TTL.
+// within the TTL. Each of its steps that talks to the database (deleting
+// the lease, the last attempt at pending background cleanups) waits at most
+// the TTL or 5 seconds, whichever is shorter.
 func (c *Client) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -122,12 +136,25 @@ func (c *Client) Close() error {
 		if c.reaper != nil {
 			c.reaper.Stop()
 		}
+		bound := min(c.cfg.TTL, 5*time.Second)
 		c.mu.Lock()
-		l := c.lease
+		c.closing = true
+		l, creating := c.lease, c.creating
 		c.mu.Unlock()
+		// A lease creation in flight is cancelled; should its row be created
+		// all the same, createLease deletes it.
+		c.stopCreating()
+		if creating != nil {
+			t := time.NewTimer(bound)
+			select {
+			case <-creating.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		if l != nil {
 			l.end(ErrClosed, "client closed")
-			ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL, 5*time.Second))
+			ctx, cancel := context.WithTimeout(context.Background(), bound)
 			names, delErr := c.dialect.DeleteLease(ctx, c.db, l.id)
 			cancel()
 			if delErr != nil {
@@ -138,7 +165,7 @@ func (c *Client) Close() error {
 			}
 		}
 		c.stopBG()
-		close(c.janitor.stop)
+		c.janitor.halt()
 		<-c.janitor.exited
 		c.goroutines.Wait()
 	})
@@ -154,22 +181,95 @@ func (c *Client) isClosed() bool {
 	}
 }
 
-// currentLease returns the client's live lease, creating one if needed.
-func (c *Client) currentLease(ctx context.Context) (*lease, error) {
+// goStart runs f in a goroutine that Close waits for, unless Close has
+// begun: then it does nothing and reports false. (A WaitGroup must not
+// gain a goroutine once Wait may have begun.)
+func (c *Client) goStart(f func()) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.isClosed() {
-		return nil, ErrClosed
+	return c.goLocked(f)
+}
+
+// goLocked is goStart for a caller that holds c.mu.
+func (c *Client) goLocked(f func()) bool {
+	if c.closing {
+		return false
 	}
-	if c.lease != nil && c.lease.live() {
-		return c.lease, nil
+	c.goroutines.Add(1)
+	go func() {
+		defer c.goroutines.Done()
+		f()
+	}()
+	return true
+}
+
+// currentLease returns the client's live lease, creating one if needed.
+// The creation runs outside c.mu, shared by every caller that needs a lease
+// meanwhile; each waits for it until its own ctx ends.
+func (c *Client) currentLease(ctx context.Context) (*lease, error) {
+	for {
+		c.mu.Lock()
+		if c.closing || c.isClosed() {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if l := c.lease; l != nil && l.live() {
+			c.mu.Unlock()
+			return l, nil
+		}
+		a := c.creating
+		if a == nil {
+			a = &leaseAttempt{done: make(chan struct{})}
+			c.creating = a
+			go c.createLease(a)
+		}
+		c.mu.Unlock()
+		select {
+		case <-a.done:
+			if a.err != nil {
+				return nil, a.err
+			}
+			// The new lease is now c.lease, unless it has ended already.
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.closed:
+			return nil, ErrClosed
+		}
 	}
+}
+
+// createLease creates a lease for attempt a and installs it as the
+// client's lease. The creation waits at most the TTL (an answer after it
+// would be refused anyway) and ends when Close cancels it; a lease created
+// after Close has begun is deleted at once.
+func (c *Client) createLease(a *leaseAttempt) {
+	defer close(a.done)
+	ctx, cancel := context.WithTimeout(c.createCtx, c.cfg.TTL)
 	l, err := c.newLease(ctx)
-	if err != nil {
-		return nil, err
+	cancel()
+	c.mu.Lock()
+	c.creating = nil
+	if err == nil && c.closing {
+		c.mu.Unlock()
+		c.logger.Debug("sqldlm: lease created after the client closed, deleting it", "lease_id", l.id)
+		dctx, dcancel := context.WithTimeout(context.Background(), min(c.cfg.TTL, 5*time.Second))
+		defer dcancel()
+		if _, delErr := c.dialect.DeleteLease(dctx, c.db, l.id); delErr != nil {
+			c.logger.Debug("sqldlm: delete lease created after close (it expires by itself)", "lease_id", l.id, "error", delErr)
+		}
+		a.err = ErrClosed
+		return
 	}
-	c.lease = l
-	return l, nil
+	defer c.mu.Unlock()
+	if err != nil {
+		if c.closing {
+			err = ErrClosed
+		}
+		a.err = err
+		return
+	}
+	c.lease, a.l = l, l
+	l.start()
 }
 
 // dropLease forgets l if it is the current lease.
@@ -226,7 +326,6 @@ func (c *Client) notified() bool { return c.listener.Load() }
 // listen keeps a notification listener up (PostgreSQL), reconnecting with
 // backoff; while it is down, waiters poll at the short interval.
 func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
-	defer c.goroutines.Done()
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := n.Listen(ctx, c.db, func() {

@@ -11,7 +11,6 @@ import (
 // live, or when the local deadline passes without a successful renewal (the
 // deadline timer fires independently of a renewal in flight).
 func (l *lease) heartbeat() {
-	defer l.c.goroutines.Done()
 	ttl := l.c.cfg.TTL
 	interval := ttl / 3
 	retry := min(interval/4, 250*time.Millisecond)

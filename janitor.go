@@ -19,6 +19,10 @@ type janitor struct {
 	kick   chan struct{}
 	stop   chan struct{}
 	exited chan struct{}
+	// ctx is the parent of every attempt but the final pass's; halt
+	// cancels it, so that a pass in progress does not delay Close.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 type task struct {
@@ -31,7 +35,15 @@ type task struct {
 }
 
 func newJanitor(c *Client) *janitor {
-	return &janitor{c: c, kick: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &janitor{c: c, kick: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{}), ctx: ctx, cancel: cancel}
+}
+
+// halt ends the pass in progress and makes the janitor run its final pass
+// and exit.
+func (j *janitor) halt() {
+	j.cancel()
+	close(j.stop)
 }
 
 func (j *janitor) add(t *task) {
@@ -139,16 +151,25 @@ func (j *janitor) run() {
 
 // pass tries every pending task that is due once. It reports whether one
 // failed, and how long until the next delayed task is due (an hour if none).
-// On the final pass (the client closing) every task gets one short attempt.
+// On the final pass (the client closing) every task still worth doing gets
+// one attempt, delayed ones too, all within one shared bound: the TTL or 5
+// seconds, whichever is shorter. Tasks the bound leaves no time for are
+// dropped; the lease's expiry is their backstop.
 func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	j.mu.Lock()
 	tasks := j.tasks
 	j.tasks = nil
 	j.mu.Unlock()
 	next = time.Hour
+	parent := j.ctx
+	if final {
+		var cancel context.CancelFunc
+		parent, cancel = context.WithTimeout(context.Background(), min(j.c.cfg.TTL, 5*time.Second))
+		defer cancel()
+	}
 	var failed []*task
 	for _, t := range tasks {
-		if !t.until() && !final {
+		if !t.until() {
 			continue
 		}
 		if wait := time.Until(t.notBefore); wait > 0 && !final {
@@ -156,7 +177,11 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 			next = min(next, wait)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), min(j.c.cfg.TTL/2, 5*time.Second))
+		if final && parent.Err() != nil {
+			j.c.logger.Debug("sqldlm: background cleanup dropped at close: no time left", "task", t.what)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(parent, min(j.c.cfg.TTL/2, 5*time.Second))
 		err := t.run(ctx)
 		cancel()
 		if err != nil {

@@ -46,7 +46,8 @@ func margin(ttl time.Duration) time.Duration {
 	return ttl / 10
 }
 
-// newLease creates a lease row in the database and starts its heartbeat.
+// newLease creates a lease row in the database, within ctx. The caller
+// starts it (start) once it is the client's lease.
 func (c *Client) newLease(ctx context.Context) (*lease, error) {
 	l := &lease{
 		c:     c,
@@ -74,15 +75,19 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
 		return nil, fmt.Errorf("sqldlm: create lease: the database answered after the lease's TTL (%s)", c.cfg.TTL)
 	}
+	return l, nil
+}
+
+// start arms the lease's deadline timer and starts its heartbeat. The
+// caller holds c.mu and has checked that the client is not closing.
+func (l *lease) start() {
 	// The timer may fire before AfterFunc returns; checkDeadline and end
 	// read l.expiry under l.mu, so it is set under l.mu too.
 	l.mu.Lock()
 	l.expiry = time.AfterFunc(time.Until(l.deadline), l.checkDeadline)
 	l.mu.Unlock()
-	c.logger.Debug("sqldlm: lease created", "lease_id", l.id)
-	c.goroutines.Add(1)
-	go l.heartbeat()
-	return l, nil
+	l.c.logger.Debug("sqldlm: lease created", "lease_id", l.id)
+	l.c.goLocked(l.heartbeat)
 }
 
 // checkDeadline runs when the local deadline may have passed.
@@ -131,6 +136,13 @@ func (l *lease) remove(lk *Lock) {
 	l.mu.Lock()
 	delete(l.locks, lk)
 	l.mu.Unlock()
+}
+
+// closedByClient reports whether Client.Close ended the lease.
+func (l *lease) closedByClient() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err == ErrClosed
 }
 
 // live reports whether the lease has not ended.

@@ -191,7 +191,10 @@ func (c *Client) Lock(ctx context.Context, name string, mode Mode, opts ...LockO
 }
 
 // TryLock acquires name in mode if that is possible at once. Otherwise it
-// returns a *LockedError (matching ErrLocked) that says who holds it.
+// returns a *LockedError (matching ErrLocked) that says who holds it. If the
+// database cannot be reached it fails at once too, after one retry (which
+// settles an answer lost on the way), with an error that matches
+// dialect.ErrConnection; ctx bounds a statement that gets no answer.
 //
 // As with sync.Mutex.TryLock, a program that polls with TryLock usually
 // wants Lock with a deadline instead: it keeps its place in the queue.
@@ -201,34 +204,44 @@ func (c *Client) TryLock(ctx context.Context, name string, mode Mode, opts ...Lo
 }
 
 // Do acquires name in mode (waiting as Lock does), runs fn, and releases the
-// lock, whatever fn returns. The ctx given to fn is cancelled when the lock
-// is lost, so fn can stop work that is no longer protected. ctx bounds the
-// wait and is fn's parent; the release after fn is not cancelled by ctx.
+// lock, whatever fn returns, and also when fn panics (the panic then goes
+// on). The ctx given to fn is cancelled when the lock is lost (its cause is
+// ErrLost) or the client closes (ErrClosed), so fn can stop work that is no
+// longer protected. ctx bounds the wait and is fn's parent; the release
+// after fn is not cancelled by ctx, and waits for the database at most as
+// long as Release does.
 //
 // Do returns fn's error; if the lock was lost while fn ran, the error also
 // matches ErrLost, since fn's work may have overlapped another holder's.
-func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx context.Context) error, opts ...LockOption) error {
+// A lock released by Client.Close while fn ran is not reported as lost.
+func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx context.Context) error, opts ...LockOption) (err error) {
 	l, err := c.Lock(ctx, name, mode, opts...)
 	if err != nil {
 		return err
 	}
 	fnCtx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
 	go func() {
+		defer close(watched)
 		select {
 		case <-l.Done():
-			cancel(ErrLost)
+			cause := ErrLost
+			if l.closedByClient() {
+				cause = ErrClosed
+			}
+			cancel(cause)
 		case <-fnCtx.Done():
 		}
 	}()
-	fnErr := fn(fnCtx)
-	cancel(nil)
-	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.TTL)
-	defer relCancel()
-	relErr := l.Release(relCtx)
-	if errors.Is(relErr, ErrLost) {
-		return errors.Join(fnErr, fmt.Errorf("sqldlm: %q was lost while fn ran: %w", name, ErrLost))
-	}
-	return fnErr
+	// Deferred, so that it runs when fn panics too.
+	defer func() {
+		cancel(nil)
+		<-watched
+		if relErr := l.Release(context.WithoutCancel(ctx)); errors.Is(relErr, ErrLost) {
+			err = errors.Join(err, fmt.Errorf("sqldlm: %q was lost while fn ran: %w", name, ErrLost))
+		}
+	}()
+	return fn(fnCtx)
 }
 
 // checkRequest validates a request's arguments and applies its options.
@@ -316,6 +329,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	defer unregister()
 	backoff := newBackoff(c)
 	var enqueuedOn *lease // the lease a waiter row or an unseen grant of this request may exist under
+	connFailures := 0     // TryLock: attempts that failed on the connection
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if enqueuedOn != nil {
 			if r.upgradeToken != 0 {
@@ -361,6 +375,14 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			if dialect.IsRetryable(err) || errors.Is(err, dialect.ErrConnection) {
 				// Same request id: a retry returns a grant the lost answer carried.
 				enqueuedOn = l
+				if !r.wait && errors.Is(err, dialect.ErrConnection) {
+					// TryLock fails at once: one retry settles a lost
+					// answer; a second failure means the database cannot
+					// be reached, and waiting for it is Lock's job.
+					if connFailures++; connFailures > 1 {
+						return abandon(fmt.Errorf("sqldlm: acquire %q: %w", r.name, err))
+					}
+				}
 				c.logger.Debug("sqldlm: acquire failed, retrying", "lock_name", r.name, "error", err)
 				v, err := backoff.sleep(ctx, wake, 0, -1)
 				if err != nil {
@@ -477,7 +499,10 @@ func (c *Client) reportTakeover(name string, mode Mode, token int64, taken []dia
 // the critical section may not have been exclusive. Otherwise it returns
 // nil, even when the database cannot be reached: the lock is then dropped
 // locally and released in the background, and the lease's expiry frees it
-// at the latest. ctx bounds how long Release waits for the database.
+// at the latest. Release waits for the database at most until ctx ends, and
+// never longer than half the TTL or 5 seconds, whichever is shorter, so
+// Release(context.Background()) cannot hang on a network that does not
+// answer. A lock that Client.Close released returns nil at once.
 //
 // Commit or roll back a transaction fenced with [Lock.Fence] before
 // releasing: the release waits for it.
@@ -493,8 +518,18 @@ func (l *Lock) release(ctx context.Context) error {
 	}
 	l.dropped = true
 	lostBefore := l.err == ErrLost
+	// Only Client.Close ends a handle with ErrReleased before Release has
+	// run: deleting the lease released it (or its expiry will).
+	closedBefore := l.err == ErrReleased
 	l.mu.Unlock()
 	c := l.c
+	if closedBefore {
+		return nil
+	}
+	// Bound the synchronous attempt: the janitor finishes a release that
+	// did not get an answer in time.
+	ctx, cancel := context.WithTimeout(ctx, releaseBound(c.cfg.TTL))
+	defer cancel()
 	if lostBefore {
 		l.lease.remove(l)
 		l.setRelErr(ErrLost)
@@ -517,6 +552,9 @@ func (l *Lock) release(ctx context.Context) error {
 	case !released && l.releasedInTx():
 		// ReleaseTx's transaction committed: the lock was released with it.
 		c.waiters.wakeHead(l.name)
+	case !released && l.lease.closedByClient():
+		// Client.Close deleted the lease, and the hold with it, meanwhile.
+		return nil
 	case !released:
 		// The hold was gone: taken over or reaped after the lease died.
 		l.setRelErr(ErrLost)
@@ -559,6 +597,18 @@ func (l *Lock) releaseLost(ctx context.Context) {
 	case released && !c.notified():
 		c.waiters.wakeHead(l.name)
 	}
+}
+
+// releaseBound is how long Release waits for the database before it leaves
+// the release to the janitor.
+func releaseBound(ttl time.Duration) time.Duration { return min(ttl/2, 5*time.Second) }
+
+// closedByClient reports whether Client.Close ended the lock.
+func (l *Lock) closedByClient() bool {
+	l.mu.Lock()
+	released := l.err == ErrReleased
+	l.mu.Unlock()
+	return released && l.lease.closedByClient()
 }
 
 // release deletes a hold; where the dialect can, it hands the name over to
@@ -658,6 +708,13 @@ func (l *Lock) setRelErr(err error) {
 // tell which (the request's withdrawal fails too), the lock is given up:
 // Upgrade returns an error matching ErrLost, and the lock is released in
 // the background. Upgrading an exclusive lock does nothing.
+//
+// Commit or roll back a transaction in which this lock's Fence succeeded
+// before calling Upgrade: until that transaction ends it pins the shared
+// hold, which the upgrade must replace, so the upgrade waits for it (on
+// PostgreSQL while holding up every other request for the name) until ctx
+// ends or the server ends the idle transaction after the TTL. Upgrade
+// cannot detect this: the handle does not know the caller's transactions.
 func (l *Lock) Upgrade(ctx context.Context) error {
 	return opError("upgrade", l.name, l.upgrade(ctx))
 }
@@ -827,6 +884,11 @@ func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err er
 // for longer than the TTL, so that a paused holder cannot block a takeover
 // forever. At REPEATABLE READ or SERIALIZABLE, Fence may fail with a
 // serialization error: retry the whole transaction.
+//
+// Until tx ends, the hold cannot change either: end tx before calling
+// [Lock.Upgrade] or [Lock.Release] on this lock, which otherwise wait for it
+// (an Upgrade until its ctx ends; a Release for its bound, and then
+// finishes in the background).
 func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
 	if mutantFenceUnchecked {
 		return nil // test builds with the sqldlm_mutant tag only

@@ -22,6 +22,12 @@ type Request struct {
 // other in a cycle: they cannot deadlock. If any lock cannot be had (ctx
 // ends, the client closes), those already taken are released before it
 // returns. A name may appear only once.
+//
+// Every handle it returns was held when LockAll checked, right before
+// returning: if a lock taken earlier was lost while LockAll waited for a
+// later one (its lease was lost or broken), LockAll releases all of them
+// and starts over, as Lock goes on waiting under a new lease, until ctx
+// ends.
 func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 	// Validate every request before taking any lock, so that a bad one
 	// leaves nothing behind in the database.
@@ -40,35 +46,47 @@ func (c *Client) LockAll(ctx context.Context, reqs []Request) ([]*Lock, error) {
 			return nil, fmt.Errorf("sqldlm: LockAll: %q is requested twice: %w", reqs[order[i]].Name, ErrInvalidName)
 		}
 	}
+	for {
+		locks, lost, err := c.lockAll(ctx, reqs, order)
+		if err != nil || lost == "" {
+			return locks, err
+		}
+		c.logger.Debug("sqldlm: LockAll: a lock was lost while later ones were taken, starting over", "lock_name", lost)
+	}
+}
+
+// lockAll takes the locks of reqs in order, once. If one taken earlier was
+// lost by the time the last was granted, it releases them all and returns
+// the lost lock's name.
+func (c *Client) lockAll(ctx context.Context, reqs []Request, order []int) (_ []*Lock, lost string, _ error) {
 	locks := make([]*Lock, len(reqs))
-	for n, i := range order {
+	for _, i := range order {
 		l, err := c.Lock(ctx, reqs[i].Name, reqs[i].Mode, WithPayload(reqs[i].Payload))
 		if err != nil {
-			taken := make([]*Lock, 0, n)
-			for _, j := range order[:n] {
-				taken = append(taken, locks[j])
-			}
-			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.TTL)
-			defer cancel()
-			_ = c.ReleaseAll(relCtx, taken)                    // a failed release is retried in the background
-			return nil, fmt.Errorf("sqldlm: LockAll: %w", err) // Lock's error names the lock
+			// A failed release is retried in the background; a lost lock's
+			// ErrLost says nothing the caller needs.
+			_ = c.ReleaseAll(context.WithoutCancel(ctx), locks)
+			return nil, "", fmt.Errorf("sqldlm: LockAll: %w", err) // Lock's error names the lock
 		}
 		locks[i] = l
 	}
-	return locks, nil
+	for _, i := range order {
+		if locks[i].Err() != nil {
+			_ = c.ReleaseAll(context.WithoutCancel(ctx), locks)
+			return nil, reqs[i].Name, nil
+		}
+	}
+	return locks, "", nil
 }
 
 // ReleaseAll releases every lock, in the reverse of the global order
-// LockAll takes them in. It returns the errors of the releases joined:
+// LockAll takes them in; nil entries are skipped. It returns the errors of the releases joined:
 // ErrLost for each lock that had been lost before.
 func (c *Client) ReleaseAll(ctx context.Context, locks []*Lock) error {
-	sorted := slices.Clone(locks)
+	sorted := slices.DeleteFunc(slices.Clone(locks), func(l *Lock) bool { return l == nil })
 	slices.SortFunc(sorted, func(a, b *Lock) int { return strings.Compare(b.name, a.name) })
 	var errs []error
 	for _, l := range sorted {
-		if l == nil {
-			continue
-		}
 		if err := l.Release(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("%q: %w", l.name, err))
 		}

@@ -97,8 +97,9 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			}
 			c.reportTakeover(name, mode, res.Token, res.TookOver)
 			c.logger.Debug("sqldlm: lock granted in transaction", "lock_name", name, "mode", mode.String(), "token", res.Token, "lease_id", l.id)
-			c.goroutines.Add(1)
-			go lk.watchTx()
+			// After Close has begun no goroutine starts: the lock is then
+			// released with the lease, and needs no watching.
+			c.goStart(lk.watchTx)
 			return lk, nil
 		case dialect.LeaseLost:
 			l.end(ErrLost, "the database no longer holds the lease")
@@ -184,7 +185,6 @@ func (l *Lock) settle(out dialect.TxOutcome) bool {
 // watchTx polls until the acquiring transaction has ended (or the lock or
 // the client did), so that a rollback closes Done.
 func (l *Lock) watchTx() {
-	defer l.c.goroutines.Done()
 	wait := 5 * time.Millisecond
 	for {
 		t := time.NewTimer(wait)

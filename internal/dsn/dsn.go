@@ -127,20 +127,8 @@ func Open(ctx context.Context, raw string) (*sql.DB, DSN, error) {
 	return db, d, nil
 }
 
-// redact hides the password of a DSN for messages.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if i := strings.LastIndex(raw, "@"); i >= 0 {
-			return "…@" + raw[i+1:]
-		}
-		return raw
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
+// redact hides the passwords of a DSN for messages.
+func redact(raw string) string { return Redact(raw) }
 
 // urlErr drops the URL (with its password) that url.Error repeats.
 func urlErr(err error) error {

@@ -91,6 +91,11 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return ExitUsage
 	}
 	err := cmd.run(ctx, args[1:], streams{in: stdin, out: stdout, err: stderr})
+	if err != nil {
+		// Errors may quote a DSN, or a driver may have put its password
+		// into one: never print it.
+		err = scrubbed(err, dsnArgs(args[1:]))
+	}
 	var ue *usageError
 	var ee *exitError
 	switch {
@@ -158,7 +163,43 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 
 // dsnFlag registers --dsn, defaulting to $SQLDLM_DSN.
 func dsnFlag(fs *flag.FlagSet) *string {
-	return fs.String("dsn", os.Getenv("SQLDLM_DSN"), "database `URL`: "+dsn.Schemes+" (default $SQLDLM_DSN)")
+	v := os.Getenv("SQLDLM_DSN")
+	fs.Var((*dsnValue)(&v), "dsn", "database `URL`: "+dsn.Schemes+" (default $SQLDLM_DSN)")
+	return &v
+}
+
+// dsnValue is the value of --dsn. It shows itself with its password
+// hidden: the help prints it as the flag's default.
+type dsnValue string
+
+func (v *dsnValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return dsn.Redact(string(*v))
+}
+
+func (v *dsnValue) Set(s string) error {
+	*v = dsnValue(s)
+	return nil
+}
+
+// dsnArgs returns every DSN the command line and the environment give, for
+// scrubbing their passwords from what the command prints.
+func dsnArgs(args []string) []string {
+	out := []string{os.Getenv("SQLDLM_DSN")}
+	for i, a := range args {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "dsn" {
+			continue
+		}
+		if hasValue {
+			out = append(out, value)
+		} else if i+1 < len(args) {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
 }
 
 // parseCommand parses a database command's flags and checks the ones they
@@ -182,4 +223,20 @@ func requireDSN(raw string) error {
 		return usagef("no database given: pass --dsn URL or set SQLDLM_DSN (schemes: %s)", dsn.Schemes)
 	}
 	return nil
+}
+
+// scrubbed returns err with the passwords of dsns hidden in its message,
+// keeping the kind of error Main reports (usage, exit code, help).
+func scrubbed(err error, dsns []string) error {
+	var ue *usageError
+	var ee *exitError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return err
+	case errors.As(err, &ee):
+		return &exitError{code: ee.code, msg: dsn.Scrub(ee.msg, dsns...)}
+	case errors.As(err, &ue):
+		return &usageError{dsn.Scrub(err.Error(), dsns...)}
+	}
+	return errors.New(dsn.Scrub(err.Error(), dsns...))
 }

@@ -417,7 +417,10 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		}
 		b := res.Blocker
 		if !r.wait {
-			return 0, nil, nil, &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
+			// An earlier attempt whose answer was lost (enqueuedOn is set)
+			// may still be waiting in the server and grant later: withdraw
+			// it, so that it cannot.
+			return abandon(&LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead})
 		}
 		// Wake up when this request reaches the head of the queue (a
 		// release in this process, or a notification), when the holder's

@@ -39,6 +39,7 @@ type faultDialect struct {
 	mu          sync.Mutex
 	lostAnswer  string
 	late        string
+	lateNow     bool // the late statement's caller sees a lost connection at once, not at ctx's end
 	lateReq     int64
 	abandonErrs int
 	abandonHang bool
@@ -102,6 +103,9 @@ func (d *faultDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acqui
 			res, err := d.Dialect.Acquire(ctx, db, p)
 			d.lateRes <- lateResult{res, err}
 		}()
+		if d.lateNow {
+			return nil, errConnLost
+		}
 		<-ctx.Done()
 		return nil, dialect.NewError(dialect.ErrConnection, "", ctx.Err())
 	}
@@ -378,6 +382,38 @@ func TestLateStatementAfterWithdrawalGrantsNothing(t *testing.T) {
 		// No delayed re-withdrawals: after a TTL and a half, still one.
 		time.Sleep(1500 * time.Millisecond) // observing that nothing happens
 		require.Equal(t, 1, d.count("abandon"))
+	})
+}
+
+// TryLock's first statement loses its connection but still runs later in
+// the server; its retry finds the name held and TryLock reports it locked.
+// The lost statement must not grant afterwards: TryLock withdraws the
+// request before it returns. (Before: the late statement could grant a
+// hold nobody knew of, on the live, renewed lease.)
+func TestTryLockWithdrawsLostAttempt(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		holder := b.client(t, Config{ReapInterval: ReapDisabled})
+		h, err := holder.Lock(ctx, "late/try", Exclusive)
+		require.NoError(t, err)
+		d := newFaultDialect(b.db.Dialect)
+		c := b.client(t, Config{Dialect: d, ReapInterval: ReapDisabled})
+		d.set(func(d *faultDialect) { d.late, d.lateNow = "acquire", true })
+		_, err = c.TryLock(ctx, "late/try", Exclusive)
+		require.ErrorIs(t, err, ErrLocked)
+		select {
+		case <-d.withdrawn:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the attempt whose answer was lost was not withdrawn")
+		}
+		require.NoError(t, h.Release(ctx))
+		close(d.goLate)
+		late := <-d.lateRes
+		require.NoError(t, late.err)
+		require.Equal(t, dialect.Withdrawn, late.res.Status, "the late statement of the withdrawn TryLock")
+		require.Empty(t, b.holds(t, "late/try"))
+		requireFree(t, b, "late/try")
 	})
 }
 

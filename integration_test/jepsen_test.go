@@ -80,6 +80,13 @@ var jepsenFaults = []jepsenFault{
 	{"delay", 10},     // its proxy delays every chunk of data
 	{"reset", 10},     // its proxy resets every connection
 	{"session", 10},   // the server terminates one of the clients' sessions
+	// The answer to the next statement on one of its connections is lost
+	// after the server ran it (faultproxy.Conn.LoseNextAnswer).
+	{"lose-answer", 15},
+	// Its proxy swallows PostgreSQL cancel requests for the hold: a
+	// statement the client gives up on runs on in the server (on MariaDB,
+	// go-sql-driver sends none: the fault is there all the time).
+	{"lost-cancel", 10},
 	// Dedicated server only:
 	{"server-pause", 10}, // SIGSTOP the database server, SIGCONT after the hold
 	{"server-crash", 5},  // kill -9 the server, restart it (crash recovery)
@@ -477,6 +484,31 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 		return fmt.Sprintf("reset p%d's connections", p.idx)
 	case "session":
 		return r.killSession(s)
+	case "lose-answer":
+		var open []*faultproxy.Conn
+		for _, c := range s.proxy.Conns() {
+			if !c.Closed() {
+				open = append(open, c)
+			}
+		}
+		if len(open) == 0 {
+			return fmt.Sprintf("no connection of p%d to lose an answer on", p.idx)
+		}
+		c := open[r.rng.IntN(len(open))]
+		trap := c.LoseNextAnswer()
+		select {
+		case <-trap.Fired():
+			return fmt.Sprintf("lost the answer to a statement of p%d", p.idx)
+		case <-time.After(hold):
+			c.Disarm()
+			return fmt.Sprintf("armed a lost answer on p%d; no statement within %s", p.idx, hold.Round(time.Millisecond))
+		}
+	case "lost-cancel":
+		s.proxy.SwallowCancels(true)
+		before := s.proxy.Cancels()
+		time.Sleep(hold) // the fault's duration
+		s.proxy.SwallowCancels(false)
+		return fmt.Sprintf("swallowed %d cancel requests of p%d over %s", s.proxy.Cancels()-before, p.idx, hold.Round(time.Millisecond))
 	case "server-pause":
 		r.inst.Pause()
 		time.Sleep(hold) // the fault's duration
@@ -564,6 +596,10 @@ func (r *jepsenRun) healAll() {
 	for _, s := range r.slots {
 		s.proxy.Resume()
 		s.proxy.Delay(0)
+		s.proxy.SwallowCancels(false)
+		for _, c := range s.proxy.Conns() {
+			c.Disarm()
+		}
 	}
 }
 
@@ -600,10 +636,14 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 
 	audit, err := final.AuditLog(ctx, sqldlm.AuditFilter{})
 	require.NoError(t, err)
+	// The audit log's times are the server's clock, this machine's wall
+	// clock: mapped onto the history's monotonic clock.
+	wallToMono := time.Now().UnixNano() - jepsen.Mono()
 	var auditRows []jepsen.AuditRow
 	grants := 0
 	for _, a := range audit {
-		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String()})
+		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String(),
+			Detail: a.Detail, At: a.At.UnixNano() - wallToMono})
 		if a.Event == "grant" || a.Event == "upgrade" {
 			grants++
 		}
@@ -638,6 +678,11 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		"tokens":       jepsen.CheckTokens(auditRows, ops),
 		"holder":       holder,
 		"liveness":     liveness,
+		// A hold must end within the longest fault plus a TTL and two
+		// reap intervals of its Release; leaked holds last until their
+		// client closes.
+		"releases": jepsen.CheckReleases(ops, auditRows, r.until-int64(15*time.Second),
+			time.Duration(r.hold[1]*float64(jepsenTTL))+jepsenTTL+2*jepsenReap+2*time.Second),
 	}
 	checking := time.Since(checkStart)
 
@@ -656,8 +701,11 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		fmt.Fprintf(&b, " %s=%d", k, counts[k])
 	}
 	lost, ended := 0, 0
+	kinds := map[string]int{}
 	for _, e := range events {
 		switch e.T {
+		case jepsen.Count:
+			kinds[e.F] += int(e.Op)
 		case jepsen.Lost:
 			lost++
 		case jepsen.LeaseEnd:
@@ -672,6 +720,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	}
 	t.Logf("%s: seed %d; workload %s with %d processes started, %d faults %v; %d operations:%s",
 		r.kind, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
+	t.Logf("%s: operations run per kind (processes that exited): %v", r.kind, kinds)
 	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d handovers of dead holders' locks checked; checking took %s",
 		r.kind, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
 	for _, f := range faults {
@@ -698,7 +747,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 			r.kind, len(verdicts["holder"]))
 		delete(verdicts, "holder")
 	}
-	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness"} {
+	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases"} {
 		for i, s := range verdicts[k] {
 			if i == 20 {
 				t.Errorf("%s: %s: ... %d more", r.kind, k, len(verdicts[k])-20)

@@ -147,6 +147,9 @@ func (c *Conn) LoseNextAnswer() *Trap {
 	return t
 }
 
+// Disarm removes this connection's trap if it has not fired.
+func (c *Conn) Disarm() { c.p.set(func() { c.trap = nil }) }
+
 // Disarm removes the proxy's trap if it has not fired.
 func (p *Proxy) Disarm() { p.set(func() { p.trap = nil }) }
 

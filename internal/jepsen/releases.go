@@ -1,0 +1,53 @@
+package jepsen
+
+import (
+	"fmt"
+	"time"
+)
+
+// CheckReleases checks that a Release frees the name of its hold (issue 13,
+// defects 2 and 3: a hold left behind on a live lease outlives its Release
+// for as long as the client runs). For every Release operation that
+// returned (whatever it returned) before the time before, the hold it
+// released (its name and token) must have ended in the audit log (released,
+// taken over, expired or deleted with its lease) no later than bound after
+// the Release returned: at once when the database answered, or once the
+// lease expired and was reaped when it could not be reached.
+func CheckReleases(ops []Op, audit []AuditRow, before int64, bound time.Duration) []string {
+	type nameToken struct {
+		name  string
+		token int64
+	}
+	ended := map[nameToken]AuditRow{}
+	for _, a := range audit {
+		switch a.Event {
+		case "release", "takeover", "expire":
+			k := nameToken{a.Name, a.Token}
+			if _, ok := ended[k]; !ok {
+				ended[k] = a
+			}
+		}
+	}
+	var v []string
+	for _, o := range ops {
+		if o.F != Release || o.Return == 0 || o.Return > before || o.Token == 0 {
+			continue
+		}
+		a, ok := ended[nameToken{o.Name, o.Token}]
+		switch {
+		case !ok:
+			v = append(v, fmt.Sprintf("release %q token %d (p%d, %s%s) returned, and the hold never ended", o.Name, o.Token, o.P, o.Status, errSuffix(o.Err)))
+		case a.At != 0 && a.At > o.Return+int64(bound):
+			v = append(v, fmt.Sprintf("release %q token %d (p%d, %s%s) returned %s before the hold ended (%s %q), more than %s",
+				o.Name, o.Token, o.P, o.Status, errSuffix(o.Err), time.Duration(a.At-o.Return).Round(time.Millisecond), a.Event, a.Detail, bound))
+		}
+	}
+	return v
+}
+
+func errSuffix(err string) string {
+	if err == "" {
+		return ""
+	}
+	return ": " + err
+}

@@ -374,3 +374,24 @@ func TestLinearizableInconclusive(t *testing.T) {
 	_, err := os.Stat(path)
 	require.NoError(t, err, "the visualisation is written")
 }
+
+// CheckReleases flags a Release whose hold outlived it by more than the
+// bound (or never ended), and accepts one ended in time, whatever the
+// Release returned.
+func TestCheckReleases(t *testing.T) {
+	s := int64(time.Second)
+	ops := []Op{
+		{P: 1, F: Release, Name: "a", Token: 1, Status: OK, Return: 10 * s},
+		{P: 1, F: Release, Name: "a", Token: 2, Status: Fail, Err: "lock lost", Return: 20 * s},
+		{P: 2, F: Release, Name: "b", Token: 3, Status: OK, Return: 30 * s},
+		{P: 2, F: Release, Name: "b", Token: 4, Status: OK, Return: 90 * s}, // after before: not judged
+	}
+	audit := []AuditRow{
+		{Event: "release", Name: "a", Token: 1, At: 10*s + 1},
+		{Event: "release", Name: "a", Token: 2, Detail: "lease closed", At: 80 * s},
+	}
+	v := CheckReleases(ops, audit, 60*s, 12*time.Second)
+	if len(v) != 2 {
+		t.Fatalf("want 2 violations (token 2 ended 60s after its Release, token 3 never), got %q", v)
+	}
+}

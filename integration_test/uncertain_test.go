@@ -69,7 +69,7 @@ func TestUncertainOutcomes(t *testing.T) {
 			t.Parallel()
 			db := testdb.OpenMigrated(t, kind)
 			for _, op := range ucOps {
-				for _, fault := range ucFaults {
+				for _, fault := range append(ucFaults[:len(ucFaults):len(ucFaults)], op.extra...) {
 					t.Run(op.name+"/"+fault, func(t *testing.T) {
 						t.Parallel()
 						e := newUCEnv(t, db, op, fault)
@@ -107,6 +107,8 @@ type ucOp struct {
 	// names are the lock names the operation uses (suffixes of the case's
 	// name); the fault hits the last one.
 	names []string
+	// extra are faults only this operation gets.
+	extra []string
 }
 
 var ucOps = []ucOp{
@@ -149,12 +151,12 @@ var ucOps = []ucOp{
 		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
 			return nil, prep, prep[0].Release(ctx)
 		}},
-	{name: "ReleaseTx", stmt: "commit", method: "ReleaseTx",
-		setup: func(e *ucEnv) []*sqldlm.Lock { return []*sqldlm.Lock{e.lock(e.name(0), sqldlm.Exclusive)} },
+	{name: "ReleaseTx", stmt: "commit", method: "ReleaseTx", extra: []string{"old-snapshot"},
+		setup: lockUnlessOldSnapshot,
 		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
-			tx, err := e.adb.BeginTx(context.Background(), &sql.TxOptions{Isolation: sql.LevelReadCommitted})
-			require.NoError(e.t, err)
-			err = prep[0].ReleaseTx(ctx, tx)
+			var tx *sql.Tx
+			tx, prep = e.beginTx(sql.LevelReadCommitted, prep)
+			err := prep[0].ReleaseTx(ctx, tx)
 			if err == nil {
 				err = tx.Commit()
 			} else {
@@ -171,20 +173,13 @@ var ucOps = []ucOp{
 		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
 			return prep, nil, prep[0].SetPayload(ctx, "after the fault")
 		}},
-	{name: "Fence", stmt: "sqldlm_fence(", method: "Fence",
-		setup: func(e *ucEnv) []*sqldlm.Lock { return []*sqldlm.Lock{e.lock(e.name(0), sqldlm.Exclusive)} },
+	{name: "Fence", stmt: "sqldlm_fence(", method: "Fence", extra: []string{"old-snapshot"},
+		setup: lockUnlessOldSnapshot,
 		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
-			// At REPEATABLE READ, with the snapshot taken before Fence (the
-			// late faults make it older than the lease's last renewal).
-			tx, err := e.adb.BeginTx(context.Background(), &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
-			if e.kind == testdb.SQLite {
-				tx, err = e.adb.BeginTx(context.Background(), nil)
-			}
-			require.NoError(e.t, err)
+			// At REPEATABLE READ, with the snapshot taken before Fence.
+			tx, prep := e.beginTx(sql.LevelRepeatableRead, prep)
 			defer tx.Rollback()
-			var n int
-			require.NoError(e.t, tx.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM sqldlm_leases`).Scan(&n))
-			err = prep[0].Fence(ctx, tx)
+			err := prep[0].Fence(ctx, tx)
 			if err == nil {
 				err = tx.Commit()
 			}
@@ -205,6 +200,46 @@ var ucOps = []ucOp{
 			}
 			return ls, nil, err
 		}},
+}
+
+// lockUnlessOldSnapshot takes the case's name exclusive, except under the
+// old-snapshot fault, where the operation takes it after its transaction's
+// snapshot (beginTx).
+func lockUnlessOldSnapshot(e *ucEnv) []*sqldlm.Lock {
+	if e.fault == "old-snapshot" {
+		return nil
+	}
+	return []*sqldlm.Lock{e.lock(e.name(0), sqldlm.Exclusive)}
+}
+
+// beginTx begins a transaction of the client under test at level (SQLite:
+// its only level) and takes its snapshot with a first read. Under the
+// old-snapshot fault (REPEATABLE READ, also for ReleaseTx), the lock is
+// granted after the snapshot, and the snapshot is then kept until the
+// lease has been renewed after it and the lease's expiry in the snapshot
+// has passed: the snapshot shows neither the hold nor a live lease, while
+// the latest committed state has both (issue 13, defect 3).
+func (e *ucEnv) beginTx(level sql.IsolationLevel, prep []*sqldlm.Lock) (*sql.Tx, []*sqldlm.Lock) {
+	t := e.t
+	old := e.fault == "old-snapshot"
+	if old {
+		level = sql.LevelRepeatableRead
+	}
+	opts := &sql.TxOptions{Isolation: level}
+	if e.kind == testdb.SQLite {
+		opts = nil
+	}
+	tx, err := e.adb.BeginTx(context.Background(), opts)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, tx.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM sqldlm_leases`).Scan(&n))
+	if !old {
+		return tx, prep
+	}
+	snapshot := time.Now()
+	l := e.lock(e.name(0), sqldlm.Exclusive)
+	time.Sleep(time.Until(snapshot.Add(ucTTL + 200*time.Millisecond))) // the snapshot's age is the fault
+	return tx, []*sqldlm.Lock{l}
 }
 
 func handles(l *sqldlm.Lock) []*sqldlm.Lock {
@@ -338,6 +373,8 @@ func (e *ucEnv) run() {
 		} else {
 			freed = e.inject.arm(e.op.method, e.faulted(), "lost", time.Time{}, cancel)
 		}
+	case "old-snapshot":
+		freed = closed() // no network fault: the transaction's snapshot is old
 	default:
 		at := e.start.Add(ucShortFree)
 		if e.fault == "late-long" {
@@ -372,7 +409,7 @@ func (e *ucEnv) run() {
 		if e.kind == testdb.Postgres && e.fault != "lost" {
 			t.Logf("cancel requests swallowed: %d", e.proxy.Cancels())
 		}
-	} else if !e.inject.fired() {
+	} else if e.fault != "old-snapshot" && !e.inject.fired() {
 		t.Errorf("the fault was not injected: %s of %q was never called", e.op.method, e.faulted())
 	}
 
@@ -521,7 +558,15 @@ func (e *ucEnv) releaseAndCheckFree(held, released []*sqldlm.Lock) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, l := range held {
-		t.Logf("final Release of %q (token %d, %s, Err %v): %v", l.Name(), l.Token(), l.Mode(), l.Err(), l.Release(ctx))
+		lease, token := testhook.LeaseOf(l), l.Token()
+		t.Logf("final Release of %q (token %d, %s, Err %v): %v", l.Name(), token, l.Mode(), l.Err(), l.Release(ctx))
+		// The fault has healed: the database answers, so the hold must be
+		// gone as Release returns, whatever it returned.
+		for _, h := range e.holds(l.Name()) {
+			if h.lease == lease && h.token == token {
+				t.Errorf("P2: the hold of %q (token %d) is still in the database after its Release returned", l.Name(), token)
+			}
+		}
 	}
 	for _, l := range released {
 		t.Logf("Release of %q returned %v", l.Name(), l.Release(ctx)) // idempotent: what it returned first

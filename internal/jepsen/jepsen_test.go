@@ -385,10 +385,12 @@ func TestCheckReleases(t *testing.T) {
 		{P: 1, F: Release, Name: "a", Token: 2, Status: Fail, Err: "lock lost", Return: 20 * s},
 		{P: 2, F: Release, Name: "b", Token: 3, Status: OK, Return: 30 * s},
 		{P: 2, F: Release, Name: "b", Token: 4, Status: OK, Return: 90 * s}, // after before: not judged
+		{P: 3, F: Release, Name: "c", Token: 5, Status: Fail, Return: 40 * s},
 	}
 	audit := []AuditRow{
 		{Event: "release", Name: "a", Token: 1, At: 10*s + 1},
 		{Event: "release", Name: "a", Token: 2, Detail: "lease closed", At: 80 * s},
+		{Event: "upgrade", Name: "c", Token: 6, Detail: "from token 5", At: 39 * s}, // ended before its Release
 	}
 	v := CheckReleases(ops, audit, 60*s, 12*time.Second)
 	if len(v) != 2 {

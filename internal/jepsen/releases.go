@@ -10,7 +10,8 @@ import (
 // for as long as the client runs). For every Release operation that
 // returned (whatever it returned) before the time before, the hold it
 // released (its name and token) must have ended in the audit log (released,
-// taken over, expired or deleted with its lease) no later than bound after
+// taken over, expired, deleted with its lease, or replaced by an upgrade)
+// no later than bound after
 // the Release returned: at once when the database answered, or once the
 // lease expired and was reaped when it could not be reached.
 func CheckReleases(ops []Op, audit []AuditRow, before int64, bound time.Duration) []string {
@@ -25,6 +26,15 @@ func CheckReleases(ops []Op, audit []AuditRow, before int64, bound time.Duration
 			k := nameToken{a.Name, a.Token}
 			if _, ok := ended[k]; !ok {
 				ended[k] = a
+			}
+		case "upgrade":
+			// The shared hold an upgrade replaced ended with it.
+			var from int64
+			if _, err := fmt.Sscanf(a.Detail, "from token %d", &from); err == nil {
+				k := nameToken{a.Name, from}
+				if _, ok := ended[k]; !ok {
+					ended[k] = a
+				}
 			}
 		}
 	}

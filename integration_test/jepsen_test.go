@@ -221,6 +221,8 @@ func (r *jepsenRun) run() {
 		p, err := faultproxy.New(u.Host)
 		require.NoError(t, err)
 		t.Cleanup(p.Close)
+		// A lost answer hits an execution, not a MySQL statement's preparation.
+		p.ShowPreparedText(r.kind == testdb.MySQL)
 		cu := *u
 		cu.Host = p.Addr()
 		if r.kind == testdb.Postgres {

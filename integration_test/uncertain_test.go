@@ -56,10 +56,11 @@ import (
 // when the caller gives up and runs the real call later, at the same
 // moments as above (late-short, late-long).
 //
-// The PostgreSQL client under test sends its statements with the simple
-// protocol, so that every execution carries its text and the proxy can pick
-// the statement; on MariaDB (prepared CALLs) the proxy picks the first
-// execution that carries the case's name after it is armed.
+// The proxy picks the statement by its text and the case's name: the
+// PostgreSQL client under test sends its statements with the simple
+// protocol, so that every execution carries its text; on MariaDB, whose
+// dialect runs prepared CALLs, the proxy shows a trap each execution with
+// its prepared text (faultproxy.Proxy.ShowPreparedText).
 func TestUncertainOutcomes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the uncertain-outcome matrix takes about two minutes; it runs without -short")
@@ -280,6 +281,7 @@ func newUCEnv(t *testing.T, db *testdb.DB, op ucOp, fault string) *ucEnv {
 	default:
 		cut, p := throughProxy(t, db)
 		e.proxy = p
+		p.ShowPreparedText(db.Kind == testdb.MySQL)
 		dsn := cut.DSN
 		if db.Kind == testdb.Postgres {
 			dsn = withParam(t, dsn, "default_query_exec_mode", "simple_protocol")
@@ -351,12 +353,6 @@ func (e *ucEnv) run() {
 				// COMMIT, not "isolation level read committed".
 				committed := faultproxy.Contains("committed")
 				match = func(b []byte) bool { return faultproxy.Contains("commit")(b) && !committed(b) }
-			} else if e.kind == testdb.MySQL {
-				// The MySQL dialect runs its CALLs as prepared statements:
-				// the execution carries the arguments, not the text. The
-				// first statement with the name after the trap is armed is
-				// the operation's.
-				match = faultproxy.Contains(e.faulted())
 			} else {
 				stmt, name := match, faultproxy.Contains(e.faulted())
 				match = func(b []byte) bool { return stmt(b) && name(b) }

@@ -38,7 +38,8 @@ type Proxy struct {
 
 	trap           *Trap // armed on every connection until it fires
 	swallowCancels bool
-	cancels        int // cancel requests swallowed
+	cancels        int  // cancel requests swallowed
+	mysqlText      bool // traps see a MySQL execution with its prepared text
 }
 
 // Conn is one proxied connection. Its faults add to the proxy's.
@@ -61,6 +62,11 @@ type Conn struct {
 	// the server has been quiet for drainQuiet, so that the server finishes
 	// the statement as if the client were still there.
 	lost *Trap
+	// MySQL prepared statements (ShowPreparedText): the text of a
+	// COM_STMT_PREPARE awaiting its answer, and the text of each statement
+	// id the server gave.
+	preparing []byte
+	prepared  map[uint32][]byte
 }
 
 // drainQuiet is how long the server's side of a connection whose answer was
@@ -152,6 +158,59 @@ func (c *Conn) Disarm() { c.p.set(func() { c.trap = nil }) }
 
 // Disarm removes the proxy's trap if it has not fired.
 func (p *Proxy) Disarm() { p.set(func() { p.trap = nil }) }
+
+// ShowPreparedText makes traps see a MySQL COM_STMT_EXECUTE together with
+// the text of the statement it executes (the proxy records the text of each
+// COM_STMT_PREPARE and the statement id the server answers with), so that
+// a predicate such as Contains("sqldlm_acquire(") picks the execution of a
+// prepared CALL, whose packet carries only the statement id and the
+// arguments.
+func (p *Proxy) ShowPreparedText(on bool) { p.set(func() { p.mysqlText = on }) }
+
+// MySQL command bytes and the OK answer to a COM_STMT_PREPARE.
+const (
+	mysqlStmtPrepare = 0x16
+	mysqlStmtExecute = 0x17
+	mysqlOK          = 0x00
+)
+
+// trapView returns what a trap's predicate sees of a chunk the client
+// sends: the chunk, with the prepared statement's text appended when it is
+// a MySQL COM_STMT_EXECUTE and ShowPreparedText is on; nil (no trap fires on
+// it: it runs nothing) for a COM_STMT_PREPARE, whose text it records.
+// Called with p.mu held.
+func (c *Conn) trapView(chunk []byte) []byte {
+	if !c.p.mysqlText || len(chunk) < 5 {
+		return chunk
+	}
+	switch chunk[4] {
+	case mysqlStmtPrepare:
+		c.preparing = append([]byte(nil), chunk[5:]...)
+		return nil
+	case mysqlStmtExecute:
+		if len(chunk) >= 9 {
+			if text, ok := c.prepared[binary.LittleEndian.Uint32(chunk[5:9])]; ok {
+				return append(append([]byte(nil), chunk...), text...)
+			}
+		}
+	}
+	return chunk
+}
+
+// serverAnswer records the statement id of a prepared statement from the
+// server's answer to a COM_STMT_PREPARE. Called with p.mu held.
+func (c *Conn) serverAnswer(chunk []byte) {
+	if c.preparing == nil {
+		return
+	}
+	if len(chunk) >= 9 && chunk[4] == mysqlOK {
+		if c.prepared == nil {
+			c.prepared = map[uint32][]byte{}
+		}
+		c.prepared[binary.LittleEndian.Uint32(chunk[5:9])] = c.preparing
+	}
+	c.preparing = nil
+}
 
 // SwallowCancels makes the proxy accept a PostgreSQL cancel request (a new
 // connection whose first message is a CancelRequest) and close it without
@@ -382,9 +441,16 @@ func (p *Proxy) pipe(c *Conn, dst, src net.Conn, fromServer bool) {
 				}
 			}
 			var sentTrap, firedTrap *Trap
-			if !fromServer && c.lost == nil {
+			if fromServer {
+				c.serverAnswer(buf[:n])
+			}
+			var view []byte
+			if !fromServer {
+				view = c.trapView(buf[:n])
+			}
+			if !fromServer && c.lost == nil && view != nil {
 				for _, t := range []*Trap{c.trap, p.trap} {
-					if t != nil && t.match(buf[:n]) {
+					if t != nil && t.match(view) {
 						c.lost, sentTrap = t, t
 						t.mu.Lock()
 						t.conn = c

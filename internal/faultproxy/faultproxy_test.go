@@ -341,3 +341,57 @@ func TestSwallowCancels(t *testing.T) {
 	require.Equal(t, 17, len(e.line), "the cancel request was forwarded")
 	require.Equal(t, 1, p.Cancels())
 }
+
+// With ShowPreparedText, a trap sees a MySQL COM_STMT_EXECUTE with the text
+// its COM_STMT_PREPARE sent: the execution of the prepared statement, not
+// the preparation, loses its answer.
+func TestShowPreparedText(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	executed := make(chan []byte, 10)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1024)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			switch buf[4] {
+			case mysqlStmtPrepare: // OK, statement id 7
+				_, _ = c.Write([]byte{9, 0, 0, 1, mysqlOK, 7, 0, 0, 0, 1, 0, 0, 0})
+			case mysqlStmtExecute:
+				executed <- append([]byte(nil), buf[:n]...)
+				_, _ = c.Write([]byte{1, 0, 0, 1, 0xfe})
+			}
+		}
+	}()
+	p, err := New(ln.Addr().String())
+	require.NoError(t, err)
+	defer p.Close()
+	p.ShowPreparedText(true)
+	c, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	read := func() error {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(2*time.Second)))
+		_, err := c.Read(make([]byte, 64))
+		return err
+	}
+	trap := p.LoseAnswer(Contains("CALL sqldlm_x("))
+	text := "CALL sqldlm_x(?)"
+	_, err = c.Write(append([]byte{byte(len(text) + 1), 0, 0, 0, mysqlStmtPrepare}, text...))
+	require.NoError(t, err)
+	require.NoError(t, read(), "the preparation is answered")
+	execute := []byte{10, 0, 0, 0, mysqlStmtExecute, 7, 0, 0, 0, 0, 1, 0, 0, 0}
+	_, err = c.Write(execute)
+	require.NoError(t, err)
+	require.Equal(t, execute, <-executed, "the execution reaches the server")
+	<-trap.Fired()
+	require.Error(t, read(), "its answer is lost")
+}

@@ -31,8 +31,10 @@ import (
 //	P3  while such a handle reports the name held, another client's
 //	    exclusive TryLock is refused;
 //	P2  after Release returns (whatever it returns), the name is free of
-//	    that handle within TTL + 1s (the client under test stays open, so
-//	    only a release, a withdrawal or a lost lease can free it).
+//	    that handle: its hold is gone as Release returns once the fault
+//	    has healed, and the name is free within TTL + 1s (the client under
+//	    test stays open, so a hold or waiter row a late statement left
+//	    under its live lease would keep it locked).
 //
 // Faults:
 //
@@ -49,7 +51,12 @@ import (
 //	            statement runs after the give-up but within the server's
 //	            1s lock-wait bound and before the +1s withdrawal;
 //	late-long   the same, with the row freed after TTL + 500ms: the
-//	            statement outlives every withdrawal (+0, +1s, +TTL).
+//	            statement outlives every withdrawal (+0, +1s, +TTL);
+//	old-snapshot  (Fence and ReleaseTx only; no network fault) the
+//	            caller's REPEATABLE READ transaction took its snapshot
+//	            before the grant, and is older than the lease's expiry as
+//	            of that snapshot: a serialization error is the right
+//	            answer, a false ErrLost is not (issue 13, defect 3).
 //
 // SQLite has no network: a dialect wrapper (injectDialect) runs the real
 // call and then reports a connection error (lost), or reports ctx's error

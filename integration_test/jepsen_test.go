@@ -4,6 +4,7 @@ package integration_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -506,11 +507,17 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 			return fmt.Sprintf("armed a lost answer on p%d; no statement within %s", p.idx, hold.Round(time.Millisecond))
 		}
 	case "lost-cancel":
+		// Another session holds a name's row for the hold, so that the
+		// clients' statements on it wait in the server and their callers
+		// give up on some of them.
 		s.proxy.SwallowCancels(true)
 		before := s.proxy.Cancels()
+		name := jepsenName(r.rng.IntN(3))
+		unblock := r.blockName(name)
 		time.Sleep(hold) // the fault's duration
+		unblock()
 		s.proxy.SwallowCancels(false)
-		return fmt.Sprintf("swallowed %d cancel requests of p%d over %s", s.proxy.Cancels()-before, p.idx, hold.Round(time.Millisecond))
+		return fmt.Sprintf("held %q's row and swallowed %d cancel requests of p%d over %s", name, s.proxy.Cancels()-before, p.idx, hold.Round(time.Millisecond))
 	case "server-pause":
 		r.inst.Pause()
 		time.Sleep(hold) // the fault's duration
@@ -536,6 +543,29 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 	}
 	r.t.Fatalf("unknown fault %q", kind)
 	return ""
+}
+
+// blockName locks name's row in sqldlm_locks (if it exists) in a
+// transaction of the parent's, until the returned function rolls it back.
+func (r *jepsenRun) blockName(name string) func() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tx, err := r.db.BeginTx(context.Background(), &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		r.t.Logf("%s: blocking %q: %v", r.kind, name, err)
+		return func() {}
+	}
+	rows, err := tx.QueryContext(ctx, q(r.kind, `SELECT name FROM sqldlm_locks WHERE name = ? FOR UPDATE`), name)
+	if err == nil {
+		for rows.Next() {
+		}
+		err = rows.Err()
+		rows.Close()
+	}
+	if err != nil {
+		r.t.Logf("%s: blocking %q: %v", r.kind, name, err)
+	}
+	return func() { _ = tx.Rollback() }
 }
 
 // killSession makes the server end one database session of the children:
@@ -672,6 +702,10 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	require.NoError(t, cr.Err())
 	cr.Close()
 
+	// A hold must end within the longest fault plus a TTL and two reap
+	// intervals of its Release (or of its grant, for a grant no caller
+	// learnt of); leaked and ghost holds last until their client closes.
+	holdBound := time.Duration(r.hold[1]*float64(jepsenTTL)) + jepsenTTL + 2*jepsenReap + 2*time.Second
 	checkStart := time.Now()
 	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops, auditRows)
 	verdicts := map[string][]string{
@@ -680,11 +714,8 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		"tokens":       jepsen.CheckTokens(auditRows, ops),
 		"holder":       holder,
 		"liveness":     liveness,
-		// A hold must end within the longest fault plus a TTL and two
-		// reap intervals of its Release; leaked holds last until their
-		// client closes.
-		"releases": jepsen.CheckReleases(ops, auditRows, r.until-int64(15*time.Second),
-			time.Duration(r.hold[1]*float64(jepsenTTL))+jepsenTTL+2*jepsenReap+2*time.Second),
+		"releases":     jepsen.CheckReleases(ops, auditRows, r.until-int64(15*time.Second), holdBound),
+		"ghosts":       jepsen.CheckGhosts(ops, auditRows, r.until-int64(15*time.Second), holdBound),
 	}
 	checking := time.Since(checkStart)
 
@@ -749,7 +780,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 			r.kind, len(verdicts["holder"]))
 		delete(verdicts, "holder")
 	}
-	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases"} {
+	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases", "ghosts"} {
 		for i, s := range verdicts[k] {
 			if i == 20 {
 				t.Errorf("%s: %s: ... %d more", r.kind, k, len(verdicts[k])-20)

@@ -77,6 +77,7 @@ func jepsenChild() int {
 	var wg sync.WaitGroup
 	var opID atomic.Int64
 	var clients []*sqldlm.Client
+	counts := &opCounts{n: map[string]int{}}
 	for ci := range jepsenClients {
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		db, _, err := dsn.Open(octx, os.Getenv(childDSNEnv))
@@ -96,7 +97,7 @@ func jepsenChild() int {
 		for wi := range jepsenWorkers {
 			w := &jepsenWorker{
 				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, c: c, db: db, rec: rec, ids: &opID, until: until,
-				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))),
+				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))), counts: counts,
 			}
 			w.zipf = rand.NewZipf(w.rng, 1.2, 1, jepsenNames-1)
 			wg.Add(1)
@@ -110,6 +111,11 @@ func jepsenChild() int {
 	for _, c := range clients {
 		_ = c.Close()
 	}
+	counts.mu.Lock()
+	for k, n := range counts.n {
+		rec.Record(jepsen.Event{P: proc, T: jepsen.Count, F: k, Op: int64(n)})
+	}
+	counts.mu.Unlock()
 	if err := rec.Err(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen child: history:", err)
 		return 1
@@ -127,6 +133,20 @@ type jepsenWorker struct {
 	until   int64
 	rng     *rand.Rand
 	zipf    *rand.Zipf
+	counts  *opCounts
+}
+
+// opCounts counts the operations a process ran, by kind (written to its
+// log at exit, and read by the parent from the history's "counts" event).
+type opCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *opCounts) Add(kind string) {
+	c.mu.Lock()
+	c.n[kind]++
+	c.mu.Unlock()
 }
 
 // between returns a duration drawn from U(lo, hi) x TTL.
@@ -163,19 +183,40 @@ func (w *jepsenWorker) run(ctx context.Context) {
 func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mode) *sqldlm.Lock {
 	id := w.ids.Add(1)
 	f := jepsen.Acquire
-	if w.rng.Float64() < 0.2 {
+	inTx := false
+	switch x := w.rng.Float64(); {
+	case x < 0.15:
 		f = jepsen.TryAcquire
+	case x < 0.3:
+		f, inTx = jepsen.TryAcquire, true // TryLockTx, then COMMIT
 	}
 	w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Invoke, F: f, Name: name, Mode: mode.String()})
 	var (
 		l   *sqldlm.Lock
 		err error
 	)
-	if f == jepsen.TryAcquire {
+	if inTx {
+		var unknown bool
+		l, unknown, err = w.tryLockTx(ctx, name, mode)
+		if unknown {
+			// TryLockTx granted in tx, and the COMMIT's outcome is unknown:
+			// the lock may exist (the handle settles it). The history
+			// cannot say which, so the handle is released unused.
+			w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Info, F: f, Name: name, Err: err.Error()})
+			w.counts.Add("trylocktx")
+			rctx, cancel := context.WithTimeout(ctx, jepsenReleaseLimit)
+			_ = l.Release(rctx)
+			cancel()
+			return nil
+		}
+		w.counts.Add("trylocktx")
+	} else if f == jepsen.TryAcquire {
 		tctx, cancel := context.WithTimeout(ctx, jepsenTTL)
 		l, err = w.c.TryLock(tctx, name, mode)
 		cancel()
+		w.counts.Add("trylock")
 	} else {
+		w.counts.Add("lock")
 		tctx, cancel := context.WithTimeout(ctx, w.between(0.1, 2))
 		l, err = w.c.Lock(tctx, name, mode)
 		cancel()
@@ -193,15 +234,41 @@ func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mod
 		e.TookLease, e.TookToken = tk.LeaseID, tk.Token
 	}
 	w.rec.Record(e)
+	w.watchLost(l, e.Lease)
+	return l
+}
+
+// watchLost records the loss of l when its Done channel closes with ErrLost.
+func (w *jepsenWorker) watchLost(l *sqldlm.Lock, lease int64) {
 	go func() {
 		<-l.Done()
 		if errors.Is(l.Err(), sqldlm.ErrLost) {
 			ev := w.event(jepsen.Lost, "", l, 0)
-			ev.Lease = e.Lease
+			ev.Lease = lease
 			w.rec.Record(ev)
 		}
 	}()
-	return l
+}
+
+// tryLockTx runs TryLockTx in a READ COMMITTED transaction and commits it.
+// It returns unknown when the grant was made and the COMMIT failed: the
+// lock may exist.
+func (w *jepsenWorker) tryLockTx(ctx context.Context, name string, mode sqldlm.Mode) (*sqldlm.Lock, bool, error) {
+	tctx, cancel := context.WithTimeout(ctx, jepsenTTL)
+	defer cancel()
+	tx, err := w.db.BeginTx(tctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, false, err
+	}
+	l, err := w.c.TryLockTx(tctx, tx, name, mode)
+	if err != nil {
+		_ = tx.Rollback()
+		return nil, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return l, true, err
+	}
+	return l, false, nil
 }
 
 // criticalSection runs 1-3 fenced transactions under l, with sleeps
@@ -212,7 +279,8 @@ func (w *jepsenWorker) criticalSection(ctx context.Context, l *sqldlm.Lock) {
 	cs := int64(w.proc)<<32 | w.ids.Add(1)
 	k := 1 + w.rng.IntN(3)
 	for seq := 1; seq <= k; seq++ {
-		if l.Mode() == sqldlm.Shared && w.rng.Float64() < 0.1 {
+		if l.Mode() == sqldlm.Shared && w.rng.Float64() < 0.25 {
+			w.counts.Add("upgrade")
 			w.upgrade(ctx, l, lease)
 		}
 		w.fencedTx(ctx, l, lease, cs, seq)
@@ -224,10 +292,36 @@ func (w *jepsenWorker) criticalSection(ctx context.Context, l *sqldlm.Lock) {
 			time.Sleep(d) // the workload's pause inside a critical section
 		}
 	}
-	if l.Mode() == sqldlm.Exclusive && w.rng.Float64() < 0.1 {
+	if l.Mode() == sqldlm.Exclusive && w.rng.Float64() < 0.15 {
+		w.counts.Add("downgrade")
 		w.simple(ctx, l, lease, jepsen.Downgrade, l.Downgrade)
 	}
+	if w.rng.Float64() < 0.2 {
+		w.counts.Add("releasetx")
+		w.simple(ctx, l, lease, jepsen.Release, func(ctx context.Context) error { return w.releaseTx(ctx, l) })
+		return
+	}
+	w.counts.Add("release")
 	w.simple(ctx, l, lease, jepsen.Release, l.Release)
+}
+
+// releaseTx releases l with ReleaseTx in a transaction that commits, then
+// calls Release as documented. It returns nil when the lock was released
+// (by the commit or by Release), Release's error otherwise.
+func (w *jepsenWorker) releaseTx(ctx context.Context, l *sqldlm.Lock) error {
+	tx, err := w.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err == nil {
+		if err = l.ReleaseTx(ctx, tx); err == nil {
+			err = tx.Commit()
+		} else {
+			_ = tx.Rollback()
+		}
+	}
+	rerr := l.Release(ctx)
+	if err != nil && rerr == nil {
+		return nil // released by Release after the transaction failed
+	}
+	return rerr
 }
 
 func (w *jepsenWorker) upgrade(ctx context.Context, l *sqldlm.Lock, lease int64) {
@@ -286,12 +380,28 @@ func (w *jepsenWorker) fencedTx(ctx context.Context, l *sqldlm.Lock, lease int64
 	}
 	tctx, cancel := context.WithTimeout(ctx, jepsenTxTimeout)
 	defer cancel()
-	tx, err := w.db.BeginTx(tctx, nil)
+	// Fence at READ COMMITTED, REPEATABLE READ or SERIALIZABLE; at the
+	// latter two, sometimes with the snapshot taken before Fence (a first
+	// read), and sometimes older than the lease's last renewal.
+	levels := []sql.IsolationLevel{sql.LevelDefault, sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable}
+	level := levels[w.rng.IntN(len(levels))]
+	w.counts.Add("fence " + level.String())
+	tx, err := w.db.BeginTx(tctx, &sql.TxOptions{Isolation: level})
 	if err != nil {
 		fail(err)
 		return
 	}
 	defer tx.Rollback()
+	if level >= sql.LevelRepeatableRead && w.rng.Float64() < 0.5 {
+		var n int
+		if err := tx.QueryRowContext(tctx, `SELECT COUNT(*) FROM cells`).Scan(&n); err != nil {
+			fail(err)
+			return
+		}
+		if w.rng.Float64() < 0.3 {
+			time.Sleep(w.between(0.3, 0.8)) // the snapshot ages past a renewal: the workload, not synchronisation
+		}
+	}
 	if err := l.Fence(tctx, tx); err != nil {
 		fail(err)
 		return

@@ -4,6 +4,7 @@ package integration_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -80,6 +81,13 @@ var jepsenFaults = []jepsenFault{
 	{"delay", 10},     // its proxy delays every chunk of data
 	{"reset", 10},     // its proxy resets every connection
 	{"session", 10},   // the server terminates one of the clients' sessions
+	// The answer to the next statement on one of its connections is lost
+	// after the server ran it (faultproxy.Conn.LoseNextAnswer).
+	{"lose-answer", 15},
+	// Its proxy swallows PostgreSQL cancel requests for the hold: a
+	// statement the client gives up on runs on in the server (on MariaDB,
+	// go-sql-driver sends none: the fault is there all the time).
+	{"lost-cancel", 10},
 	// Dedicated server only:
 	{"server-pause", 10}, // SIGSTOP the database server, SIGCONT after the hold
 	{"server-crash", 5},  // kill -9 the server, restart it (crash recovery)
@@ -214,6 +222,8 @@ func (r *jepsenRun) run() {
 		p, err := faultproxy.New(u.Host)
 		require.NoError(t, err)
 		t.Cleanup(p.Close)
+		// A lost answer hits an execution, not a MySQL statement's preparation.
+		p.ShowPreparedText(r.kind == testdb.MySQL)
 		cu := *u
 		cu.Host = p.Addr()
 		if r.kind == testdb.Postgres {
@@ -477,6 +487,37 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 		return fmt.Sprintf("reset p%d's connections", p.idx)
 	case "session":
 		return r.killSession(s)
+	case "lose-answer":
+		var open []*faultproxy.Conn
+		for _, c := range s.proxy.Conns() {
+			if !c.Closed() {
+				open = append(open, c)
+			}
+		}
+		if len(open) == 0 {
+			return fmt.Sprintf("no connection of p%d to lose an answer on", p.idx)
+		}
+		c := open[r.rng.IntN(len(open))]
+		trap := c.LoseNextAnswer()
+		select {
+		case <-trap.Fired():
+			return fmt.Sprintf("lost the answer to a statement of p%d", p.idx)
+		case <-time.After(hold):
+			c.Disarm()
+			return fmt.Sprintf("armed a lost answer on p%d; no statement within %s", p.idx, hold.Round(time.Millisecond))
+		}
+	case "lost-cancel":
+		// Another session holds a name's row for the hold, so that the
+		// clients' statements on it wait in the server and their callers
+		// give up on some of them.
+		s.proxy.SwallowCancels(true)
+		before := s.proxy.Cancels()
+		name := jepsenName(r.rng.IntN(3))
+		unblock := r.blockName(name)
+		time.Sleep(hold) // the fault's duration
+		unblock()
+		s.proxy.SwallowCancels(false)
+		return fmt.Sprintf("held %q's row and swallowed %d cancel requests of p%d over %s", name, s.proxy.Cancels()-before, p.idx, hold.Round(time.Millisecond))
 	case "server-pause":
 		r.inst.Pause()
 		time.Sleep(hold) // the fault's duration
@@ -502,6 +543,29 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 	}
 	r.t.Fatalf("unknown fault %q", kind)
 	return ""
+}
+
+// blockName locks name's row in sqldlm_locks (if it exists) in a
+// transaction of the parent's, until the returned function rolls it back.
+func (r *jepsenRun) blockName(name string) func() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tx, err := r.db.BeginTx(context.Background(), &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		r.t.Logf("%s: blocking %q: %v", r.kind, name, err)
+		return func() {}
+	}
+	rows, err := tx.QueryContext(ctx, q(r.kind, `SELECT name FROM sqldlm_locks WHERE name = ? FOR UPDATE`), name)
+	if err == nil {
+		for rows.Next() {
+		}
+		err = rows.Err()
+		rows.Close()
+	}
+	if err != nil {
+		r.t.Logf("%s: blocking %q: %v", r.kind, name, err)
+	}
+	return func() { _ = tx.Rollback() }
 }
 
 // killSession makes the server end one database session of the children:
@@ -564,6 +628,10 @@ func (r *jepsenRun) healAll() {
 	for _, s := range r.slots {
 		s.proxy.Resume()
 		s.proxy.Delay(0)
+		s.proxy.SwallowCancels(false)
+		for _, c := range s.proxy.Conns() {
+			c.Disarm()
+		}
 	}
 }
 
@@ -600,10 +668,14 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 
 	audit, err := final.AuditLog(ctx, sqldlm.AuditFilter{})
 	require.NoError(t, err)
+	// The audit log's times are the server's clock, this machine's wall
+	// clock: mapped onto the history's monotonic clock.
+	wallToMono := time.Now().UnixNano() - jepsen.Mono()
 	var auditRows []jepsen.AuditRow
 	grants := 0
 	for _, a := range audit {
-		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String()})
+		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String(),
+			Detail: a.Detail, At: a.At.UnixNano() - wallToMono})
 		if a.Event == "grant" || a.Event == "upgrade" {
 			grants++
 		}
@@ -630,6 +702,10 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	require.NoError(t, cr.Err())
 	cr.Close()
 
+	// A hold must end within the longest fault plus a TTL and two reap
+	// intervals of its Release (or of its grant, for a grant no caller
+	// learnt of); leaked and ghost holds last until their client closes.
+	holdBound := time.Duration(r.hold[1]*float64(jepsenTTL)) + jepsenTTL + 2*jepsenReap + 2*time.Second
 	checkStart := time.Now()
 	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops, auditRows)
 	verdicts := map[string][]string{
@@ -638,6 +714,8 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		"tokens":       jepsen.CheckTokens(auditRows, ops),
 		"holder":       holder,
 		"liveness":     liveness,
+		"releases":     jepsen.CheckReleases(ops, auditRows, r.until-int64(15*time.Second), holdBound),
+		"ghosts":       jepsen.CheckGhosts(ops, auditRows, r.until-int64(15*time.Second), holdBound),
 	}
 	checking := time.Since(checkStart)
 
@@ -656,8 +734,11 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		fmt.Fprintf(&b, " %s=%d", k, counts[k])
 	}
 	lost, ended := 0, 0
+	kinds := map[string]int{}
 	for _, e := range events {
 		switch e.T {
+		case jepsen.Count:
+			kinds[e.F] += int(e.Op)
 		case jepsen.Lost:
 			lost++
 		case jepsen.LeaseEnd:
@@ -672,6 +753,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	}
 	t.Logf("%s: seed %d; workload %s with %d processes started, %d faults %v; %d operations:%s",
 		r.kind, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
+	t.Logf("%s: operations run per kind (processes that exited): %v", r.kind, kinds)
 	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d handovers of dead holders' locks checked; checking took %s",
 		r.kind, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
 	for _, f := range faults {
@@ -697,8 +779,14 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		t.Logf("%s: holder knows first: %d violations with server clock jumps (expected: a forward jump expires leases early; fencing must still hold)",
 			r.kind, len(verdicts["holder"]))
 		delete(verdicts, "holder")
+		// The release and ghost checks place audit rows on the history's
+		// clock through the server's wall clock, which the fault moves.
+		t.Logf("%s: releases, ghosts: %d, %d violations with server clock jumps (not judged: the audit log's times are the server's clock)",
+			r.kind, len(verdicts["releases"]), len(verdicts["ghosts"]))
+		delete(verdicts, "releases")
+		delete(verdicts, "ghosts")
 	}
-	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness"} {
+	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases", "ghosts"} {
 		for i, s := range verdicts[k] {
 			if i == 20 {
 				t.Errorf("%s: %s: ... %d more", r.kind, k, len(verdicts[k])-20)

@@ -3,11 +3,16 @@
 // heals: bytes wait in kernel buffers and flow again on Resume), delay it,
 // drop the server's answers, black-hole traffic, and reset connections,
 // for all connections or for one connection picked in accept order (so a
-// test can cut a client's heartbeat connection and nothing else). It is
-// modelled on etcd's pkg/proxy and used only by tests.
+// test can cut a client's heartbeat connection and nothing else). It can
+// also lose the answer to one chosen statement after the server ran it
+// (LoseAnswer, Conn.LoseNextAnswer) and swallow PostgreSQL cancel requests
+// (SwallowCancels), so that a statement the client gave up on keeps running
+// in the server. It is modelled on etcd's pkg/proxy and used only by tests.
 package faultproxy
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -30,6 +35,11 @@ type Proxy struct {
 	accepted  []*Conn
 	closed    bool
 	wg        sync.WaitGroup
+
+	trap           *Trap // armed on every connection until it fires
+	swallowCancels bool
+	cancels        int  // cancel requests swallowed
+	mysqlText      bool // traps see a MySQL execution with its prepared text
 }
 
 // Conn is one proxied connection. Its faults add to the proxy's.
@@ -43,6 +53,185 @@ type Conn struct {
 	delayNext time.Duration
 	closed    bool
 	bytes     [2]int64 // forwarded to the server, to the client
+	started   bool     // the client has sent something
+
+	trap *Trap // armed on this connection only
+	// lost is the trap that fired on this connection: the server's answers
+	// are swallowed from then on, the client's side is reset as soon as the
+	// answer starts, and the server's side is kept open (and drained) until
+	// the server has been quiet for drainQuiet, so that the server finishes
+	// the statement as if the client were still there.
+	lost *Trap
+	// MySQL prepared statements (ShowPreparedText): the text of a
+	// COM_STMT_PREPARE awaiting its answer, and the text of each statement
+	// id the server gave.
+	preparing []byte
+	prepared  map[uint32][]byte
+}
+
+// drainQuiet is how long the server's side of a connection whose answer was
+// lost must be quiet before the proxy closes it.
+const drainQuiet = time.Second
+
+// Trap is a one-shot "answer lost after the server ran the statement"
+// fault (see Proxy.LoseAnswer). Its channels say how far it got.
+type Trap struct {
+	match func(chunk []byte) bool
+	sent  chan struct{} // closed when the matching chunk was forwarded
+	fired chan struct{} // closed when the server's answer was swallowed
+	once  sync.Once
+	mu    sync.Mutex
+	conn  *Conn
+}
+
+func newTrap(match func([]byte) bool) *Trap {
+	return &Trap{match: match, sent: make(chan struct{}), fired: make(chan struct{})}
+}
+
+// Sent is closed once the statement the trap matched was forwarded to the
+// server.
+func (t *Trap) Sent() <-chan struct{} { return t.sent }
+
+// Fired is closed once the server began to answer that statement, the
+// answer was swallowed and the client's side of the connection was reset.
+// For a statement that runs in autocommit mode, the server has committed
+// it by then (PostgreSQL and MySQL send the answer after the commit; a
+// MySQL procedure's status row comes after its COMMIT, and the server's
+// side is drained so the procedure ends normally).
+func (t *Trap) Fired() <-chan struct{} { return t.fired }
+
+// Conn returns the connection the trap fired on, or nil before Sent.
+func (t *Trap) Conn() *Conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.conn
+}
+
+// Contains returns a trap predicate that matches a chunk holding s, ignoring
+// ASCII case. With a DSN that sends statement text with every execution
+// (pgx: default_query_exec_mode=simple_protocol; go-sql-driver:
+// interpolateParams=true), a routine's name picks its statement.
+func Contains(s string) func([]byte) bool {
+	needle := bytes.ToLower([]byte(s))
+	return func(chunk []byte) bool { return bytes.Contains(bytes.ToLower(chunk), needle) }
+}
+
+// Nth returns a predicate that matches the n-th chunk (from 1) that match
+// matches.
+func Nth(n int, match func([]byte) bool) func([]byte) bool {
+	var mu sync.Mutex
+	seen := 0
+	return func(chunk []byte) bool {
+		if !match(chunk) {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		seen++
+		return seen == n
+	}
+}
+
+// LoseAnswer arms a one-shot trap on every connection, open or new: the
+// first chunk a client sends that match reports true for is forwarded to
+// the server as usual; the server's answer to it (and everything after) is
+// swallowed, the client's side of that connection is reset as soon as the
+// answer starts, and the server's side stays open until the server is
+// quiet: the statement commits, the client never learns it did. A later
+// call replaces a trap that has not fired.
+func (p *Proxy) LoseAnswer(match func(chunk []byte) bool) *Trap {
+	t := newTrap(match)
+	p.set(func() { p.trap = t })
+	return t
+}
+
+// LoseNextAnswer is LoseAnswer for the next chunk the client sends on this
+// connection, whatever it holds: "the next statement on connection N".
+func (c *Conn) LoseNextAnswer() *Trap {
+	t := newTrap(func([]byte) bool { return true })
+	c.p.set(func() { c.trap = t })
+	return t
+}
+
+// Disarm removes this connection's trap if it has not fired.
+func (c *Conn) Disarm() { c.p.set(func() { c.trap = nil }) }
+
+// Disarm removes the proxy's trap if it has not fired.
+func (p *Proxy) Disarm() { p.set(func() { p.trap = nil }) }
+
+// ShowPreparedText makes traps see a MySQL COM_STMT_EXECUTE together with
+// the text of the statement it executes (the proxy records the text of each
+// COM_STMT_PREPARE and the statement id the server answers with), so that
+// a predicate such as Contains("sqldlm_acquire(") picks the execution of a
+// prepared CALL, whose packet carries only the statement id and the
+// arguments.
+func (p *Proxy) ShowPreparedText(on bool) { p.set(func() { p.mysqlText = on }) }
+
+// MySQL command bytes and the OK answer to a COM_STMT_PREPARE.
+const (
+	mysqlStmtPrepare = 0x16
+	mysqlStmtExecute = 0x17
+	mysqlOK          = 0x00
+)
+
+// trapView returns what a trap's predicate sees of a chunk the client
+// sends: the chunk, with the prepared statement's text appended when it is
+// a MySQL COM_STMT_EXECUTE and ShowPreparedText is on; nil (no trap fires on
+// it: it runs nothing) for a COM_STMT_PREPARE, whose text it records.
+// Called with p.mu held.
+func (c *Conn) trapView(chunk []byte) []byte {
+	if !c.p.mysqlText || len(chunk) < 5 {
+		return chunk
+	}
+	switch chunk[4] {
+	case mysqlStmtPrepare:
+		c.preparing = append([]byte(nil), chunk[5:]...)
+		return nil
+	case mysqlStmtExecute:
+		if len(chunk) >= 9 {
+			if text, ok := c.prepared[binary.LittleEndian.Uint32(chunk[5:9])]; ok {
+				return append(append([]byte(nil), chunk...), text...)
+			}
+		}
+	}
+	return chunk
+}
+
+// serverAnswer records the statement id of a prepared statement from the
+// server's answer to a COM_STMT_PREPARE. Called with p.mu held.
+func (c *Conn) serverAnswer(chunk []byte) {
+	if c.preparing == nil {
+		return
+	}
+	if len(chunk) >= 9 && chunk[4] == mysqlOK {
+		if c.prepared == nil {
+			c.prepared = map[uint32][]byte{}
+		}
+		c.prepared[binary.LittleEndian.Uint32(chunk[5:9])] = c.preparing
+	}
+	c.preparing = nil
+}
+
+// SwallowCancels makes the proxy accept a PostgreSQL cancel request (a new
+// connection whose first message is a CancelRequest) and close it without
+// forwarding it, until it is called with false: the statement the client
+// gave up on keeps running in the server. (go-sql-driver sends no cancel: it
+// closes the connection, and MySQL runs the statement on anyway.)
+func (p *Proxy) SwallowCancels(on bool) { p.set(func() { p.swallowCancels = on }) }
+
+// Cancels returns how many cancel requests were swallowed.
+func (p *Proxy) Cancels() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cancels
+}
+
+// pgCancelCode is the request code of a PostgreSQL CancelRequest message:
+// Int32(16) length, Int32(80877102), then the backend's pid and key.
+const pgCancelCode = 80877102
+
+func isPGCancel(b []byte) bool {
+	return len(b) >= 16 && binary.BigEndian.Uint32(b[0:4]) == 16 && binary.BigEndian.Uint32(b[4:8]) == pgCancelCode
 }
 
 // New listens on a free port of 127.0.0.1 and forwards to target.
@@ -209,27 +398,78 @@ func (p *Proxy) accept() {
 	}
 }
 
-// pipe copies src to dst, honouring pause, delay and dropped replies.
+// pipe copies src to dst, honouring pause, delay, dropped replies, lost
+// answers and swallowed cancel requests.
 func (p *Proxy) pipe(c *Conn, dst, src net.Conn, fromServer bool) {
 	defer p.wg.Done()
 	defer func() {
 		p.mu.Lock()
-		delete(p.conns, dst)
+		// A lost answer keeps the server's side open until its drain ends
+		// (the server-to-client pipe closes it then).
+		keepServer := !fromServer && c.lost != nil
 		delete(p.conns, src)
-		c.closed = true
+		if !keepServer {
+			delete(p.conns, dst)
+			c.closed = true
+		}
 		p.mu.Unlock()
-		dst.Close()
 		src.Close()
+		if !keepServer {
+			dst.Close()
+		}
 	}()
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := src.Read(buf)
+		if fromServer && err != nil && c.draining() {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return // quiet for drainQuiet: the drain is over
+			}
+		}
 		if n > 0 {
 			p.mu.Lock()
 			for (p.paused || c.paused) && !p.closed {
 				p.cond.Wait()
 			}
-			drop := (fromServer && (p.dropReply || c.dropReply)) || p.blackhole || c.blackhole
+			if !fromServer && !c.started {
+				c.started = true
+				if p.swallowCancels && isPGCancel(buf[:n]) {
+					p.cancels++
+					p.mu.Unlock()
+					return
+				}
+			}
+			var sentTrap, firedTrap *Trap
+			if fromServer {
+				c.serverAnswer(buf[:n])
+			}
+			var view []byte
+			if !fromServer {
+				view = c.trapView(buf[:n])
+			}
+			if !fromServer && c.lost == nil && view != nil {
+				for _, t := range []*Trap{c.trap, p.trap} {
+					if t != nil && t.match(view) {
+						c.lost, sentTrap = t, t
+						t.mu.Lock()
+						t.conn = c
+						t.mu.Unlock()
+						if c.trap == t {
+							c.trap = nil
+						}
+						if p.trap == t {
+							p.trap = nil
+						}
+						break
+					}
+				}
+			}
+			lost := fromServer && c.lost != nil
+			if lost {
+				firedTrap = c.lost
+			}
+			drop := lost || (fromServer && (p.dropReply || c.dropReply)) || p.blackhole || c.blackhole
 			delay := p.delay
 			if !fromServer && c.delayNext > 0 {
 				delay, c.delayNext = delay+c.delayNext, 0
@@ -246,9 +486,26 @@ func (p *Proxy) pipe(c *Conn, dst, src net.Conn, fromServer bool) {
 				time.Sleep(delay) // the fault being injected, not synchronisation
 			}
 			if !drop {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+				if _, werr := dst.Write(buf[:n]); werr != nil && !c.draining() {
 					return
 				}
+			}
+			if sentTrap != nil {
+				close(sentTrap.sent)
+			}
+			if firedTrap != nil {
+				firedTrap.once.Do(func() {
+					// The answer has started: reset the client's side, keep
+					// draining the server's.
+					if tc, ok := c.client.(*net.TCPConn); ok {
+						_ = tc.SetLinger(0)
+					}
+					c.client.Close()
+					close(firedTrap.fired)
+				})
+			}
+			if fromServer && c.draining() {
+				_ = src.SetReadDeadline(time.Now().Add(drainQuiet))
 			}
 		}
 		if err != nil {
@@ -258,4 +515,11 @@ func (p *Proxy) pipe(c *Conn, dst, src net.Conn, fromServer bool) {
 			return
 		}
 	}
+}
+
+// draining reports whether this connection's answer was lost.
+func (c *Conn) draining() bool {
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	return c.lost != nil
 }

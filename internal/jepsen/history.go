@@ -40,6 +40,8 @@ const (
 	LeaseEnd = "lease-end"
 	// Killed: the nemesis killed process P (written by the parent).
 	Killed = "killed"
+	// Count: a process ran Op operations of kind F (written at its exit).
+	Count = "count"
 )
 
 // Operations (Event.F).

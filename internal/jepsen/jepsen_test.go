@@ -374,3 +374,46 @@ func TestLinearizableInconclusive(t *testing.T) {
 	_, err := os.Stat(path)
 	require.NoError(t, err, "the visualisation is written")
 }
+
+// CheckReleases flags a Release whose hold outlived it by more than the
+// bound (or never ended), and accepts one ended in time, whatever the
+// Release returned.
+func TestCheckReleases(t *testing.T) {
+	s := int64(time.Second)
+	ops := []Op{
+		{P: 1, F: Release, Name: "a", Token: 1, Status: OK, Return: 10 * s},
+		{P: 1, F: Release, Name: "a", Token: 2, Status: Fail, Err: "lock lost", Return: 20 * s},
+		{P: 2, F: Release, Name: "b", Token: 3, Status: OK, Return: 30 * s},
+		{P: 2, F: Release, Name: "b", Token: 4, Status: OK, Return: 90 * s}, // after before: not judged
+		{P: 3, F: Release, Name: "c", Token: 5, Status: Fail, Return: 40 * s},
+	}
+	audit := []AuditRow{
+		{Event: "release", Name: "a", Token: 1, At: 10*s + 1},
+		{Event: "release", Name: "a", Token: 2, Detail: "lease closed", At: 80 * s},
+		{Event: "upgrade", Name: "c", Token: 6, Detail: "from token 5", At: 39 * s}, // ended before its Release
+	}
+	v := CheckReleases(ops, audit, 60*s, 12*time.Second)
+	if len(v) != 2 {
+		t.Fatalf("want 2 violations (token 2 ended 60s after its Release, token 3 never), got %q", v)
+	}
+}
+
+// CheckGhosts flags a grant no caller was told of that lasted longer than
+// the bound, and accepts an acknowledged one or one withdrawn in time.
+func TestCheckGhosts(t *testing.T) {
+	s := int64(time.Second)
+	ops := []Op{{P: 1, F: Acquire, Name: "a", Status: OK, NewToken: 1}}
+	audit := []AuditRow{
+		{Event: "grant", Name: "a", Token: 1, At: 1 * s}, // acknowledged
+		{Event: "grant", Name: "a", Token: 2, At: 2 * s}, // withdrawn at once
+		{Event: "release", Name: "a", Token: 2, Detail: "abandoned", At: 3 * s},
+		{Event: "grant", Name: "a", Token: 3, At: 4 * s}, // a ghost until its client closed
+		{Event: "release", Name: "a", Token: 3, Detail: "lease closed", At: 60 * s},
+		{Event: "grant", Name: "b", Token: 4, At: 5 * s},  // never ended
+		{Event: "grant", Name: "b", Token: 5, At: 90 * s}, // after before: not judged
+	}
+	v := CheckGhosts(ops, audit, 70*s, 12*time.Second)
+	if len(v) != 2 {
+		t.Fatalf("want 2 violations (tokens 3 and 4), got %q", v)
+	}
+}

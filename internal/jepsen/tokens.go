@@ -14,6 +14,10 @@ type AuditRow struct {
 	Token int64
 	Lease int64
 	Mode  string // Shared or Exclusive
+	// Detail is the audit row's detail ("lease closed", "abandoned", ...).
+	Detail string
+	// At is when the row was written, on the history's clock (Mono), or 0.
+	At int64
 }
 
 func (a AuditRow) granted() bool { return a.Event == "grant" || a.Event == "upgrade" }

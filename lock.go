@@ -795,6 +795,13 @@ func (l *Lock) withdrawUpgrade(id, sharedToken int64, cause error) (int64, error
 // Downgrade turns an exclusive lock into a shared one, keeping its token,
 // and lets waiting shared requests in. It never waits for other holders.
 // Downgrading a shared lock does nothing.
+//
+// If its answer is lost (a connection failure, or ctx ending while the
+// statement runs), Downgrade sends it again under a short context of its
+// own, so the handle's mode is always the database's: it returns nil once
+// the lock is shared. If the database cannot be reached to tell, the lock
+// is given up: Downgrade returns an error matching ErrLost and the hold is
+// released in the background.
 func (l *Lock) Downgrade(ctx context.Context) error {
 	return opError("downgrade", l.name, l.downgrade(ctx))
 }
@@ -813,23 +820,29 @@ func (l *Lock) downgrade(ctx context.Context) error {
 		return nil
 	}
 	ok, unknown, err := l.downgradeStatement(ctx)
-	if err != nil {
-		if unknown {
-			// The downgrade may have committed. Shared is the safe side: a
-			// handle that believes it is exclusive over a shared hold would
-			// pass Fence while other shared holders exist.
-			l.mu.Lock()
-			lockErr := l.err
-			if lockErr == nil {
-				l.mode = Shared
-			}
-			l.mu.Unlock()
-			if lockErr != nil {
-				return lockErr // lost (or released) meanwhile
-			}
-			l.c.waiters.wake(l.name) // shared requests may be let in
-			return fmt.Errorf("whether the downgrade committed is unknown, so the lock is now shared (Upgrade to be exclusive again): %w", err)
+	if err != nil && unknown {
+		// The downgrade may have committed, and ctx is over (or the lock
+		// ended). Settle it: the UPDATE is idempotent, so send it again
+		// under a short context of its own. The handle's mode must be the
+		// hold's: exclusive over a shared hold would let Fence pass while
+		// other shared holders exist, and shared over an exclusive hold
+		// would misreport the lock.
+		sctx, cancel := context.WithTimeout(context.Background(), min(l.c.cfg.TTL/4, 2*time.Second))
+		var settleErr error
+		ok, _, settleErr = l.downgradeStatement(sctx)
+		cancel()
+		if settleErr != nil {
+			// Still unknown: give the lock up (the holder knows first),
+			// then release its hold in the background.
+			l.lost()
+			l.c.logger.Info("sqldlm: a downgrade's outcome is unknown and settling it failed; the lock is given up",
+				"lock_name", l.name, "error", settleErr)
+			l.c.janitor.release(l.lease, l.ref())
+			return fmt.Errorf("%w; whether the downgrade committed is unknown (%v), so the lock was given up: %w", err, settleErr, ErrLost)
 		}
+		err = nil
+	}
+	if err != nil {
 		return err
 	}
 	if !ok {

@@ -36,16 +36,17 @@ type faultDialect struct {
 	dialect.Dialect
 	cancel context.CancelFunc
 
-	mu          sync.Mutex
-	lostAnswer  string
-	late        string
-	lateNow     bool // the late statement's caller sees a lost connection at once, not at ctx's end
-	lateReq     int64
-	abandonErrs int
-	abandonHang bool
-	fenceFalse  bool
-	calls       map[string]int
-	keepHold    []bool // KeepHold of every Abandon call
+	mu            sync.Mutex
+	lostAnswer    string
+	late          string
+	lateNow       bool // the late statement's caller sees a lost connection at once, not at ctx's end
+	lateReq       int64
+	abandonErrs   int
+	abandonHang   bool
+	fenceFalse    bool
+	downgradeFail int // the next Downgrade calls fail on the connection without running
+	calls         map[string]int
+	keepHold      []bool // KeepHold of every Abandon call
 
 	withdrawn chan struct{} // closed when the late request's withdrawal returned
 	wOnce     sync.Once
@@ -145,7 +146,14 @@ func (d *faultDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.Hol
 	if lost {
 		d.lostAnswer = ""
 	}
+	fail := !lost && d.downgradeFail > 0
+	if fail {
+		d.downgradeFail--
+	}
 	d.mu.Unlock()
+	if fail {
+		return false, errConnLost
+	}
 	ok, err := d.Dialect.Downgrade(ctx, db, p)
 	if !lost || err != nil {
 		return ok, err
@@ -530,17 +538,34 @@ func TestDowngradeUnknownOutcome(t *testing.T) {
 		requireHeldAsReported(t, b, l)
 		require.NoError(t, l.Release(ctx))
 
+		// The answer is lost and ctx ends with it: the downgrade is sent
+		// again under a context of its own, and the handle follows the
+		// database.
 		l, err = c.Lock(ctx, "down/unknown", Exclusive)
 		require.NoError(t, err)
 		dctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		d.set(func(d *faultDialect) { d.lostAnswer, d.cancel = "downgrade", cancel })
-		err = l.Downgrade(dctx)
-		require.ErrorIs(t, err, errConnLost)
-		require.ErrorContains(t, err, "the lock is now shared")
-		require.Equal(t, Shared, l.Mode(), "unknown outcome: the handle is shared")
+		require.NoError(t, l.Downgrade(dctx), "settled after ctx ended")
+		require.Equal(t, Shared, l.Mode())
 		requireHeldAsReported(t, b, l)
 		require.NoError(t, l.Release(ctx))
 		requireFree(t, b, "down/unknown")
+
+		// The database cannot be reached to settle it: the lock is given
+		// up, never left exclusive over a shared hold or the reverse, and
+		// its hold is released in the background.
+		l, err = c.Lock(ctx, "down/lost", Exclusive)
+		require.NoError(t, err)
+		dctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		d.set(func(d *faultDialect) { d.lostAnswer, d.cancel, d.downgradeFail = "downgrade", cancel, 100 })
+		err = l.Downgrade(dctx)
+		require.ErrorIs(t, err, ErrLost)
+		require.ErrorIs(t, l.Err(), ErrLost)
+		d.set(func(d *faultDialect) { d.downgradeFail = 0 })
+		require.Eventually(t, func() bool { return len(b.holds(t, "down/lost")) == 0 }, 10*time.Second, 10*time.Millisecond,
+			"the given-up lock's hold is released in the background")
+		requireFree(t, b, "down/lost")
 	})
 }

@@ -20,6 +20,7 @@ const (
 	codeError                = 1
 	codeBusy                 = 5
 	codeLocked               = 6
+	codeBusySnapshot         = 517 // a read transaction's snapshot is older than the database: it cannot write
 	codeConstraintPrimaryKey = 1555
 	codeConstraintUnique     = 2067
 )
@@ -40,6 +41,11 @@ func (*sqliteDialect) ClassifyError(err error) error {
 		switch {
 		case code == codeConstraintUnique || code == codeConstraintPrimaryKey:
 			kind = dialect.ErrUniqueViolation
+		case code == codeBusySnapshot:
+			// Waiting does not help: the transaction read an older snapshot
+			// than another connection has since committed, so retrying the
+			// whole transaction is what does, as for a serialization failure.
+			kind = dialect.ErrSerialization
 		case code&0xff == codeBusy || code&0xff == codeLocked:
 			kind = dialect.ErrLockTimeout
 		case code&0xff == codeError && strings.Contains(c.Error(), "no such table"):

@@ -111,3 +111,39 @@ func TestReapWithdrawnAfterRetention(t *testing.T) {
 	require.NoError(t, rows.Err())
 	require.Equal(t, []int64{2}, left)
 }
+
+// A transaction that read before another connection committed cannot write
+// any more (SQLITE_BUSY_SNAPSHOT): Fence and ReleaseTx in it fail with a
+// serialization error (retry the transaction), not a lock timeout, as on
+// the other dialects at REPEATABLE READ.
+func TestStaleSnapshotIsASerializationFailure(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := sqlite.Dialect()
+	db := testdb.Open(t, testdb.SQLite).DB
+	_, err := migrations.Up(ctx, db, d)
+	require.NoError(t, err)
+	lease := rand.Int64()
+	require.NoError(t, d.CreateLease(ctx, db, &dialect.CreateLeaseParams{ID: lease, Owner: "a", TTL: time.Minute}))
+	res, err := d.Acquire(ctx, db, &dialect.AcquireParams{Name: "n", LeaseID: lease, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+	require.NoError(t, err)
+	require.Equal(t, dialect.Granted, res.Status)
+	ref := &dialect.HoldRef{Name: "n", LeaseID: lease, Token: res.Token}
+	for _, op := range []string{"fence", "releasetx"} {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		var n int
+		require.NoError(t, tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders`).Scan(&n)) // the snapshot
+		ok, err := d.RenewLease(ctx, db, lease)                                                      // another connection commits
+		require.NoError(t, err)
+		require.True(t, ok)
+		if op == "fence" {
+			_, err = d.Fence(ctx, db, tx, ref, time.Minute)
+		} else {
+			_, err = d.ReleaseTx(ctx, db, tx, ref)
+		}
+		require.ErrorIs(t, err, dialect.ErrSerialization, op)
+		require.NoError(t, tx.Rollback())
+	}
+}

@@ -135,7 +135,7 @@ func TestStaleSnapshotIsASerializationFailure(t *testing.T) {
 		require.NoError(t, err)
 		var n int
 		require.NoError(t, tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqldlm_holders`).Scan(&n)) // the snapshot
-		ok, err := d.RenewLease(ctx, db, lease)                                                      // another connection commits
+		ok, err := d.RenewLease(ctx, db, lease)                                                     // another connection commits
 		require.NoError(t, err)
 		require.True(t, ok)
 		if op == "fence" {

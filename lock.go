@@ -898,8 +898,19 @@ func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err er
 //
 // On PostgreSQL and MariaDB, tx is ended by the server if it then sits idle
 // for longer than the TTL, so that a paused holder cannot block a takeover
-// forever. At REPEATABLE READ or SERIALIZABLE, Fence may fail with a
-// serialization error: retry the whole transaction.
+// forever. PostgreSQL sets idle_in_transaction_session_timeout for tx only;
+// MariaDB's idle_transaction_timeout (MySQL: wait_timeout) is a session
+// setting and stays on tx's pooled connection after tx ends, so a later
+// transaction on that connection that sits idle longer than the TTL is
+// ended too (MySQL closes the idle connection): run fenced transactions on
+// a pool of their own if that matters.
+//
+// At REPEATABLE READ or SERIALIZABLE, Fence fails with a serialization
+// error (never ErrLost) when tx's snapshot is older than the latest state
+// and disagrees with it: retry the whole transaction. On MySQL/MariaDB,
+// Fence reads the lease's state on a second connection of the Client's
+// *sql.DB, at every isolation level; that pool needs a connection free
+// besides tx's.
 //
 // Until tx ends, the hold cannot change either: end tx before calling
 // [Lock.Upgrade] or [Lock.Release] on this lock, which otherwise wait for it

@@ -22,8 +22,11 @@ package postgres
 //	             (idempotent retry), own waiter, [upgrade: own shared hold,
 //	             other upgraders], conflicting holds of live leases or of
 //	             leases dead for less than the lock delay, live waiters ahead;
-//	             if blocked and not a first enqueue: return. Phase 2 (also
-//	             for a first enqueue): lock the name's row FOR UPDATE (INSERT
+//	             if blocked: [first enqueue, not an upgrade: lock the name's
+//	             row FOR KEY SHARE (phase 2 if it is gone), own lease FOR KEY
+//	             SHARE, SELECT the withdrawal record again (withdrawn:
+//	             return), INSERT waiter], return. Phase 2: lock the name's
+//	             row FOR UPDATE (INSERT
 //	             it if missing), own lease FOR KEY SHARE; SELECT the
 //	             withdrawal record again (withdrawn: return, nothing written);
 //	             evaluate again; lock the leases of conflicting holds dead
@@ -39,7 +42,7 @@ package postgres
 //	             broken_at], INSERT hold (with its payload, or the upgraded
 //	             hold's) RETURNING token, [INSERT its audit row], UPDATE the
 //	             name's row, DELETE own waiter; or, if blocked after all,
-//	             [first enqueue: INSERT waiter]
+//	             [first enqueue of an upgrade: INSERT waiter]
 //	Abandon      SELECT sqldlm_abandon, with lock_timeout 1s: lock the name's
 //	             row FOR UPDATE (INSERT it if missing), own lease FOR KEY
 //	             SHARE; [lease there: INSERT the withdrawal record ON
@@ -106,10 +109,11 @@ package postgres
 // Since schema version 6 (migrations/postgres/00006_final_withdrawal.sql)
 // a withdrawal is final: Abandon records it (sqldlm_withdrawn) under the
 // name's row lock, and every statement that inserts a hold or a waiter row
-// (the fast path, phase 2) checks the record after the name's row and own
-// lease locks, so a late statement of a withdrawn request grants and queues
-// nothing (status withdrawn); a first enqueue goes through phase 2 for
-// that. sqldlm_acquire and sqldlm_abandon bound every lock wait with a
+// (the fast path and phase 2 after the name's row FOR UPDATE, a first
+// enqueue after the name's row FOR KEY SHARE, which Abandon's FOR UPDATE
+// conflicts with) checks the record after those locks and the own lease's,
+// so a late statement of a withdrawn request grants and queues nothing
+// (status withdrawn). sqldlm_acquire and sqldlm_abandon bound every lock wait with a
 // function-level lock_timeout of 1s, restored when they return, so the
 // caller's transaction of AcquireTx keeps its own setting.
 

@@ -12,9 +12,11 @@
 -- the withdrawal in the new table sqldlm_withdrawn, keyed by (lease id,
 -- request id), while it holds the name's row FOR UPDATE (created if
 -- missing). Every statement of sqldlm_acquire that inserts a hold or a
--- waiter row (the fast path, and phase 2, through which a first enqueue now
--- goes too) checks the record after it holds the name's row FOR UPDATE and
--- its own lease FOR KEY SHARE, before anything else, and answers
+-- waiter row (the fast path and phase 2, after the name's row FOR UPDATE; the
+-- first enqueue of phase 1, after the name's row FOR KEY SHARE, which
+-- conflicts with Abandon's FOR UPDATE but not with other enqueues) checks
+-- the record once it holds those locks and its own lease FOR KEY SHARE,
+-- before anything else, and answers
 -- 'withdrawn' without writing; phase 1 checks it too (a plain read) before
 -- a repeated request could return the hold it obtained. So a statement of
 -- the request either committed before the withdrawal (whose deletes, with a
@@ -114,8 +116,9 @@ $$;
 
 -- sqldlm_acquire: version 4's, run with lock_timeout 1s; it refuses a withdrawn request
 -- (fast path and phase 2 after their locks, phase 1 with a plain read), a first
--- enqueue goes through phase 2, and a takeover refused because a fence pins a
--- hold reports o_expires_us NULL.
+-- enqueue locks the name's row FOR KEY SHARE and checks again before it inserts
+-- its waiter row, and a takeover refused because a fence pins a hold reports
+-- o_expires_us NULL.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text,
     p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint,
@@ -229,11 +232,38 @@ BEGIN
             o_ahead := e.waiters_ahead;
             RETURN;
         END IF;
-        -- A first enqueue goes through phase 2, as every statement that
-        -- inserts a hold or a waiter row does: serialized on the name's row
-        -- with sqldlm_abandon, it sees a withdrawal committed before it (and
-        -- one committed after deletes its row); of two holders upgrading at
-        -- once exactly one is queued and the other refused.
+        IF v_upgrade IS NULL THEN
+            -- First enqueue. The name's row FOR KEY SHARE serializes it
+            -- with sqldlm_abandon (FOR UPDATE) without holding up other
+            -- enqueues: a withdrawal committed before is seen by the check
+            -- below (a new snapshot, taken after the lock), and one that
+            -- commits after deletes the row inserted here. Locking the own
+            -- lease makes a concurrent DeleteLease or Reap either see the
+            -- new waiter row or have deleted the lease before. Without a
+            -- name's row (collected meanwhile), phase 2 creates it.
+            PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR KEY SHARE;
+            IF FOUND THEN
+                PERFORM 1 FROM sqldlm_leases WHERE id = p_lease FOR KEY SHARE;
+                IF NOT FOUND THEN
+                    o_status := 'lease_lost';
+                    RETURN;
+                END IF;
+                IF EXISTS (SELECT 1 FROM sqldlm_withdrawn WHERE lease_id = p_lease AND request_id = p_request) THEN
+                    o_status := 'withdrawn';
+                    RETURN;
+                END IF;
+                INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since, payload)
+                VALUES (p_name, p_lease, p_request, p_mode, NULL, clock_timestamp(), v_payload)
+                ON CONFLICT (lease_id, request_id) DO NOTHING;
+                o_status := 'blocked';
+                o_owner := e.blocker_owner; o_mode := e.blocker_mode; o_expires_us := e.blocker_expires_us;
+                o_ahead := e.waiters_ahead;
+                RETURN;
+            END IF;
+        END IF;
+        -- The first enqueue of an upgrade goes through phase 2: serialized
+        -- on the name's row, of two holders upgrading at once exactly one is
+        -- queued and the other refused.
     END IF;
 
     -- Phase 2. (1) The name's row, created if missing. INSERT waits for a

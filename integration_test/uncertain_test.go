@@ -643,8 +643,11 @@ func (d *injectDialect) fired() bool {
 	return d.hit
 }
 
-// do runs call under the armed fault if method and name match.
-func (d *injectDialect) do(ctx context.Context, method, name string, call func(context.Context) error) error {
+// do runs call under the armed fault if method and name match. A call run
+// late (after the caller gave up) has its results dropped, so the caller's
+// results are never written by the late goroutine.
+func do[T any](d *injectDialect, ctx context.Context, method, name string, call func(context.Context) (T, error)) (T, error) {
+	var zero T
 	d.mu.Lock()
 	armed := !d.hit && d.method == method && d.name == name && d.done != nil
 	if armed {
@@ -657,75 +660,61 @@ func (d *injectDialect) do(ctx context.Context, method, name string, call func(c
 	}
 	if fault == "lost" {
 		defer close(done)
-		if err := call(ctx); err != nil {
-			return err
+		if _, err := call(ctx); err != nil {
+			return zero, err
 		}
 		if onLost != nil {
 			onLost()
 		}
-		return errAnswerLost
+		return zero, errAnswerLost
 	}
 	<-ctx.Done()
 	go func() {
 		defer close(done)
 		time.Sleep(time.Until(at)) // the late statement's moment
-		_ = call(context.Background())
+		_, _ = call(context.Background())
 	}()
-	return ctx.Err()
+	return zero, ctx.Err()
 }
 
-func (d *injectDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (r *dialect.AcquireResult, err error) {
-	err = d.do(ctx, "Acquire", p.Name, func(ctx context.Context) (err error) {
-		r, err = d.Dialect.Acquire(ctx, db, p)
-		return err
+func (d *injectDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	return do(d, ctx, "Acquire", p.Name, func(ctx context.Context) (*dialect.AcquireResult, error) {
+		return d.Dialect.Acquire(ctx, db, p)
 	})
-	return r, err
 }
 
-func (d *injectDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (r *dialect.AcquireResult, err error) {
-	err = d.do(ctx, "AcquireTx", p.Name, func(ctx context.Context) (err error) {
-		r, err = d.Dialect.AcquireTx(ctx, tx, p)
-		return err
+func (d *injectDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	return do(d, ctx, "AcquireTx", p.Name, func(ctx context.Context) (*dialect.AcquireResult, error) {
+		return d.Dialect.AcquireTx(ctx, tx, p)
 	})
-	return r, err
 }
 
-func (d *injectDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (ok bool, err error) {
-	err = d.do(ctx, "Release", p.Name, func(ctx context.Context) (err error) {
-		ok, err = d.Dialect.Release(ctx, db, p)
-		return err
+func (d *injectDialect) Release(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	return do(d, ctx, "Release", p.Name, func(ctx context.Context) (bool, error) {
+		return d.Dialect.Release(ctx, db, p)
 	})
-	return ok, err
 }
 
-func (d *injectDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (ok bool, err error) {
-	err = d.do(ctx, "ReleaseTx", p.Name, func(ctx context.Context) (err error) {
-		ok, err = d.Dialect.ReleaseTx(ctx, db, tx, p)
-		return err
+func (d *injectDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	return do(d, ctx, "ReleaseTx", p.Name, func(ctx context.Context) (bool, error) {
+		return d.Dialect.ReleaseTx(ctx, db, tx, p)
 	})
-	return ok, err
 }
 
-func (d *injectDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (ok bool, err error) {
-	err = d.do(ctx, "Downgrade", p.Name, func(ctx context.Context) (err error) {
-		ok, err = d.Dialect.Downgrade(ctx, db, p)
-		return err
+func (d *injectDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {
+	return do(d, ctx, "Downgrade", p.Name, func(ctx context.Context) (bool, error) {
+		return d.Dialect.Downgrade(ctx, db, p)
 	})
-	return ok, err
 }
 
-func (d *injectDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (ok bool, err error) {
-	err = d.do(ctx, "SetPayload", p.Name, func(ctx context.Context) (err error) {
-		ok, err = d.Dialect.SetPayload(ctx, db, p, payload)
-		return err
+func (d *injectDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.HoldRef, payload string) (bool, error) {
+	return do(d, ctx, "SetPayload", p.Name, func(ctx context.Context) (bool, error) {
+		return d.Dialect.SetPayload(ctx, db, p, payload)
 	})
-	return ok, err
 }
 
-func (d *injectDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idle time.Duration) (ok bool, err error) {
-	err = d.do(ctx, "Fence", p.Name, func(ctx context.Context) (err error) {
-		ok, err = d.Dialect.Fence(ctx, db, tx, p, idle)
-		return err
+func (d *injectDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idle time.Duration) (bool, error) {
+	return do(d, ctx, "Fence", p.Name, func(ctx context.Context) (bool, error) {
+		return d.Dialect.Fence(ctx, db, tx, p, idle)
 	})
-	return ok, err
 }

@@ -2,6 +2,7 @@ package sqldlm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -46,6 +47,18 @@ func margin(ttl time.Duration) time.Duration {
 	return ttl / 10
 }
 
+// errSlowLease: the database answered the creation of a lease after its
+// TTL, so the lease could not be trusted for any time at all.
+var errSlowLease = errors.New("the database answered after the lease's TTL")
+
+// transientLeaseError reports whether a lease could not be created for a
+// reason that may pass (the database unreachable or slow): a waiting Lock
+// asks again.
+func transientLeaseError(err error) bool {
+	return errors.Is(err, dialect.ErrConnection) || dialect.IsRetryable(err) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errSlowLease)
+}
+
 // newLease creates a lease row in the database, within ctx. The caller
 // starts it (start) once it is the client's lease.
 func (c *Client) newLease(ctx context.Context) (*lease, error) {
@@ -73,7 +86,7 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 	l.deadline = sent.Add(c.cfg.TTL - margin(c.cfg.TTL))
 	if time.Now().After(l.deadline) {
 		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
-		return nil, fmt.Errorf("sqldlm: create lease: the database answered after the lease's TTL (%s)", c.cfg.TTL)
+		return nil, fmt.Errorf("sqldlm: create lease: %w (%s)", errSlowLease, c.cfg.TTL)
 	}
 	return l, nil
 }

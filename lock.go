@@ -351,6 +351,16 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		if l == nil {
 			var err error
 			if l, err = c.currentLease(ctx); err != nil {
+				if r.wait && ctx.Err() == nil && transientLeaseError(err) {
+					// Lock waits: a lease the database could not create in
+					// time (unreachable, or slow to accept a connection)
+					// is asked for again.
+					c.logger.Debug("sqldlm: creating a lease failed, retrying", "lock_name", r.name, "error", err)
+					if _, err := backoff.sleep(ctx, wake, 0, -1); err != nil {
+						return abandon(err)
+					}
+					continue
+				}
 				return abandon(err)
 			}
 		}

@@ -45,6 +45,7 @@ type faultDialect struct {
 	abandonHang   bool
 	fenceFalse    bool
 	downgradeFail int // the next Downgrade calls fail on the connection without running
+	createFail    int // the next CreateLease calls fail on the connection without running
 	calls         map[string]int
 	keepHold      []bool // KeepHold of every Abandon call
 
@@ -137,6 +138,39 @@ func (d *faultDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Aband
 		d.wOnce.Do(func() { close(d.withdrawn) })
 	}
 	return res, err
+}
+
+func (d *faultDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
+	d.mu.Lock()
+	fail := d.createFail > 0
+	if fail {
+		d.createFail--
+	}
+	d.mu.Unlock()
+	if fail {
+		return errConnLost
+	}
+	return d.Dialect.CreateLease(ctx, db, p)
+}
+
+// Lock waits through a database that cannot create its lease for a while
+// (it failed to accept connections in time under load); TryLock reports it.
+// (Before: Lock returned the first failure.)
+func TestLockRetriesLeaseCreation(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		d := newFaultDialect(b.db.Dialect)
+		c := b.client(t, Config{Dialect: d, ReapInterval: ReapDisabled})
+		d.set(func(d *faultDialect) { d.createFail = 1 })
+		_, err := c.TryLock(ctx, "lease/retry", Exclusive)
+		require.ErrorIs(t, err, dialect.ErrConnection, "TryLock fails at once")
+		d.set(func(d *faultDialect) { d.createFail = 3 })
+		l, err := c.Lock(ctx, "lease/retry", Exclusive)
+		require.NoError(t, err, "Lock waits for a lease")
+		requireHeldAsReported(t, b, l)
+		require.NoError(t, l.Release(ctx))
+	})
 }
 
 func (d *faultDialect) Downgrade(ctx context.Context, db *sql.DB, p *dialect.HoldRef) (bool, error) {

@@ -26,8 +26,9 @@ import (
 //
 //	P1  a handle whose Err() is nil is held in the database, in the mode it
 //	    reports and with its token (checked once the fault has healed, and
-//	    again after the client's delayed withdrawals at +1s and +TTL have
-//	    run, when the operation returned an error);
+//	    again 1s and a TTL later, when the operation returned an error: the
+//	    moments at which clients before the withdrawal record withdrew a
+//	    request again, and by which any late statement has run);
 //	P3  while such a handle reports the name held, another client's
 //	    exclusive TryLock is refused;
 //	P2  after Release returns (whatever it returns), the name is free of

@@ -121,8 +121,11 @@ func TestS11CancellationStorm(t *testing.T) {
 			require.Eventually(t, func() bool {
 				return count(t, db, `SELECT COUNT(*) FROM sqldlm_holders WHERE name LIKE 's11/%'`) == 0
 			}, ttl+2*time.Second, 10*time.Millisecond, "no hold of a cancelled call is left")
-			require.Eventually(t, func() bool { return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters`) == 0 },
-				ttl+2*time.Second, 10*time.Millisecond, "no waiter row is left")
+			if !assert.Eventually(t, func() bool { return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters`) == 0 },
+				ttl+2*time.Second, 10*time.Millisecond, "no waiter row is left") {
+				logWaiters(ctx, t, db)
+				t.FailNow()
+			}
 			require.Eventually(t, func() bool {
 				for i, p := range pools {
 					if p.Stats().InUse > inUse[i] {
@@ -148,6 +151,34 @@ func TestS11CancellationStorm(t *testing.T) {
 				require.NoError(t, l.Release(ctx))
 			}
 		})
+	}
+}
+
+// logWaiters logs the waiter rows left, with their lease's state and
+// whether their request was withdrawn, to tell a failed withdrawal from a
+// dead lease nobody deleted.
+func logWaiters(ctx context.Context, t *testing.T, db *testdb.DB) {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, `SELECT w.name, w.lease_id, w.request_id,
+		COALESCE(l.owner, '(no lease row)'), l.broken_at IS NOT NULL,
+		(SELECT COUNT(*) FROM sqldlm_withdrawn x WHERE x.lease_id = w.lease_id AND x.request_id = w.request_id)
+		FROM sqldlm_waiters w LEFT JOIN sqldlm_leases l ON l.id = w.lease_id`)
+	if err != nil {
+		t.Logf("listing the waiter rows left: %v", err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, owner string
+		var lease, request int64
+		var broken bool
+		var withdrawn int
+		if err := rows.Scan(&name, &lease, &request, &owner, &broken, &withdrawn); err != nil {
+			t.Logf("listing the waiter rows left: %v", err)
+			return
+		}
+		t.Logf("waiter row left: name %q lease %d (owner %s, broken %v) request %d, withdrawal records %d",
+			name, lease, owner, broken, request, withdrawn)
 	}
 }
 

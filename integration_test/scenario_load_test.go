@@ -118,12 +118,15 @@ func TestS11CancellationStorm(t *testing.T) {
 			holdsNow := count(t, db, `SELECT COUNT(*) FROM sqldlm_holders WHERE name LIKE 's11/%'`)
 			t.Logf("%s: %d granted, %d cancelled; holds right after the storm: %d", kind, granted.Load(), cancelled.Load(), holdsNow)
 			require.Positive(t, cancelled.Load(), "the storm cancelled calls")
-			require.Eventually(t, func() bool {
+			if !assert.Eventually(t, func() bool {
 				return count(t, db, `SELECT COUNT(*) FROM sqldlm_holders WHERE name LIKE 's11/%'`) == 0
-			}, ttl+2*time.Second, 10*time.Millisecond, "no hold of a cancelled call is left")
+			}, ttl+2*time.Second, 10*time.Millisecond, "no hold of a cancelled call is left") {
+				logRows(ctx, t, db, "sqldlm_holders")
+				t.FailNow()
+			}
 			if !assert.Eventually(t, func() bool { return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters`) == 0 },
 				ttl+2*time.Second, 10*time.Millisecond, "no waiter row is left") {
-				logWaiters(ctx, t, db)
+				logRows(ctx, t, db, "sqldlm_waiters")
 				t.FailNow()
 			}
 			require.Eventually(t, func() bool {
@@ -154,15 +157,15 @@ func TestS11CancellationStorm(t *testing.T) {
 	}
 }
 
-// logWaiters logs the waiter rows left, with their lease's state and
-// whether their request was withdrawn, to tell a failed withdrawal from a
-// dead lease nobody deleted.
-func logWaiters(ctx context.Context, t *testing.T, db *testdb.DB) {
+// logRows logs the waiter or hold rows (table) left, with their lease's
+// state and whether their request was withdrawn, to tell a failed
+// withdrawal from a dead lease nobody deleted.
+func logRows(ctx context.Context, t *testing.T, db *testdb.DB, table string) {
 	t.Helper()
 	rows, err := db.QueryContext(ctx, `SELECT w.name, w.lease_id, w.request_id,
 		COALESCE(l.owner, '(no lease row)'), l.broken_at IS NOT NULL,
 		(SELECT COUNT(*) FROM sqldlm_withdrawn x WHERE x.lease_id = w.lease_id AND x.request_id = w.request_id)
-		FROM sqldlm_waiters w LEFT JOIN sqldlm_leases l ON l.id = w.lease_id`)
+		FROM `+table+` w LEFT JOIN sqldlm_leases l ON l.id = w.lease_id`)
 	if err != nil {
 		t.Logf("listing the waiter rows left: %v", err)
 		return
@@ -177,8 +180,8 @@ func logWaiters(ctx context.Context, t *testing.T, db *testdb.DB) {
 			t.Logf("listing the waiter rows left: %v", err)
 			return
 		}
-		t.Logf("waiter row left: name %q lease %d (owner %s, broken %v) request %d, withdrawal records %d",
-			name, lease, owner, broken, request, withdrawn)
+		t.Logf("%s row left: name %q lease %d (owner %s, broken %v) request %d, withdrawal records %d",
+			table, name, lease, owner, broken, request, withdrawn)
 	}
 }
 

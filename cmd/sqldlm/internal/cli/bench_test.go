@@ -83,7 +83,8 @@ func TestBench(t *testing.T) {
 			require.NoError(t, err)
 			require.Greater(t, img.Bounds().Dx(), 500)
 
-			code, out, errOut = run(t, "bench", "--dsn", db.DSN, "--duration", "100ms", "--workers", "2", "--workloads", "hot-exclusive", "--vacuum")
+			code, out, errOut = run(t, "bench", "--dsn", db.DSN, "--duration", "100ms", "--warmup", "500ms", "--workers", "2",
+				"--workloads", "hot-exclusive", "--vacuum")
 			require.Equal(t, ExitOK, code, errOut)
 			require.Regexp(t, `(?m)^WORKLOAD +W +IMPL +PAIRS/S +P50 ms +P99 ms +P99.9 ms +WAIT P99 +HANDOVER P50/P99 +DB CPU s +DB ms/1k +STMT/PAIR +÷2-COMMIT +÷ADVISORY$`, out)
 			require.Regexp(t, `(?m)^hot-exclusive +2 +sqldlm +[1-9][0-9,]* `, out)

@@ -656,6 +656,15 @@ func (r *jepsenRun) waitChildren() {
 	}
 }
 
+// ownerProc returns the process of a client owner "p<proc>.c<client>", or 0.
+func ownerProc(owner string) int {
+	var p, c int
+	if n, err := fmt.Sscanf(owner, "p%d.c%d", &p, &c); err != nil || n != 2 {
+		return 0
+	}
+	return p
+}
+
 // check runs the checkers and reports.
 func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.Duration, liveness []string) {
 	t := r.t
@@ -675,7 +684,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	grants := 0
 	for _, a := range audit {
 		auditRows = append(auditRows, jepsen.AuditRow{ID: a.ID, Event: a.Event, Name: a.Name, Token: a.Token, Lease: a.LeaseID, Mode: a.Mode.String(),
-			Detail: a.Detail, At: a.At.UnixNano() - wallToMono})
+			Detail: a.Detail, At: a.At.UnixNano() - wallToMono, P: ownerProc(a.Owner)})
 		if a.Event == "grant" || a.Event == "upgrade" {
 			grants++
 		}

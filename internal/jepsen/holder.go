@@ -47,6 +47,14 @@ func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string
 			acked[nameToken{o.Name, o.NewToken}] = o
 		}
 	}
+	// A lease that no recorded operation names (the process was killed
+	// with its only operation under that lease in flight) is the process's
+	// whose owner the database recorded with it.
+	for _, a := range audit {
+		if _, ok := leaseProc[a.Lease]; !ok && a.P != 0 {
+			leaseProc[a.Lease] = a.P
+		}
+	}
 	var v []string
 	n := 0
 	for i, dead := range audit {
@@ -75,8 +83,12 @@ func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string
 			p, known := leaseProc[dead.Lease]
 			kill, wasKilled := killed[p]
 			if !known || !wasKilled {
-				v = append(v, fmt.Sprintf("holder knows first %q: grant %d (p%d) followed the %s of lease %d's hold %d, whose holder never learned the lease ended",
-					dead.Name, next.Token, b.P, dead.Event, dead.Lease, dead.Token))
+				who := "a process unknown to the history"
+				if known {
+					who = fmt.Sprintf("p%d, not killed", p)
+				}
+				v = append(v, fmt.Sprintf("holder knows first %q: grant %d (p%d) followed the %s of lease %d's hold %d, whose holder (%s) never learned the lease ended",
+					dead.Name, next.Token, b.P, dead.Event, dead.Lease, dead.Token, who))
 				continue
 			}
 			k = kill

@@ -343,6 +343,17 @@ func TestHolderKnowsFirst(t *testing.T) {
 	released[2].Event = "release"
 	v, n = CheckHolderKnowsFirst([]Event{{T: Killed, P: 2, Mono: 120}}, ops, released)
 	require.Empty(t, v)
+	// A lease no recorded operation names (its process was killed with its
+	// only operation in flight) is attributed by the owner the audit log
+	// recorded: killed, it could not learn; unknown, it is a violation.
+	unnamed := append([]Op(nil), ops[:3]...) // lease 3's grant was never recorded
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 120}}, unnamed, audit)
+	require.Len(t, v, 1)
+	require.Contains(t, v[0], "unknown to the history")
+	owned := append([]AuditRow(nil), audit...)
+	owned[1].P, owned[4].P = 2, 2
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 120}}, unnamed, owned)
+	require.Empty(t, v)
 	require.Equal(t, 1, n)
 
 	late := []Event{{T: LeaseEnd, Lease: 1, Deadline: 250, Mono: 300}, {T: Killed, P: 2, Mono: 120}}

@@ -18,6 +18,9 @@ type AuditRow struct {
 	Detail string
 	// At is when the row was written, on the history's clock (Mono), or 0.
 	At int64
+	// P is the process whose client wrote the row's lease, from the owner
+	// the database recorded (0 if unknown).
+	P int
 }
 
 func (a AuditRow) granted() bool { return a.Event == "grant" || a.Event == "upgrade" }

@@ -49,8 +49,7 @@ type Client struct {
 // leaseAttempt is one lease creation in flight, which every caller that
 // needs a lease meanwhile waits for, each with its own context.
 type leaseAttempt struct {
-	done chan struct{} // closed when l and err are set
-	l    *lease
+	done chan struct{} // closed when err is set (nil: the lease is c.lease)
 	err  error
 }
 
@@ -268,7 +267,7 @@ func (c *Client) createLease(a *leaseAttempt) {
 		a.err = err
 		return
 	}
-	c.lease, a.l = l, l
+	c.lease = l
 	l.start()
 }
 

@@ -600,7 +600,7 @@ func (l *Lock) releaseLost(ctx context.Context) {
 		return
 	}
 	ref := l.ref()
-	ctx, cancel := context.WithTimeout(ctx, min(c.cfg.TTL/4, 2*time.Second))
+	ctx, cancel := context.WithTimeout(ctx, settleBound(c.cfg.TTL))
 	released, err := c.release(ctx, ref)
 	cancel()
 	switch {
@@ -615,6 +615,11 @@ func (l *Lock) releaseLost(ctx context.Context) {
 // releaseBound is how long Release waits for the database before it leaves
 // the release to the janitor.
 func releaseBound(ttl time.Duration) time.Duration { return min(ttl/2, 5*time.Second) }
+
+// settleBound is how long a statement that settles an unknown outcome (an
+// upgrade's withdrawal, a downgrade sent again, a lost handle's delete) may
+// take before the janitor, or giving the lock up, takes over.
+func settleBound(ttl time.Duration) time.Duration { return min(ttl/4, 2*time.Second) }
 
 // closedByClient reports whether Client.Close ended the lock.
 func (l *Lock) closedByClient() bool {
@@ -784,7 +789,7 @@ func (l *Lock) withdrawUpgrade(id, sharedToken int64, cause error) (int64, error
 	if !l.lease.live() {
 		return 0, cause // the lease's end lost (or released) the lock and covers the request
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.TTL/4, 2*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), settleBound(c.cfg.TTL))
 	res, err := c.dialect.Abandon(ctx, c.db, &dialect.AbandonParams{Name: l.name, LeaseID: l.lease.id, RequestID: id, KeepHold: true})
 	cancel()
 	if err != nil {
@@ -837,7 +842,7 @@ func (l *Lock) downgrade(ctx context.Context) error {
 		// hold's: exclusive over a shared hold would let Fence pass while
 		// other shared holders exist, and shared over an exclusive hold
 		// would misreport the lock.
-		sctx, cancel := context.WithTimeout(context.Background(), min(l.c.cfg.TTL/4, 2*time.Second))
+		sctx, cancel := context.WithTimeout(context.Background(), settleBound(l.c.cfg.TTL))
 		var settleErr error
 		ok, _, settleErr = l.downgradeStatement(sctx)
 		cancel()

@@ -5,9 +5,13 @@ import (
 	"io/fs"
 )
 
+// schema/ is generated from the migrations: go generate migrates a fresh
+// database up and writes its catalogue there, one file per table, view and
+// routine (TestSchemaMatchesMigrations fails when the two disagree).
+//go:generate go test -count=1 -run ^TestSchemaMatchesMigrations$ . -args -update-schema
+
 // The dialect's goose migrations, one file per schema version. Applied files
-// are never edited: a change to the schema is a new file. The live schema
-// they build is in schema/, one file per table, view and routine.
+// are never edited: a change to the schema is a new file.
 //
 //go:embed migrations/*.sql
 var migrationFiles embed.FS

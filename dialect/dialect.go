@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"regexp"
 	"syscall"
@@ -27,9 +28,14 @@ import (
 // Implementations are stateless values, safe for concurrent use.
 type Dialect interface {
 	// Name is the dialect's short name: "postgres", "mysql" or "sqlite". It is
-	// also the name of the dialect's folder under migrations/ and the scheme of
+	// also the name of the dialect's package under dialect/ and the scheme of
 	// its DSNs in the CLI.
 	Name() string
+
+	// Migrations returns the dialect's schema as goose SQL migrations, one
+	// file per version ("00001_create_lock_tables.sql", ...), embedded in the
+	// dialect's package. The migrations package applies them.
+	Migrations() fs.FS
 
 	// TimePrecision is the resolution of the server timestamps the dialect
 	// stores and compares (microseconds on PostgreSQL and MySQL, milliseconds on

@@ -1,6 +1,8 @@
-// Package migrations holds sqldlm's schema as goose SQL migrations, one
-// folder per dialect (postgres/, mysql/, sqlite/), embedded in the binary,
-// and applies them with a goose Provider.
+// Package migrations applies sqldlm's schema with a goose Provider. The SQL
+// itself belongs to each dialect: goose migration files embedded in
+// dialect/postgres/migrations, dialect/mysql/migrations and
+// dialect/sqlite/migrations, handed over by [dialect.Dialect.Migrations];
+// this package is the goose glue only.
 //
 // Applied versions are recorded in sqldlm's own table, sqldlm_schema_version,
 // never in the application's goose_db_version, so sqldlm's migrations and the
@@ -8,7 +10,7 @@
 // dialect's [dialect.Dialect.LockMigrations].
 //
 // Teams that apply schema with their own tool (Flyway, Alembic, Liquibase)
-// can read the same files in this folder of the source tree: each file's
+// can read the same files in those folders of the source tree: each file's
 // "-- +goose Up" section is the forward migration and its "-- +goose Down"
 // section the reverse. See the README for recording the version afterwards.
 package migrations
@@ -16,7 +18,6 @@ package migrations
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -35,21 +36,19 @@ import (
 // VersionTable is the table in which applied schema versions are recorded.
 const VersionTable = "sqldlm_schema_version"
 
-//go:embed postgres/*.sql mysql/*.sql sqlite/*.sql
-var files embed.FS
-
 var gooseDialects = map[string]database.Dialect{
 	"postgres": database.DialectPostgres,
 	"mysql":    database.DialectMySQL,
 	"sqlite":   database.DialectSQLite3,
 }
 
-// FS returns the migration files of d's dialect: "00001_name.sql", ...
+// FS returns the migration files of d's dialect, as d.Migrations() hands
+// them over: "00001_name.sql", ...
 func FS(d dialect.Dialect) (fs.FS, error) {
 	if _, ok := gooseDialects[d.Name()]; !ok {
 		return nil, fmt.Errorf("no migrations for dialect %q", d.Name())
 	}
-	return fs.Sub(files, d.Name())
+	return d.Migrations(), nil
 }
 
 // Latest returns the newest schema version among d's migration files: the

@@ -1,8 +1,10 @@
 package mysql
 
-// MySQL's lock operations are stored procedures (created by the migrations in
-// migrations/mysql), so that each method is one CALL: one statement from Go,
-// one commit on the server. Names and owners are always bind parameters.
+// MySQL's lock operations are stored procedures, so that each method is one
+// CALL: one statement from Go, one commit on the server. The live definition
+// of each procedure, table and view is in schema/<name>.sql, generated from
+// the migrations (migrations/*.sql, the source; each migration's header says
+// what its version changed, and migrations/HISTORY.md lists the versions). Names and owners are always bind parameters.
 // Every procedure reads the clock with SYSDATE(6) under time_zone '+00:00',
 // restores the session's time_zone before it returns, runs its transactions
 // at READ COMMITTED and rolls back (then re-raises) on any error, so a lock

@@ -11,6 +11,11 @@
 //
 // sqldlm's tables live in the connection's current database (the one named
 // in the DSN).
+//
+// The package owns its SQL: migrations/ holds the goose migrations, one file
+// per schema version, embedded and handed over by [Dialect]().Migrations();
+// schema/ holds the live result, one file per table, view and procedure,
+// generated from them by go generate.
 package mysql
 
 import (

@@ -1,23 +1,38 @@
 package postgres
 
-// PostgreSQL's lock operations run in the server, as PL/pgSQL functions
-// created by the migration (migrations/postgres/00001_create_lock_tables.sql,
-// which explains the lock order and the checks). Each method is one statement,
-// so one round trip and, in autocommit mode, one transaction and one commit.
-// Every expiry decision uses clock_timestamp(), read after the row locks it
-// depends on. Statements per operation:
+// PostgreSQL's lock operations run in the server, as PL/pgSQL functions.
+// The live definition of each function, table and view is in
+// schema/<name>.sql, generated from the migrations (migrations/*.sql, the
+// source). The header of migrations/00001_create_lock_tables.sql explains
+// the lock order and the checks, each later migration's header what its
+// version changed, and migrations/HISTORY.md lists the versions.
+//
+// Each method is one statement, so one round trip and, in autocommit mode,
+// one transaction and one commit. Every expiry decision uses
+// clock_timestamp(), read after the row locks it depends on. While the
+// audit setting is on, the functions that grant, upgrade, downgrade or
+// delete holds also INSERT their audit rows ([audit] below) in the statement
+// that changes them (a data-modifying CTE joined to the setting's row),
+// except for Acquire's grant row. The functions that free a name wake its
+// queue with sqldlm_wake, which notifies only the live waiters at its head
+// ("<lease id> <request id> <name>", see Listen). What each operation runs:
 //
 //	CreateLease  INSERT lease (expiry from clock_timestamp())
 //	RenewLease   UPDATE lease WHERE live (a renewal that waited for a row
 //	             lock re-checks the condition, with a fresh clock, on the
 //	             row's newest version)
-//	DeleteLease  SELECT sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE
-//	             its holds, waiters, pending records and withdrawal records,
-//	             DELETE it, wake the names' queues
-//	Acquire      SELECT sqldlm_acquire, with lock_timeout 1s (every lock wait
-//	             fails with 55P03 after a second; the client retries). [Fast
-//	             path, below.] Phase 1, no row locks: SELECT the request's
-//	             withdrawal record (withdrawn: return), one SELECT
+//	DeleteLease  sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE its
+//	             holds [audit], waiters, pending records and withdrawal
+//	             records, DELETE it, sqldlm_wake the names
+//	Acquire      sqldlm_acquire, every lock wait bounded by its
+//	             function-level lock_timeout of 1s (55P03; the client
+//	             retries). Fast path (not an upgrade): if plain reads find no
+//	             hold and no waiter of the name, lock the name's row and the
+//	             own lease, check again with a snapshot and clock taken after
+//	             the locks (and the withdrawal record: withdrawn, return),
+//	             then INSERT hold [audit], UPDATE the name's row; anything
+//	             else falls through. Phase 1, no row locks: SELECT the
+//	             request's withdrawal record (withdrawn: return), one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
 //	             (idempotent retry), own waiter, [upgrade: own shared hold,
 //	             other upgraders], conflicting holds of live leases or of
@@ -25,97 +40,79 @@ package postgres
 //	             if blocked: [first enqueue, not an upgrade: lock the name's
 //	             row FOR KEY SHARE (phase 2 if it is gone), own lease FOR KEY
 //	             SHARE, SELECT the withdrawal record again (withdrawn:
-//	             return), INSERT waiter], return. Phase 2: lock the name's
-//	             row FOR UPDATE (INSERT
-//	             it if missing), own lease FOR KEY SHARE; SELECT the
-//	             withdrawal record again (withdrawn: return, nothing written);
-//	             evaluate again; lock the leases of conflicting holds dead
-//	             for the lock delay FOR NO KEY UPDATE and evaluate again,
-//	             until stable; [lock their holds of the name FOR UPDATE SKIP
-//	             LOCKED: blocked, expiry unknown (NULL), if a fence pins
-//	             one, [INSERT waiter]]; then SELECT the audit
+//	             return), lock the name's holds and waiter rows FOR SHARE
+//	             (sqldlm_enqueue_guard: a removal that comes later waits for
+//	             this commit, so it sees the waiter it must wake) and
+//	             evaluate again (no longer blocked: return blocked with no
+//	             holder, so the client asks again at once), INSERT waiter],
+//	             return. Phase 2: lock the name's
+//	             row FOR UPDATE (INSERT it if missing), own lease FOR KEY
+//	             SHARE; SELECT the withdrawal record again (withdrawn: return,
+//	             nothing written); evaluate again; lock the leases of
+//	             conflicting holds dead for the lock delay FOR NO KEY UPDATE
+//	             and evaluate again, until stable; [lock their holds of the
+//	             name FOR UPDATE SKIP LOCKED: blocked, expiry unknown (NULL),
+//	             if a fence pins one, [INSERT waiter]]; then SELECT the audit
 //	             setting and the own lease's owner, [DELETE upgraded hold
 //	             RETURNING its payload], DELETE the dead leases' (and
 //	             orphaned) holds of the name RETURNING them, joined to their
-//	             leases (the holds taken over, with their payloads) [and
-//	             INSERT their takeover audit rows], [UPDATE dead leases SET
-//	             broken_at], INSERT hold (with its payload, or the upgraded
-//	             hold's) RETURNING token, [INSERT its audit row], UPDATE the
-//	             name's row, DELETE own waiter; or, if blocked after all,
-//	             [first enqueue of an upgrade: INSERT waiter]
-//	Abandon      SELECT sqldlm_abandon, with lock_timeout 1s: lock the name's
-//	             row FOR UPDATE (INSERT it if missing), own lease FOR KEY
-//	             SHARE; [lease there: INSERT the withdrawal record ON
-//	             CONFLICT DO NOTHING]; DELETE waiter; DELETE hold [and INSERT
-//	             its audit row], or with KeepHold SELECT its token; wake the
-//	             names' queues
-//	Release      SELECT sqldlm_release: DELETE hold, NOTIFY
-//	Downgrade    SELECT sqldlm_downgrade: UPDATE hold WHERE lease live, NOTIFY
-//	SetPayload   SELECT sqldlm_set_payload: UPDATE hold WHERE lease live
-//	Fence        SELECT sqldlm_fence, in the caller's tx: SET LOCAL
+//	             leases (the holds taken over, with their payloads) [audit:
+//	             takeover], [UPDATE dead leases SET broken_at], INSERT hold
+//	             (with its payload, or the upgraded hold's) RETURNING token,
+//	             [audit: grant or upgrade], UPDATE the name's row, DELETE own
+//	             waiter; or, if blocked after all, [first enqueue:
+//	             sqldlm_enqueue_guard's locks, evaluate again, INSERT waiter]
+//	AcquireTx    sqldlm_acquire_tx, in the caller's tx: refuse any isolation
+//	             but READ COMMITTED (SQLSTATE SQD01); Acquire's statements
+//	             (without enqueue or upgrade); if granted, DELETE the pending
+//	             record. It runs sqldlm_acquire, whose lock_timeout of 1s ends
+//	             with it: the caller's own setting is back on return
+//	CreatePending  INSERT pending record (created_at from clock_timestamp())
+//	PendingOutcome sqldlm_pending_outcome: DELETE the record if it can be
+//	             locked FOR UPDATE SKIP LOCKED (not committed); otherwise
+//	             SELECT it plainly: there (open) or gone (committed)
+//	Abandon      sqldlm_abandon, lock_timeout 1s: lock the name's row FOR
+//	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
+//	             [lease there: INSERT the withdrawal record ON CONFLICT DO
+//	             NOTHING]; DELETE waiter; DELETE hold [audit], or with
+//	             KeepHold SELECT its token; sqldlm_wake the name. The record
+//	             makes the withdrawal final: every statement that inserts a
+//	             hold or a waiter row checks it after the name's row lock
+//	             (which conflicts with Abandon's FOR UPDATE) and the own
+//	             lease's, so a late statement of a withdrawn request grants
+//	             and queues nothing (status withdrawn)
+//	Release      sqldlm_release: DELETE hold [audit]; if anyone waits,
+//	             sqldlm_wake
+//	ReleaseHandOver sqldlm_release_next: if anyone waits, lock the name's
+//	             row FOR UPDATE first; DELETE hold [audit]; grant the live
+//	             waiter(s) at the head of the queue that no hold conflicts
+//	             with (lock lease FOR KEY SHARE and waiter FOR UPDATE, INSERT
+//	             hold with the waiter row's payload [audit], UPDATE the
+//	             name's row, DELETE waiter) and notify each with the grant,
+//	             "g <lease id> <request id> <token> <name>", so it sends no
+//	             statement (ConfirmGrant reads the hold such a notification
+//	             announces); nobody granted: sqldlm_wake
+//	ReleaseTx    sqldlm_release, in the caller's tx; at REPEATABLE READ and
+//	             SERIALIZABLE, if no hold was deleted: SELECT hold and lease
+//	             live through db (live: serialization error)
+//	Downgrade    sqldlm_downgrade: UPDATE hold WHERE lease live [audit],
+//	             sqldlm_wake
+//	SetPayload   sqldlm_set_payload: UPDATE hold WHERE lease live
+//	Fence        sqldlm_fence, in the caller's tx: SET LOCAL
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
 //	             FOR KEY SHARE; SELECT lease live. At REPEATABLE READ and
 //	             SERIALIZABLE, if sqldlm_fence says no: SELECT hold and
 //	             lease live through db (autocommit; held and live: a
 //	             serialization error); if yes: SAVEPOINT, SELECT lease FOR
 //	             SHARE, ROLLBACK TO and RELEASE the savepoint, in tx
-//	ReleaseTx    SELECT sqldlm_release, in the caller's tx; at REPEATABLE
-//	             READ and SERIALIZABLE, if no hold was deleted: SELECT hold
-//	             and lease live through db (live: serialization error)
-//	Reap         SELECT sqldlm_reap: lock up to limit dead leases FOR UPDATE
-//	             SKIP LOCKED, re-check, DELETE their holds, waiters, leases,
-//	             and the pending records of leases gone (SKIP LOCKED); lock
-//	             up to limit idle lock rows FOR UPDATE SKIP LOCKED, DELETE
-//	             those still idle; DELETE up to limit audit rows past the
-//	             retention (SKIP LOCKED); DELETE the withdrawal records of
-//	             the leases it deleted, and up to limit older than an hour
-//	             (SKIP LOCKED); wake the names' queues
-//	AcquireTx    SELECT sqldlm_acquire_tx, in the caller's tx: refuse any
-//	             isolation but READ COMMITTED (SQLSTATE SQD01); Acquire's
-//	             statements (without enqueue or upgrade); if granted, DELETE
-//	             the pending record
-//	CreatePending  INSERT pending record (created_at from clock_timestamp())
-//	PendingOutcome SELECT sqldlm_pending_outcome: DELETE the record if it can
-//	             be locked FOR UPDATE SKIP LOCKED (not committed); otherwise
-//	             SELECT it plainly: there (open) or gone (committed)
-//
-// Since schema version 3 (migrations/postgres/00003_tx_acquire_and_audit.sql)
-// every function that grants, upgrades, downgrades or deletes holds also
-// INSERTs their audit rows when the audit setting is on: in the statement
-// that changes them (a data-modifying CTE joined to the setting's row),
-// except for Acquire's grant row; still one round trip per operation.
-//
-// Since schema version 4 (migrations/postgres/00004_fast_grant_and_head_wake.sql)
-// Acquire first tries a fast path: if plain reads find no hold and no waiter
-// of the name, it locks the name's row and the own lease, checks again after
-// the locks, and grants with INSERT hold [, INSERT audit row], UPDATE the
-// name's row; anything else falls through to the statements above. And the
-// functions that used to NOTIFY a name (Abandon, Release, Downgrade,
-// DeleteLease, Reap, Break) call sqldlm_wake, which notifies only the live
-// waiters at the head of the name's queue, with the payload
-// "<lease id> <request id> <name>" (see Listen). ReleaseHandOver runs
-// sqldlm_release_next: when someone waits, it locks the name's row
-// first, deletes the hold, and grants the waiter(s) at the head of the queue
-// in the same transaction (sqldlm_acquire on their behalf, with the payload
-// their waiter row keeps) when no hold conflicts, notifying them.
-//
-// Since schema version 5 (migrations/postgres/00005_lean_handover.sql)
-// sqldlm_release_next grants the head itself (INSERT hold [, INSERT audit
-// row], UPDATE the name's row, DELETE the waiter row) instead of running
-// sqldlm_acquire, and its notification carries the grant:
-// "g <lease id> <request id> <token> <name>", so the woken waiter sends no
-// statement.
-//
-// Since schema version 6 (migrations/postgres/00006_final_withdrawal.sql)
-// a withdrawal is final: Abandon records it (sqldlm_withdrawn) under the
-// name's row lock, and every statement that inserts a hold or a waiter row
-// (the fast path and phase 2 after the name's row FOR UPDATE, a first
-// enqueue after the name's row FOR KEY SHARE, which Abandon's FOR UPDATE
-// conflicts with) checks the record after those locks and the own lease's,
-// so a late statement of a withdrawn request grants and queues nothing
-// (status withdrawn). sqldlm_acquire and sqldlm_abandon bound every lock wait with a
-// function-level lock_timeout of 1s, restored when they return, so the
-// caller's transaction of AcquireTx keeps its own setting.
+//	Reap         sqldlm_reap: lock up to limit dead leases FOR UPDATE SKIP
+//	             LOCKED, re-check, DELETE their holds [audit], waiters,
+//	             leases, and the pending records of leases gone (SKIP
+//	             LOCKED); lock up to limit idle lock rows FOR UPDATE SKIP
+//	             LOCKED, DELETE those still idle; DELETE up to limit audit
+//	             rows past the retention (SKIP LOCKED); DELETE the withdrawal
+//	             records of the leases it deleted, and up to limit older than
+//	             an hour (SKIP LOCKED); sqldlm_wake the names
 
 import (
 	"context"

@@ -5,6 +5,11 @@
 // of search_path that exists); point search_path at a schema of your choice,
 // for example with "?search_path=locks" in the DSN, to keep them apart from
 // the application's tables.
+//
+// The package owns its SQL: migrations/ holds the goose migrations, one file
+// per schema version, embedded and handed over by [Dialect]().Migrations();
+// schema/ holds the live result, one file per table, view and function,
+// generated from them by go generate.
 package postgres
 
 import (

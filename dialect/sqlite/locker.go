@@ -3,7 +3,9 @@ package sqlite
 // SQLite's lock operations run in Go, inside BEGIN IMMEDIATE transactions:
 // SQLite has one writer at a time, so each operation sees and changes the
 // tables alone, and "now" is read once after the write lock is taken. There
-// is no server round trip to save. Statements per operation:
+// is no server round trip to save. The tables, indexes and views are in
+// schema/<table>.sql, generated from the migrations (migrations/*.sql, the
+// source). Statements per operation:
 //
 //	CreateLease  INSERT lease
 //	RenewLease   UPDATE lease WHERE live

@@ -7,6 +7,11 @@
 // and open the database with it. Open it in WAL mode with a busy timeout, for
 // example "file:locks.db?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)";
 // sqldlm also sets busy_timeout on the connections it uses.
+//
+// The package owns its SQL: migrations/ holds the goose migrations, one file
+// per schema version, embedded and handed over by [Dialect]().Migrations();
+// schema/ holds the live result, one file per table and view, generated from
+// them by go generate.
 package sqlite
 
 import (

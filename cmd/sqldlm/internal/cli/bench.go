@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm"
-	"github.com/sqldlm/sqldlm/bench"
+	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 )
 
 const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--runs N]

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 )
@@ -189,10 +191,9 @@ type progress struct {
 
 func newProgress(w io.Writer) *progress {
 	p := &progress{w: w}
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			p.tty = true
-		}
+	// A terminal, not any character device: 2>/dev/null is not one.
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.tty = true
 	}
 	return p
 }

@@ -13,11 +13,17 @@
 //	if err != nil { ... }
 //	defer c.Close()
 //
-// The dialect is detected from db's driver (github.com/jackc/pgx/v5/stdlib,
+// Import the dialect package of your database for its side effect, as you
+// import a database/sql driver:
+//
+//	import _ "github.com/sqldlm/sqldlm/dialect/postgres" // or dialect/mysql, dialect/sqlite
+//
+// The dialect is then detected from db's driver (github.com/jackc/pgx/v5/stdlib,
 // github.com/go-sql-driver/mysql or modernc.org/sqlite) unless
-// Config.Dialect names it. sqldlm's tables live in the connection's current
-// schema (PostgreSQL), database (MySQL) or file (SQLite); their names all
-// start with sqldlm_.
+// Config.Dialect names it. This package imports no dialect itself, so a
+// program links only the drivers it uses. sqldlm's tables live in the
+// connection's current schema (PostgreSQL), database (MySQL) or file
+// (SQLite); their names all start with sqldlm_.
 //
 // # Locks
 //

@@ -12,6 +12,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/sqldlm/sqldlm"
+	_ "github.com/sqldlm/sqldlm/dialect/sqlite" // registers the SQLite dialect for modernc.org/sqlite
 )
 
 // openExampleDB opens a fresh SQLite database in a temporary folder.

@@ -14,8 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/sqldlm/sqldlm"
-	"github.com/sqldlm/sqldlm/bench"
+	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 )
 
 const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--runs N]
@@ -189,10 +191,9 @@ type progress struct {
 
 func newProgress(w io.Writer) *progress {
 	p := &progress{w: w}
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			p.tty = true
-		}
+	// A terminal, not any character device: 2>/dev/null is not one.
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.tty = true
 	}
 	return p
 }

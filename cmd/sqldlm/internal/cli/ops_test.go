@@ -224,3 +224,42 @@ func TestJSONOutputs(t *testing.T) {
 	require.Equal(t, "applied", status.Migrations[0].State)
 	require.NotNil(t, status.Migrations[0].AppliedAt)
 }
+
+// A command that ignores SIGTERM is killed --grace after the lock is lost.
+func TestRunKillsCommandThatIgnoresSIGTERM(t *testing.T) {
+	t.Parallel()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	type result struct {
+		code           int
+		stdout, stderr string
+		took           time.Duration
+	}
+	done := make(chan result, 1)
+	var broken time.Time
+	brokenSet := make(chan struct{})
+	go func() {
+		var out, errOut bytes.Buffer
+		code := Main(context.Background(), []string{"run", "--dsn", db.DSN, "--lock", "job/stubborn", "--ttl", "1s", "--grace", "300ms",
+			"--", "sh", "-c", "trap 'echo got-term' TERM; while true; do sleep 0.05; done"},
+			strings.NewReader(""), &out, &errOut)
+		<-brokenSet
+		done <- result{code, out.String(), errOut.String(), time.Since(broken)}
+	}()
+	require.Eventually(t, func() bool {
+		code, out, _ := run(t, "locks", "--dsn", db.DSN, "--prefix", "job/stubborn")
+		return code == ExitOK && strings.Contains(out, "job/stubborn")
+	}, 10*time.Second, 20*time.Millisecond)
+	broken = time.Now()
+	close(brokenSet)
+	code, _, errOut := run(t, "break", "job/stubborn", "--dsn", db.DSN, "--yes")
+	require.Equal(t, ExitOK, code, errOut)
+	select {
+	case r := <-done:
+		require.Equal(t, ExitLockLost, r.code, r.stderr)
+		require.Contains(t, r.stdout, "got-term", "the command was sent SIGTERM first")
+		require.Contains(t, r.stderr, `lock "job/stubborn" lost`)
+		require.GreaterOrEqual(t, r.took, 300*time.Millisecond, "SIGKILL comes --grace after SIGTERM")
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not kill its command that ignores SIGTERM")
+	}
+}

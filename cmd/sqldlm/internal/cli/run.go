@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -103,23 +104,59 @@ func runRun(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 
-	// The command's output is copied by goroutines of os/exec (unless it is
-	// a file): serialise it with run's own messages.
+	// On lock loss, lost is cancelled: exec sends the command SIGTERM
+	// (Cancel) and SIGKILL --grace later if it has not exited (WaitDelay;
+	// at least 1ns, since 0 would mean never: --grace 0 kills at once).
+	lost, loseLock := context.WithCancel(context.Background())
+	defer loseLock()
+	cmd := exec.CommandContext(lost, command[0], command[1:]...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = max(*grace, time.Nanosecond)
+
+	// The command's stderr is a pipe of run's own, copied into errOut, so
+	// that run's messages and the command's output are written one at a
+	// time; so is its stdout unless that is a file. Being files to exec,
+	// they are not the I/O pipes WaitDelay would close --grace after the
+	// command exits: a descendant that keeps them open keeps run waiting.
 	errOut := &lockedWriter{w: s.err}
-	cmd := exec.Command(command[0], command[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.in, s.out, errOut
+	stderr, stderrCopied, err := pipeTo(errOut)
+	if err != nil {
+		return err
+	}
+	stdout, stdoutCopied := s.out, func() {}
+	if _, isFile := s.out.(*os.File); s.out != nil && !isFile {
+		if stdout, stdoutCopied, err = pipeTo(s.out); err != nil {
+			stderr.Close()
+			stderrCopied()
+			return err
+		}
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.in, stdout, stderr
 	cmd.Env = append(os.Environ(), "SQLDLM_TOKEN="+strconv.FormatInt(l.Token(), 10), "SQLDLM_LOCK="+*name)
-	if err := cmd.Start(); err != nil {
+	startErr := cmd.Start()
+	// The command has its own copies of the write ends (or never will).
+	stderr.Close()
+	if stdout != s.out {
+		stdout.(*os.File).Close()
+	}
+	if startErr != nil {
+		stderrCopied()
+		stdoutCopied()
 		_ = l.Release(context.WithoutCancel(ctx))
-		return fmt.Errorf("start %s: %w", command[0], err)
+		return fmt.Errorf("start %s: %w", command[0], startErr)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		stderrCopied()
+		stdoutCopied()
+		exited <- err
+	}()
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	lost := false
+	lockDone := l.Done()
 	var waitErr error
 loop:
 	for {
@@ -128,28 +165,19 @@ loop:
 			break loop
 		case sig := <-signals:
 			_ = cmd.Process.Signal(sig)
-		case <-l.Done():
-			if lost || l.Err() == nil {
+		case <-lockDone:
+			lockDone = nil
+			if l.Err() == nil {
 				continue
 			}
-			lost = true
 			fmt.Fprintf(errOut, "sqldlm run: lock %q lost (%v): sending SIGTERM to %s\n", *name, l.Err(), command[0])
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			go func() {
-				t := time.NewTimer(*grace)
-				defer t.Stop()
-				select {
-				case <-t.C:
-					_ = cmd.Process.Kill()
-				case <-ctx.Done():
-				}
-			}()
+			loseLock()
 		}
 	}
 	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *ttl)
 	relErr := l.Release(relCtx)
 	cancel()
-	if lost || errors.Is(relErr, sqldlm.ErrLost) {
+	if lost.Err() != nil || errors.Is(relErr, sqldlm.ErrLost) {
 		return &exitError{code: ExitLockLost, msg: fmt.Sprintf("lock %q was lost while %s ran", *name, command[0])}
 	}
 	var exitErr *exec.ExitError
@@ -164,4 +192,20 @@ loop:
 		return waitErr
 	}
 	return nil
+}
+
+// pipeTo returns the write end of a pipe whose read end is copied to w
+// until EOF, and a function that waits for that copy and closes the read
+// end. The caller closes the write end.
+func pipeTo(w io.Writer) (*os.File, func(), error) {
+	r, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(w, r)
+	}()
+	return pw, func() { <-copied; r.Close() }, nil
 }

@@ -132,6 +132,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // Statuses returned by sqldlm_acquire.
@@ -178,7 +179,7 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 	if err != nil {
 		return nil, err
 	}
-	return dialect.Unique(names), nil
+	return sqlutil.Unique(names), nil
 }
 
 // Acquire calls sqldlm_acquire. Its last result set is the status row (seven
@@ -392,7 +393,7 @@ func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Abando
 	if !got {
 		return nil, errors.New("sqldlm_abandon returned no kept row")
 	}
-	res.Freed = dialect.Unique(res.Freed)
+	res.Freed = sqlutil.Unique(res.Freed)
 	return res, nil
 }
 
@@ -526,7 +527,7 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 	if !counted {
 		return nil, errors.New("sqldlm_reap returned no counts")
 	}
-	res.Freed = dialect.Unique(res.Freed)
+	res.Freed = sqlutil.Unique(res.Freed)
 	return res, nil
 }
 

@@ -16,7 +16,6 @@ package mysql
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // Dialect returns a MySQL/MariaDB dialect. It is safe for concurrent use.
@@ -98,7 +98,7 @@ func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(
 		var got sql.NullInt64
 		err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(`+lockName+`, ?)`, migrationLockWait).Scan(&got)
 		if err != nil {
-			discard(conn)
+			sqlutil.Discard(conn)
 			return nil, fmt.Errorf("lock database %q for migration: %w", database.String, d.ClassifyError(err))
 		}
 		if got.Valid && got.Int64 == 1 {
@@ -115,17 +115,11 @@ func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(
 			err = errors.New("migration lock was not held")
 		}
 		if err != nil {
-			discard(conn)
+			sqlutil.Discard(conn)
 			return fmt.Errorf("unlock database %q after migration: %w", database.String, d.ClassifyError(err))
 		}
 		return nil
 	}, nil
-}
-
-// discard makes database/sql close conn's physical connection instead of
-// returning it to the pool, so no session state (a GET_LOCK) leaks.
-func discard(conn *sql.Conn) {
-	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 }
 
 func (mysqlDialect) QuoteIdentifier(name string) (string, error) {

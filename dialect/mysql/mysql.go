@@ -60,7 +60,7 @@ func (d mysqlDialect) prepared(ctx context.Context, db *sql.DB, query string) (*
 	return stmt, nil
 }
 
-var _ dialect.Dialect = mysqlDialect{}
+var _ dialect.Testable = mysqlDialect{}
 
 func (mysqlDialect) Name() string { return "mysql" }
 

@@ -25,7 +25,7 @@ func Dialect() dialect.Dialect { return postgresDialect{} }
 
 type postgresDialect struct{}
 
-var _ dialect.Dialect = postgresDialect{}
+var _ dialect.Testable = postgresDialect{}
 
 func (postgresDialect) Name() string { return "postgres" }
 

@@ -2,10 +2,7 @@ package sqldlm
 
 import (
 	"context"
-	"fmt"
 	"time"
-
-	"github.com/sqldlm/sqldlm/dialect"
 )
 
 // AuditFilter selects rows of the audit log. Its zero value selects all.
@@ -41,21 +38,11 @@ type AuditEntry struct {
 	Detail  string
 }
 
-// AuditLog returns the audit log rows f selects, oldest first. The log is
-// written only while it is on (Config.Audit, `sqldlm log on`); the reaper
-// deletes rows older than the retention.
+// AuditLog returns the audit log rows f selects, oldest first: see
+// [Admin.AuditLog].
 func (c *Client) AuditLog(ctx context.Context, f AuditFilter) ([]AuditEntry, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
-	rows, err := c.dialect.AuditLog(ctx, c.db, &dialect.AuditFilter{Name: f.Name, Since: f.Since, Limit: f.Limit})
-	if err != nil {
-		return nil, fmt.Errorf("sqldlm: read the audit log: %w", err)
-	}
-	out := make([]AuditEntry, len(rows))
-	for i, r := range rows {
-		out[i] = AuditEntry{ID: r.ID, At: r.At, Event: string(r.Event), Name: r.Name, Owner: r.Owner, LeaseID: r.LeaseID,
-			Token: r.Token, Mode: modeOf(r.Mode), Payload: r.Payload, Detail: r.Detail}
-	}
-	return out, nil
+	return c.admin().AuditLog(ctx, f)
 }

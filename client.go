@@ -358,9 +358,6 @@ func (c *Client) wakeup(w dialect.Wakeup) {
 	c.waiters.wakeRequest(w.Name, w.RequestID, wakeup{lease: w.LeaseID, token: w.Token})
 }
 
-// Dialect returns the client's dialect.
-func (c *Client) Dialect() dialect.Dialect { return c.dialect }
-
 // Owner returns the owner name the client shows in introspection.
 func (c *Client) Owner() string { return c.cfg.Owner }
 

@@ -32,7 +32,7 @@ func TestNewDetectsDialectAndChecksSchema(t *testing.T) {
 			require.NoError(t, Migrate(ctx, db.DB, nil))
 			c, err := New(db.DB, Config{Owner: "conductor-3", TTL: 2 * time.Second})
 			require.NoError(t, err)
-			require.Equal(t, kind, c.Dialect().Name(), "detected from the driver")
+			require.Equal(t, kind, c.dialect.Name(), "detected from the driver")
 			require.Equal(t, "conductor-3", c.Owner())
 			require.Equal(t, 2*time.Second, c.TTL())
 			require.NoError(t, c.Close())

@@ -2,13 +2,10 @@ package sqldlm
 
 import (
 	"context"
-	"fmt"
 	"time"
-
-	"github.com/sqldlm/sqldlm/dialect"
 )
 
-// Filter selects the names [Client.Locks] reports. Its zero value selects
+// Filter selects the names [Admin.Locks] and [Client.Locks] report. Its zero value selects
 // every name that is held or awaited.
 type Filter struct {
 	// Prefix keeps names that start with these bytes (no wildcards: "node_"
@@ -70,51 +67,23 @@ type LeaseInfo struct {
 }
 
 // Locks reports the names that are held or awaited, sorted by name, with
-// their holders and waiters. Ages and expiries come from the database's
-// clock. The same information is in the SQL views sqldlm_holders_view and
-// sqldlm_waiters_view.
+// their holders and waiters: see [Admin.Locks].
 func (c *Client) Locks(ctx context.Context, f Filter) ([]LockInfo, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
-	states, err := c.dialect.Locks(ctx, c.db, &dialect.LocksFilter{Prefix: f.Prefix, Owner: f.Owner})
-	if err != nil {
-		return nil, fmt.Errorf("sqldlm: list locks: %w", err)
-	}
-	out := make([]LockInfo, 0, len(states))
-	for _, s := range states {
-		li := LockInfo{Name: s.Name, Token: s.Token}
-		for _, h := range s.Holders {
-			mode := modeOf(h.Mode)
-			li.Holders = append(li.Holders, HolderInfo{Owner: h.Owner, LeaseID: h.LeaseID, Mode: mode, Token: h.Token,
-				Since: h.Since, HeldFor: h.HeldFor, ExpiresIn: h.ExpiresIn, Live: h.Live, Payload: h.Payload})
-			if h.Live && mode > li.Mode {
-				li.Mode = mode
-			}
-		}
-		for _, w := range s.Waiters {
-			li.Waiters = append(li.Waiters, WaiterInfo{Owner: w.Owner, LeaseID: w.LeaseID, Mode: modeOf(w.Mode), Upgrade: w.Upgrade,
-				Since: w.Since, Waited: w.Waited, Position: w.Position})
-		}
-		out = append(out, li)
-	}
-	return out, nil
+	return c.admin().Locks(ctx, f)
 }
 
 // Leases reports every client lease in the database, live or dead but not
-// yet reaped, sorted by owner. The same information is in the SQL view
-// sqldlm_leases_view.
+// yet reaped, sorted by owner: see [Admin.Leases].
 func (c *Client) Leases(ctx context.Context) ([]LeaseInfo, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
-	states, err := c.dialect.Leases(ctx, c.db)
-	if err != nil {
-		return nil, fmt.Errorf("sqldlm: list leases: %w", err)
-	}
-	out := make([]LeaseInfo, 0, len(states))
-	for _, s := range states {
-		out = append(out, LeaseInfo(s))
-	}
-	return out, nil
+	return c.admin().Leases(ctx)
 }
+
+// admin is the Admin of the client's database, which its Locks, Leases and
+// AuditLog are.
+func (c *Client) admin() *Admin { return &Admin{db: c.db, dialect: c.dialect} }

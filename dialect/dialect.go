@@ -37,16 +37,6 @@ type Dialect interface {
 	// dialect's package. The migrations package applies them.
 	Migrations() fs.FS
 
-	// TimePrecision is the resolution of the server timestamps the dialect
-	// stores and compares (microseconds on PostgreSQL and MySQL, milliseconds on
-	// SQLite).
-	TimePrecision() time.Duration
-
-	// Now reads the database server's clock: the time at which the statement
-	// runs, not the start of an enclosing transaction. It is the clock every
-	// expiry decision is made with.
-	Now(ctx context.Context, q Querier) (time.Time, error)
-
 	// ClassifyError maps a driver error onto the sentinels of this package
 	// (ErrUniqueViolation, ErrDeadlock, ...). The result wraps the sentinel and
 	// keeps the driver's message and code as text, so nothing above the seam
@@ -60,13 +50,31 @@ type Dialect interface {
 	// returned function releases the lock; it must be called on success.
 	LockMigrations(ctx context.Context, conn *sql.Conn) (unlock func(context.Context) error, err error)
 
-	// QuoteIdentifier validates name with [ValidateIdentifier] and quotes it
-	// for use as a schema, database or table name in this dialect's SQL.
-	QuoteIdentifier(name string) (string, error)
-
 	Locker
 	Inspector
 	Auditor
+}
+
+// Testable is a [Dialect] with what sqldlm's tests need and sqldlm itself
+// never calls. Every dialect shipped with sqldlm implements it; the
+// conformance suite (dialecttest) and the test databases (internal/testdb)
+// assert it.
+type Testable interface {
+	Dialect
+
+	// TimePrecision is the resolution of the server timestamps the dialect
+	// stores and compares (microseconds on PostgreSQL and MySQL, milliseconds on
+	// SQLite).
+	TimePrecision() time.Duration
+
+	// Now reads the database server's clock: the time at which the statement
+	// runs, not the start of an enclosing transaction. It is the clock every
+	// expiry decision is made with (inside the dialect's SQL).
+	Now(ctx context.Context, q Querier) (time.Time, error)
+
+	// QuoteIdentifier validates name with [ValidateIdentifier] and quotes it
+	// for use as a schema, database or table name in this dialect's SQL.
+	QuoteIdentifier(name string) (string, error)
 }
 
 // Querier is what [Dialect] methods need to run a statement: a *sql.DB,

@@ -14,9 +14,11 @@ import (
 
 func TestQuoteIdentifier(t *testing.T) {
 	t.Parallel()
-	for _, d := range []dialect.Dialect{postgres.Dialect(), mysql.Dialect(), sqlite.Dialect()} {
-		t.Run(d.Name(), func(t *testing.T) {
+	for _, shipped := range []dialect.Dialect{postgres.Dialect(), mysql.Dialect(), sqlite.Dialect()} {
+		t.Run(shipped.Name(), func(t *testing.T) {
 			t.Parallel()
+			d, ok := shipped.(dialect.Testable)
+			require.True(t, ok, "every shipped dialect is Testable")
 			for _, good := range []string{"locks", "_x", "A1_b2", strings.Repeat("n", 63)} {
 				q, err := d.QuoteIdentifier(good)
 				require.NoError(t, err, good)

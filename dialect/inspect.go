@@ -3,7 +3,6 @@ package dialect
 import (
 	"context"
 	"database/sql"
-	"sort"
 	"time"
 )
 
@@ -79,14 +78,4 @@ type LeaseState struct {
 	Live      bool
 	Holds     int
 	Waits     int
-}
-
-// SortLockStates returns the states of byName in name order (byte-wise).
-func SortLockStates(byName map[string]*LockState, names []string) []LockState {
-	sort.Strings(names)
-	out := make([]LockState, 0, len(names))
-	for _, n := range names {
-		out = append(out, *byName[n])
-	}
-	return out
 }

@@ -392,17 +392,3 @@ type ReapResult struct {
 	// Freed lists the names whose holds were deleted.
 	Freed []string
 }
-
-// Unique returns s without repeated elements, in first-seen order. It
-// reuses s's storage.
-func Unique[T comparable](s []T) []T {
-	seen := make(map[T]bool, len(s))
-	out := s[:0]
-	for _, v := range s {
-		if !seen[v] {
-			seen[v] = true
-			out = append(out, v)
-		}
-	}
-	return out
-}

@@ -222,7 +222,7 @@ func exerciseEveryOperation(t *testing.T, kind, rawDSN string) {
 	}
 	a, db := open(sqldlm.Config{Owner: "rt-a", Audit: true, ReapInterval: 100 * time.Millisecond})
 	b, _ := open(sqldlm.Config{Owner: "rt-b"})
-	d := a.Dialect()
+	d := testdb.Dialects()[kind] // the same stateless value the clients detected
 
 	// Exclusive: TryLock, conflict, a blocked Lock that is handed the lock.
 	l, err := a.TryLock(ctx, "priv/x", sqldlm.Exclusive, sqldlm.WithPayload("step 1"))

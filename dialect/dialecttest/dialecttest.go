@@ -30,6 +30,9 @@ type Harness struct {
 // Exercise runs the conformance suite.
 func Exercise(t *testing.T, h Harness) {
 	t.Helper()
+	if _, ok := h.Dialect.(dialect.Testable); !ok {
+		t.Fatalf("dialecttest: %T does not implement dialect.Testable (TimePrecision, Now, QuoteIdentifier), which the suite needs", h.Dialect)
+	}
 	t.Run("ClassifyError", func(t *testing.T) { t.Parallel(); testClassifyError(t, h) })
 	t.Run("Migrate", func(t *testing.T) { t.Parallel(); testMigrate(t, h) })
 	t.Run("MigrateConcurrently", func(t *testing.T) { t.Parallel(); testMigrateConcurrently(t, h) })
@@ -141,7 +144,7 @@ func testMigrateConcurrently(t *testing.T, h Harness) {
 }
 
 func testNow(t *testing.T, h Harness) {
-	d := h.Dialect
+	d := h.Dialect.(dialect.Testable)
 	require.LessOrEqual(t, d.TimePrecision(), time.Millisecond, "expiry needs at least millisecond precision")
 
 	t.Run("ReadsTheClockInUTC", func(t *testing.T) {

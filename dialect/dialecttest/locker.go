@@ -20,7 +20,7 @@ import (
 type lockerBundle struct {
 	t      *testing.T
 	ctx    context.Context
-	d      dialect.Dialect
+	d      dialect.Testable
 	db     *sql.DB
 	reopen func(testing.TB) *sql.DB
 }
@@ -29,7 +29,7 @@ func setupLocker(t *testing.T, h Harness) *lockerBundle {
 	t.Helper()
 	db, reopen := migrated(t, h)
 	require.NoError(t, h.Dialect.CreateLease(ctxFor(t), db, &dialect.CreateLeaseParams{ID: rand.Int64(), Owner: "probe", TTL: time.Second}))
-	return &lockerBundle{t: t, ctx: ctxFor(t), d: h.Dialect, db: db, reopen: reopen}
+	return &lockerBundle{t: t, ctx: ctxFor(t), d: h.Dialect.(dialect.Testable), db: db, reopen: reopen}
 }
 
 // lease creates a lease of owner with ttl and returns its id.

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 var _ dialect.Auditor = mysqlDialect{}
@@ -34,7 +35,7 @@ func (d mysqlDialect) AuditSettings(ctx context.Context, db *sql.DB) (*dialect.A
 	if err != nil {
 		return nil, fmt.Errorf("read audit settings: %w", d.ClassifyError(err))
 	}
-	s.Retention = us(retention)
+	s.Retention = sqlutil.DurationMicros(retention)
 	return &s, nil
 }
 
@@ -91,7 +92,7 @@ func (d mysqlDialect) AuditLog(ctx context.Context, db *sql.DB, f *dialect.Audit
 		if err := rows.Scan(&e.ID, &at, &event, &e.Name, &e.Owner, &e.LeaseID, &e.Token, &mode, &e.Payload, &e.Detail); err != nil {
 			return nil, fmt.Errorf("read audit log: %w", d.ClassifyError(err))
 		}
-		e.At, e.Event, e.Mode = micros(at), dialect.AuditEvent(event), modeOf(mode)
+		e.At, e.Event, e.Mode = sqlutil.TimeMicros(at), dialect.AuditEvent(event), modeOf(mode)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

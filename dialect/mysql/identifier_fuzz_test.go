@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/dialect/mysql"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
@@ -33,7 +34,7 @@ func FuzzQuoteIdentifier(f *testing.F) {
 	if err := db.QueryRowContext(context.Background(), `SELECT @@lower_case_table_names`).Scan(&lower); err != nil {
 		f.Fatal(err)
 	}
-	d := mysql.Dialect()
+	d := mysql.Dialect().(dialect.Testable)
 	f.Fuzz(func(t *testing.T, a, b string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

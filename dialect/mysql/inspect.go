@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 var _ dialect.Inspector = mysqlDialect{}
@@ -64,7 +65,7 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 			}
 			s := state(name, top)
 			s.Holders = append(s.Holders, dialect.HolderState{Owner: owner, LeaseID: lease, Mode: modeOf(mode), Token: token,
-				Since: micros(since), HeldFor: us(held), ExpiresIn: us(in), Live: live, Payload: payload})
+				Since: sqlutil.TimeMicros(since), HeldFor: sqlutil.DurationMicros(held), ExpiresIn: sqlutil.DurationMicros(in), Live: live, Payload: payload})
 		case waiterColumns:
 			var (
 				name, owner, mode         string
@@ -76,7 +77,7 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 			}
 			s := state(name, top)
 			s.Waiters = append(s.Waiters, dialect.WaiterState{Owner: owner, LeaseID: lease, Mode: modeOf(mode), Upgrade: upgrade,
-				Since: micros(since), Waited: us(waited), Position: len(s.Waiters) + 1})
+				Since: sqlutil.TimeMicros(since), Waited: sqlutil.DurationMicros(waited), Position: len(s.Waiters) + 1})
 		default:
 			return fmt.Errorf("sqldlm_inspect_locks returned a result set of %d columns", len(columns))
 		}
@@ -85,7 +86,7 @@ func (d mysqlDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksFil
 	if err != nil {
 		return nil, err
 	}
-	return dialect.SortLockStates(byName, names), nil
+	return sqlutil.SortedByName(byName, names), nil
 }
 
 func (d mysqlDialect) Leases(ctx context.Context, db *sql.DB) ([]dialect.LeaseState, error) {
@@ -185,7 +186,7 @@ func scanLease(rows *sql.Rows) (dialect.LeaseState, error) {
 	if err := rows.Scan(&s.ID, &s.Owner, &created, &renewed, &in, &s.Broken, &s.Live, &s.Holds, &s.Waits); err != nil {
 		return s, err
 	}
-	s.Created, s.Renewed, s.ExpiresIn = micros(created), micros(renewed), us(in)
+	s.Created, s.Renewed, s.ExpiresIn = sqlutil.TimeMicros(created), sqlutil.TimeMicros(renewed), sqlutil.DurationMicros(in)
 	return s, nil
 }
 
@@ -195,6 +196,3 @@ func modeOf(s string) dialect.Mode {
 	}
 	return dialect.Shared
 }
-
-func micros(v int64) time.Time { return time.UnixMicro(v).UTC() }
-func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }

@@ -134,6 +134,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // Statuses returned by sqldlm_acquire.
@@ -180,7 +181,7 @@ func (d mysqlDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int64
 	if err != nil {
 		return nil, err
 	}
-	return dialect.Unique(names), nil
+	return sqlutil.Unique(names), nil
 }
 
 // Acquire calls sqldlm_acquire. Its last result set is the status row (seven
@@ -394,7 +395,7 @@ func (d mysqlDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Abando
 	if !got {
 		return nil, errors.New("sqldlm_abandon returned no kept row")
 	}
-	res.Freed = dialect.Unique(res.Freed)
+	res.Freed = sqlutil.Unique(res.Freed)
 	return res, nil
 }
 
@@ -528,7 +529,7 @@ func (d mysqlDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAfter
 	if !counted {
 		return nil, errors.New("sqldlm_reap returned no counts")
 	}
-	res.Freed = dialect.Unique(res.Freed)
+	res.Freed = sqlutil.Unique(res.Freed)
 	return res, nil
 }
 

@@ -25,7 +25,7 @@ import (
 	"github.com/sqldlm/sqldlm/migrations"
 )
 
-var d = mysql.Dialect()
+var d = mysql.Dialect().(dialect.Testable)
 
 type env struct {
 	t   *testing.T

@@ -21,7 +21,6 @@ package mysql
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // Dialect returns a MySQL/MariaDB dialect. It is safe for concurrent use.
@@ -65,7 +65,7 @@ func (d mysqlDialect) prepared(ctx context.Context, db *sql.DB, query string) (*
 	return stmt, nil
 }
 
-var _ dialect.Dialect = mysqlDialect{}
+var _ dialect.Testable = mysqlDialect{}
 
 func (mysqlDialect) Name() string { return "mysql" }
 
@@ -103,7 +103,7 @@ func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(
 		var got sql.NullInt64
 		err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(`+lockName+`, ?)`, migrationLockWait).Scan(&got)
 		if err != nil {
-			discard(conn)
+			sqlutil.Discard(conn)
 			return nil, fmt.Errorf("lock database %q for migration: %w", database.String, d.ClassifyError(err))
 		}
 		if got.Valid && got.Int64 == 1 {
@@ -120,17 +120,11 @@ func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(
 			err = errors.New("migration lock was not held")
 		}
 		if err != nil {
-			discard(conn)
+			sqlutil.Discard(conn)
 			return fmt.Errorf("unlock database %q after migration: %w", database.String, d.ClassifyError(err))
 		}
 		return nil
 	}, nil
-}
-
-// discard makes database/sql close conn's physical connection instead of
-// returning it to the pool, so no session state (a GET_LOCK) leaks.
-func discard(conn *sql.Conn) {
-	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 }
 
 func (mysqlDialect) QuoteIdentifier(name string) (string, error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/dialect/postgres"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
@@ -32,7 +33,7 @@ func FuzzQuoteIdentifier(f *testing.F) {
 		f.Add(a, strings.ToUpper(a))
 	}
 	db := testdb.Open(f, testdb.Postgres)
-	d := postgres.Dialect()
+	d := postgres.Dialect().(dialect.Testable)
 	f.Fuzz(func(t *testing.T, a, b string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

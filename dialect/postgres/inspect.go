@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 var _ dialect.Inspector = postgresDialect{}
@@ -101,7 +102,7 @@ func (d postgresDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.Locks
 	if err := rows.Err(); err != nil {
 		return nil, d.ClassifyError(err)
 	}
-	return dialect.SortLockStates(byName, order), nil
+	return sqlutil.SortedByName(byName, order), nil
 }
 
 // textHead returns the longest leading part of s that PostgreSQL accepts as

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 var _ dialect.Notifier = postgresDialect{}
@@ -31,7 +32,7 @@ func (d postgresDialect) Listen(ctx context.Context, db *sql.DB, ready func(), o
 		return fmt.Errorf("listen: %w", d.ClassifyError(err))
 	}
 	defer conn.Close()
-	defer discard(conn)
+	defer sqlutil.Discard(conn)
 	err = conn.Raw(func(driverConn any) error {
 		sc, ok := driverConn.(*stdlib.Conn)
 		if !ok {

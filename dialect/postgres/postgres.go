@@ -15,13 +15,13 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // Dialect returns the PostgreSQL dialect. The value is stateless and safe
@@ -30,7 +30,7 @@ func Dialect() dialect.Dialect { return postgresDialect{} }
 
 type postgresDialect struct{}
 
-var _ dialect.Dialect = postgresDialect{}
+var _ dialect.Testable = postgresDialect{}
 
 func (postgresDialect) Name() string { return "postgres" }
 
@@ -63,7 +63,7 @@ func (d postgresDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (fu
 	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, migrationLockClass); err != nil {
 		// A cancel that raced with the grant could leave the session lock held
 		// on a pooled connection: drop the connection rather than return it.
-		discard(conn)
+		sqlutil.Discard(conn)
 		return nil, fmt.Errorf("lock schema %q for migration: %w", schema.String, d.ClassifyError(err))
 	}
 	return func(ctx context.Context) error {
@@ -73,17 +73,11 @@ func (d postgresDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (fu
 			err = errors.New("advisory lock was not held")
 		}
 		if err != nil {
-			discard(conn)
+			sqlutil.Discard(conn)
 			return fmt.Errorf("unlock schema %q after migration: %w", schema.String, d.ClassifyError(err))
 		}
 		return nil
 	}, nil
-}
-
-// discard makes database/sql close conn's physical connection instead of
-// returning it to the pool, so no session state (an advisory lock) leaks.
-func discard(conn *sql.Conn) {
-	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 }
 
 func (postgresDialect) QuoteIdentifier(name string) (string, error) {

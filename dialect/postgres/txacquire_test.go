@@ -22,7 +22,7 @@ import (
 type fixture struct {
 	t   *testing.T
 	ctx context.Context
-	d   dialect.Dialect
+	d   dialect.Testable
 	db  *testdb.DB
 }
 
@@ -30,7 +30,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	return &fixture{t: t, ctx: ctx, d: postgres.Dialect(), db: testdb.OpenMigrated(t, testdb.Postgres)}
+	return &fixture{t: t, ctx: ctx, d: postgres.Dialect().(dialect.Testable), db: testdb.OpenMigrated(t, testdb.Postgres)}
 }
 
 // reopen returns another pool on the same schema.

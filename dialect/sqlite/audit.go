@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // auditHolds writes, when the audit setting is on, one sqldlm_audit row of
@@ -38,7 +39,7 @@ func (d *sqliteDialect) AuditSettings(ctx context.Context, db *sql.DB) (*dialect
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
-	s.Retention = us(retention)
+	s.Retention = sqlutil.DurationMicros(retention)
 	return &s, nil
 }
 
@@ -71,7 +72,7 @@ func (d *sqliteDialect) AuditLog(ctx context.Context, db *sql.DB, f *dialect.Aud
 		if err := rows.Scan(&e.ID, &at, &event, &e.Name, &e.Owner, &e.LeaseID, &e.Token, &mode, &e.Payload, &e.Detail); err != nil {
 			return nil, d.ClassifyError(err)
 		}
-		e.At, e.Event, e.Mode = micros(at), dialect.AuditEvent(event), dialect.Mode(mode[0])
+		e.At, e.Event, e.Mode = sqlutil.TimeMicros(at), dialect.AuditEvent(event), dialect.Mode(mode[0])
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

@@ -3,9 +3,9 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // nameFilter keeps names starting with ?1 (byte-wise: the BLOB casts make
@@ -45,7 +45,7 @@ func (d *sqliteDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksF
 			}
 			s := state(name, top)
 			s.Holders = append(s.Holders, dialect.HolderState{Owner: owner, LeaseID: lease, Mode: dialect.Mode(mode[0]), Token: token,
-				Since: micros(since), HeldFor: us(now - since), ExpiresIn: us(expires - now), Live: live, Payload: payload})
+				Since: sqlutil.TimeMicros(since), HeldFor: sqlutil.DurationMicros(now - since), ExpiresIn: sqlutil.DurationMicros(expires - now), Live: live, Payload: payload})
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -67,12 +67,12 @@ func (d *sqliteDialect) Locks(ctx context.Context, db *sql.DB, f *dialect.LocksF
 			}
 			s := state(name, top)
 			s.Waiters = append(s.Waiters, dialect.WaiterState{Owner: owner, LeaseID: lease, Mode: dialect.Mode(mode[0]), Upgrade: upgrade,
-				Since: micros(since), Waited: us(now - since), Position: len(s.Waiters) + 1})
+				Since: sqlutil.TimeMicros(since), Waited: sqlutil.DurationMicros(now - since), Position: len(s.Waiters) + 1})
 		}
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		out = dialect.SortLockStates(byName, order)
+		out = sqlutil.SortedByName(byName, order)
 		return nil
 	})
 	return out, err
@@ -102,7 +102,7 @@ func (d *sqliteDialect) leases(ctx context.Context, conn *sql.Conn, now int64, w
 		if err := rows.Scan(&s.ID, &s.Owner, &created, &renewed, &expires, &s.Broken, &s.Holds, &s.Waits); err != nil {
 			return nil, err
 		}
-		s.Created, s.Renewed, s.ExpiresIn = micros(created), micros(renewed), us(expires-now)
+		s.Created, s.Renewed, s.ExpiresIn = sqlutil.TimeMicros(created), sqlutil.TimeMicros(renewed), sqlutil.DurationMicros(expires-now)
 		s.Live = !s.Broken && expires > now
 		out = append(out, s)
 	}
@@ -130,6 +130,3 @@ func (d *sqliteDialect) Break(ctx context.Context, db *sql.DB, name, owner strin
 	}
 	return out, err
 }
-
-func micros(v int64) time.Time { return time.UnixMicro(v).UTC() }
-func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/sqlutil"
 )
 
 // writeTx runs fn in a BEGIN IMMEDIATE transaction on one connection, with
@@ -130,7 +131,7 @@ func (d *sqliteDialect) DeleteLease(ctx context.Context, db *sql.DB, leaseID int
 		_, err = conn.ExecContext(ctx, `DELETE FROM sqldlm_leases WHERE id = ?`, leaseID)
 		return err
 	})
-	return dialect.Unique(names), err
+	return sqlutil.Unique(names), err
 }
 
 // hold is a holder row of the requested name with its lease's state.
@@ -264,13 +265,13 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn dialect.Querier, now i
 			if wait := h.deadSince + p.LockDelay.Microseconds() - now; wait > 0 {
 				// Lock-delay: the dead holder's in-flight work drains first.
 				if blocker == nil || wait > blocker.ExpiresIn.Microseconds() {
-					blocker = &dialect.Blocker{Owner: h.owner, Mode: h.mode, ExpiresIn: us(wait)}
+					blocker = &dialect.Blocker{Owner: h.owner, Mode: h.mode, ExpiresIn: sqlutil.DurationMicros(wait)}
 				}
 				continue
 			}
 			dead = append(dead, h.leaseID)
 			taken = append(taken, dialect.TakenHold{Owner: h.owner, LeaseID: h.leaseID, Token: h.token, Mode: h.mode,
-				ExpiredAt: micros(h.expiresAt), Broken: h.broken, Payload: h.payload})
+				ExpiredAt: sqlutil.TimeMicros(h.expiresAt), Broken: h.broken, Payload: h.payload})
 			continue
 		}
 		if blocker == nil || h.expiresAt > now+blocker.ExpiresIn.Microseconds() {
@@ -315,7 +316,7 @@ func (d *sqliteDialect) acquire(ctx context.Context, conn dialect.Querier, now i
 	}
 	// Granted. Take over the holds of dead leases first: mark those leases
 	// broken, so that no late renewal revives them, and delete their holds.
-	for _, leaseID := range dialect.Unique(dead) {
+	for _, leaseID := range sqlutil.Unique(dead) {
 		if _, err := conn.ExecContext(ctx, `UPDATE sqldlm_leases SET broken_at = ? WHERE id = ? AND broken_at IS NULL`, now, leaseID); err != nil {
 			return nil, err
 		}
@@ -427,7 +428,7 @@ func (d *sqliteDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Aban
 			return err
 		}
 		names, err := queryStrings(ctx, conn, `DELETE FROM sqldlm_holders WHERE lease_id = ? AND request_id = ? RETURNING name`, p.LeaseID, p.RequestID)
-		res.Freed = dialect.Unique(names)
+		res.Freed = sqlutil.Unique(names)
 		return err
 	})
 	if err != nil {
@@ -516,7 +517,7 @@ func (d *sqliteDialect) Reap(ctx context.Context, db *sql.DB, limit int, idleAft
 		if err != nil {
 			return err
 		}
-		res.Holds, res.Freed = len(names), dialect.Unique(names)
+		res.Holds, res.Freed = len(names), sqlutil.Unique(names)
 		steps := []struct {
 			n     *int
 			query string

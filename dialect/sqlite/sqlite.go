@@ -39,7 +39,7 @@ type sqliteDialect struct {
 	gates sync.Map // *sql.DB → chan struct{} (capacity 1): the write gate
 }
 
-var _ dialect.Dialect = (*sqliteDialect)(nil)
+var _ dialect.Testable = (*sqliteDialect)(nil)
 
 // enter waits for db's write gate and returns the function that leaves it.
 func (d *sqliteDialect) enter(ctx context.Context, db *sql.DB) (func(), error) {

@@ -25,9 +25,6 @@ var passwordSetting = regexp.MustCompile(`(?i)((?:^|[\s?&;])(?:ssl)?(?:password|
 func Redact(raw string) string {
 	if strings.Contains(raw, "://") {
 		if u, err := url.Parse(raw); err == nil {
-			if _, ok := u.User.Password(); ok {
-				u.User = url.UserPassword(u.User.Username(), hidden)
-			}
 			if u.RawQuery != "" {
 				q := u.Query()
 				changed := false
@@ -41,7 +38,7 @@ func Redact(raw string) string {
 					u.RawQuery = q.Encode()
 				}
 			}
-			return u.String()
+			return u.Redacted() // the user information's password, as "xxxxx" (= hidden)
 		}
 		if i := strings.LastIndex(raw, "@"); i >= 0 {
 			raw = "…@" + raw[i+1:]

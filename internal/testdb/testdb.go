@@ -54,18 +54,19 @@ var Kinds = []string{Postgres, MySQL, SQLite}
 type DB struct {
 	*sql.DB
 	Kind    string
-	Dialect dialect.Dialect
+	Dialect dialect.Testable
 	// DSN is a sqldlm DSN URL that reaches the same isolated schema,
 	// database or file: child processes and extra pools open it with Reopen.
 	DSN string
 }
 
-// Dialects returns the dialect of each kind.
-func Dialects() map[string]dialect.Dialect {
-	return map[string]dialect.Dialect{
-		Postgres: postgres.Dialect(),
-		MySQL:    mysql.Dialect(),
-		SQLite:   sqlite.Dialect(),
+// Dialects returns the dialect of each kind, with the methods only tests
+// use.
+func Dialects() map[string]dialect.Testable {
+	return map[string]dialect.Testable{
+		Postgres: postgres.Dialect().(dialect.Testable),
+		MySQL:    mysql.Dialect().(dialect.Testable),
+		SQLite:   sqlite.Dialect().(dialect.Testable),
 	}
 }
 

@@ -102,12 +102,12 @@ func runBench(ctx context.Context, args []string, s streams) error {
 			implList = append(implList, f)
 		}
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	if *migrate {
-		if err := sqldlm.Migrate(ctx, db, d); err != nil {
+		if err := sqldlm.Migrate(ctx, db, nil); err != nil {
 			db.Close()
 			return err
 		}

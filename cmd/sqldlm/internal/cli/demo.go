@@ -58,11 +58,15 @@ func runDemo(ctx context.Context, args []string, s streams) error {
 	defer cancel()
 
 	dsnURL := "sqlite://" + filepath.ToSlash(filepath.Join(dir, "locks.db"))
-	db, d, err := openDSN(ctx, dsnURL)
+	db, err := openDSN(ctx, dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	d, err := sqldlm.DetectDialect(db)
+	if err != nil {
+		return err
+	}
 	if _, err := migrations.Up(ctx, db, d); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -191,7 +195,7 @@ func runDemoWorker(ctx context.Context, args []string, s streams) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	db, _, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,9 @@ package cli
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm"
 )
 
 // JSON output of `sqldlm locks --output json`. The field names are stable.
@@ -72,23 +74,48 @@ type leaseJSON struct {
 	Waits            int       `json:"waits"`
 }
 
-func modeName(m dialect.Mode) string {
-	if m == dialect.Exclusive {
+// openAdmin opens the database a sqldlm DSN names, with a sqldlm.Admin on
+// it.
+func openAdmin(ctx context.Context, raw string) (*sql.DB, *sqldlm.Admin, error) {
+	db, err := openDSN(ctx, raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	admin, err := sqldlm.NewAdmin(db, sqldlm.AdminConfig{})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, admin, nil
+}
+
+// dbErr is the cause inside an error of a sqldlm.Admin method, without the
+// "sqldlm: list locks: " in which the library says what failed: the
+// command's messages say it in their own words.
+func dbErr(err error) error {
+	if cause := errors.Unwrap(err); cause != nil {
+		return cause
+	}
+	return err
+}
+
+func modeName(m sqldlm.Mode) string {
+	if m == sqldlm.Exclusive {
 		return "exclusive"
 	}
 	return "shared"
 }
 
-func toLocksJSON(states []dialect.LockState) locksJSON {
+func toLocksJSON(locks []sqldlm.LockInfo) locksJSON {
 	out := locksJSON{Locks: []lockJSON{}}
-	for _, s := range states {
+	for _, s := range locks {
 		l := lockJSON{Name: s.Name, Token: s.Token, Holders: []holderJSON{}, Waiters: []waiterJSON{}}
+		if s.Mode != 0 {
+			l.Mode = modeName(s.Mode)
+		}
 		for _, h := range s.Holders {
 			l.Holders = append(l.Holders, holderJSON{h.Owner, h.LeaseID, modeName(h.Mode), h.Token, h.Since,
 				h.HeldFor.Seconds(), h.ExpiresIn.Seconds(), h.Live, h.Payload})
-			if h.Live && (l.Mode == "" || h.Mode == dialect.Exclusive) {
-				l.Mode = modeName(h.Mode)
-			}
 		}
 		for _, w := range s.Waiters {
 			l.Waiters = append(l.Waiters, waiterJSON{w.Owner, w.LeaseID, modeName(w.Mode), w.Upgrade, w.Since, w.Waited.Seconds(), w.Position})
@@ -133,18 +160,18 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 	if *watch && *interval <= 0 {
 		return usagef("--interval must be positive")
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, admin, err := openAdmin(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	for {
-		states, err := d.Locks(ctx, db, &dialect.LocksFilter{Prefix: *prefix, Owner: *owner})
+		states, err := admin.Locks(ctx, sqldlm.Filter{Prefix: *prefix, Owner: *owner})
 		if err != nil {
 			if *watch && ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("list locks: %w", err)
+			return fmt.Errorf("list locks: %w", dbErr(err))
 		}
 		if *watch && *output == "table" {
 			fmt.Fprint(s.out, "\033[H\033[2J") // clear the screen, cursor home
@@ -175,7 +202,7 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 // 80-column terminal (long names and owners are shortened with "…"). The
 // WAITING column shows how many wait, the first in line and how long it has
 // waited.
-func printLocks(w io.Writer, states []dialect.LockState) error {
+func printLocks(w io.Writer, states []sqldlm.LockInfo) error {
 	if len(states) == 0 {
 		_, err := fmt.Fprintln(w, "no locks held or awaited")
 		return err
@@ -194,7 +221,7 @@ func printLocks(w io.Writer, states []dialect.LockState) error {
 				name, wait = "", ""
 			}
 			mode := "X"
-			if h.Mode == dialect.Shared {
+			if h.Mode == sqldlm.Shared {
 				mode = "S"
 			}
 			expires := age(h.ExpiresIn)
@@ -251,14 +278,14 @@ func runLeases(ctx context.Context, args []string, s streams) error {
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, admin, err := openAdmin(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	leases, err := d.Leases(ctx, db)
+	leases, err := admin.Leases(ctx)
 	if err != nil {
-		return fmt.Errorf("list leases: %w", err)
+		return fmt.Errorf("list leases: %w", dbErr(err))
 	}
 	if *output == "json" {
 		out := leasesJSON{Leases: []leaseJSON{}}
@@ -336,16 +363,16 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	if err := requireDSN(*dsnURL); err != nil {
 		return err
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, admin, err := openAdmin(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	states, err := d.Locks(ctx, db, &dialect.LocksFilter{Prefix: name, Owner: *owner})
+	states, err := admin.Locks(ctx, sqldlm.Filter{Prefix: name, Owner: *owner})
 	if err != nil {
-		return fmt.Errorf("list holders: %w", err)
+		return fmt.Errorf("list holders: %w", dbErr(err))
 	}
-	var victims []dialect.HolderState
+	var victims []sqldlm.HolderInfo
 	for _, st := range states {
 		if st.Name != name {
 			continue
@@ -377,7 +404,7 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 			return &exitError{code: ExitNotConfirmed, msg: "not confirmed"}
 		}
 	}
-	broken, err := d.Break(ctx, db, name, *owner)
+	broken, err := admin.Break(ctx, name, *owner)
 	// Log what was broken even if part of the break failed.
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
 	for _, l := range broken {
@@ -395,7 +422,7 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 		fmt.Fprintf(s.out, "broke %d lease(s) holding %q\n", len(broken), name)
 	}
 	if err != nil {
-		return fmt.Errorf("break %q: %w (run it again)", name, err)
+		return fmt.Errorf("break %q: %w (run it again)", name, dbErr(err))
 	}
 	return nil
 }

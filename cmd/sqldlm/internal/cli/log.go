@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm"
 )
 
 const logSynopsis = `--dsn URL [--name N] [--since 1h] [--limit K] [flags]
@@ -67,14 +67,14 @@ func runLog(ctx context.Context, args []string, s streams) error {
 	if action == "on" && *retention < time.Second {
 		return usagef("--retention %s: keep rows at least 1s", *retention)
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, admin, err := openAdmin(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	settings, err := d.AuditSettings(ctx, db)
+	settings, err := admin.AuditSettings(ctx)
 	if err != nil {
-		return fmt.Errorf("read the audit setting: %w", err)
+		return fmt.Errorf("read the audit setting: %w", dbErr(err))
 	}
 	switch action {
 	case "on", "off":
@@ -82,20 +82,20 @@ func runLog(ctx context.Context, args []string, s streams) error {
 		if action == "on" {
 			settings.Retention = *retention
 		}
-		if err := d.SetAuditSettings(ctx, db, settings); err != nil {
-			return fmt.Errorf("turn the audit log %s: %w", action, err)
+		if err := admin.SetAudit(ctx, settings); err != nil {
+			return fmt.Errorf("turn the audit log %s: %w", action, dbErr(err))
 		}
 		_, err := fmt.Fprintf(s.out, "audit log %s (rows kept %s)\n", action, settings.Retention)
 		return err
 	}
-	entries, err := d.AuditLog(ctx, db, &dialect.AuditFilter{Name: *name, Since: *since, Limit: *limit})
+	entries, err := admin.AuditLog(ctx, sqldlm.AuditFilter{Name: *name, Since: *since, Limit: *limit})
 	if err != nil {
-		return fmt.Errorf("read the audit log: %w", err)
+		return fmt.Errorf("read the audit log: %w", dbErr(err))
 	}
 	if *output == "json" {
 		out := logJSON{Enabled: settings.Enabled, RetentionSeconds: settings.Retention.Seconds(), Entries: []logEntryJSON{}}
 		for _, e := range entries {
-			out.Entries = append(out.Entries, logEntryJSON{e.ID, e.At, string(e.Event), e.Name, e.Owner, e.LeaseID, e.Token,
+			out.Entries = append(out.Entries, logEntryJSON{e.ID, e.At, e.Event, e.Name, e.Owner, e.LeaseID, e.Token,
 				modeName(e.Mode), e.Payload, e.Detail})
 		}
 		return json.NewEncoder(s.out).Encode(out)

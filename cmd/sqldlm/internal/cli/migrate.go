@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm"
-	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/dsn"
 	"github.com/sqldlm/sqldlm/migrations"
 )
@@ -62,11 +61,16 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	d, err := sqldlm.DetectDialect(db)
+	if err != nil {
+		return err
+	}
+	version := func() (int64, error) { return migrations.Current(ctx, db, d) }
 
 	switch action {
 	case "up":
@@ -74,7 +78,7 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 		if err != nil {
 			return fmt.Errorf("migrate up: %w", err)
 		}
-		return reportApplied(ctx, stdout, db, d, "applied", results)
+		return reportApplied(stdout, version, "applied", results)
 	case "down":
 		target := *to
 		if target < 0 {
@@ -88,7 +92,7 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 		if err != nil {
 			return fmt.Errorf("migrate down: %w", err)
 		}
-		return reportApplied(ctx, stdout, db, d, "rolled back", results)
+		return reportApplied(stdout, version, "rolled back", results)
 	default:
 		statuses, err := migrations.Status(ctx, db, d)
 		if err != nil {
@@ -131,11 +135,11 @@ type migrationResult interface {
 	String() string
 }
 
-func reportApplied[R migrationResult](ctx context.Context, w io.Writer, db *sql.DB, d dialect.Dialect, verb string, results []R) error {
+func reportApplied[R migrationResult](w io.Writer, version func() (int64, error), verb string, results []R) error {
 	for _, r := range results {
 		fmt.Fprintln(w, r.String())
 	}
-	v, err := migrations.Current(ctx, db, d)
+	v, err := version()
 	if err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}
@@ -147,20 +151,13 @@ func reportApplied[R migrationResult](ctx context.Context, w io.Writer, db *sql.
 	return nil
 }
 
-// openDSN opens and pings the database a sqldlm DSN names, and returns its
-// dialect.
-func openDSN(ctx context.Context, raw string) (*sql.DB, dialect.Dialect, error) {
+// openDSN opens and pings the database a sqldlm DSN names. Commands that
+// need its dialect get it with sqldlm.DetectDialect (the migrations and
+// the reaper), or through a sqldlm.Admin (openAdmin).
+func openDSN(ctx context.Context, raw string) (*sql.DB, error) {
 	if _, err := dsn.Parse(raw); err != nil {
-		return nil, nil, &usageError{err.Error()}
+		return nil, &usageError{err.Error()}
 	}
 	db, _, err := dsn.Open(ctx, raw)
-	if err != nil {
-		return nil, nil, err
-	}
-	d, err := sqldlm.DetectDialect(db)
-	if err != nil {
-		db.Close()
-		return nil, nil, err
-	}
-	return db, d, nil
+	return db, err
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/reaper"
 )
 
@@ -44,11 +45,15 @@ func runReap(ctx context.Context, args []string, s streams) error {
 	if *every < 0 || *idleAfter < 0 || *batch <= 0 {
 		return usagef("--every and --idle-after must not be negative, --batch must be positive")
 	}
-	db, d, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	d, err := sqldlm.DetectDialect(db)
+	if err != nil {
+		return err
+	}
 	r := reaper.New(db, d, reaper.Config{BatchSize: *batch, IdleAfter: *idleAfter})
 	for {
 		res, err := r.RunOnce(ctx)

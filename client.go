@@ -135,7 +135,7 @@ func (c *Client) Close() error {
 		if c.reaper != nil {
 			c.reaper.Stop()
 		}
-		bound := min(c.cfg.TTL, 5*time.Second)
+		bound := c.cfg.closeTimeout()
 		c.mu.Lock()
 		c.closing = true
 		l, creating := c.lease, c.creating
@@ -243,7 +243,7 @@ func (c *Client) currentLease(ctx context.Context) (*lease, error) {
 // after Close has begun is deleted at once.
 func (c *Client) createLease(a *leaseAttempt) {
 	defer close(a.done)
-	ctx, cancel := context.WithTimeout(c.createCtx, c.cfg.TTL)
+	ctx, cancel := context.WithTimeout(c.createCtx, c.cfg.createLeaseTimeout())
 	l, err := c.newLease(ctx)
 	cancel()
 	c.mu.Lock()
@@ -251,7 +251,7 @@ func (c *Client) createLease(a *leaseAttempt) {
 	if err == nil && c.closing {
 		c.mu.Unlock()
 		c.logger.Debug("sqldlm: lease created after the client closed, deleting it", "lease_id", l.id)
-		dctx, dcancel := context.WithTimeout(context.Background(), min(c.cfg.TTL, 5*time.Second))
+		dctx, dcancel := context.WithTimeout(context.Background(), c.cfg.closeTimeout())
 		defer dcancel()
 		if _, delErr := c.dialect.DeleteLease(dctx, c.db, l.id); delErr != nil {
 			c.logger.Debug("sqldlm: delete lease created after close (it expires by itself)", "lease_id", l.id, "error", delErr)
@@ -292,7 +292,7 @@ func (c *Client) abandon(l *lease, name string, id int64) {
 	if !l.live() {
 		return // the lease's deletion covers it
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), withdrawBound(c.cfg.TTL))
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.withdrawBound())
 	err := c.withdraw(ctx, l, name, id)
 	cancel()
 	if err != nil {
@@ -300,10 +300,6 @@ func (c *Client) abandon(l *lease, name string, id int64) {
 		c.janitor.abandon(l, name, id)
 	}
 }
-
-// withdrawBound is how long a caller that gave up waits for the withdrawal
-// of its request before the janitor takes it over.
-func withdrawBound(ttl time.Duration) time.Duration { return min(ttl/10, 250*time.Millisecond) }
 
 // withdraw withdraws request id of lease l for good (deleting its waiter
 // row and any hold it obtained) and wakes the waiters of the names it

@@ -164,7 +164,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	parent := j.ctx
 	if final {
 		var cancel context.CancelFunc
-		parent, cancel = context.WithTimeout(context.Background(), min(j.c.cfg.TTL, 5*time.Second))
+		parent, cancel = context.WithTimeout(context.Background(), j.c.cfg.closeTimeout())
 		defer cancel()
 	}
 	var failed []*task
@@ -181,7 +181,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 			j.c.logger.Debug("sqldlm: background cleanup dropped at close: no time left", "task", t.what)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(parent, min(j.c.cfg.TTL/2, 5*time.Second))
+		ctx, cancel := context.WithTimeout(parent, j.c.cfg.cleanupTimeout())
 		err := t.run(ctx)
 		cancel()
 		if err != nil {

@@ -16,11 +16,11 @@ import (
 // heartbeat, that every lock the client holds hangs off. The database
 // decides when the lease expires (its clock, its row); the client trusts
 // the lease only until its local deadline: the monotonic time at which the
-// last successful renewal was sent, plus the TTL, minus a safety margin. A
-// renewal is executed by the server after it was sent, so the server's
-// expiry is never earlier than the local deadline (clock rates agreeing to
-// within the margin): the holder learns of a loss before anyone else can be
-// granted its locks.
+// last successful renewal was sent, plus the TTL, minus a safety margin
+// (Config.trustFor). A renewal is executed by the server after it was sent,
+// so the server's expiry is never earlier than the local deadline (clock
+// rates agreeing to within the margin): the holder learns of a loss before
+// anyone else can be granted its locks.
 //
 // A lost lease is never revived: the client opens a new one for later locks.
 type lease struct {
@@ -37,15 +37,6 @@ type lease struct {
 }
 
 func init() { testhook.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id } }
-
-// margin is how much earlier than the server the client gives up a lease:
-// a tenth of the TTL covers clock rate differences and scheduling delays.
-func margin(ttl time.Duration) time.Duration {
-	if mutantLateDeadline {
-		return -time.Second // test builds with the sqldlm_mutant tag only
-	}
-	return ttl / 10
-}
 
 // errSlowLease: the database answered the creation of a lease after its
 // TTL, so the lease could not be trusted for any time at all.
@@ -80,12 +71,12 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 	})
 	if err != nil {
 		// The row may exist if only the answer was lost: delete it later.
-		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.deleteLeaseFor()))
 		return nil, fmt.Errorf("sqldlm: create lease: %w", err)
 	}
-	l.deadline = sent.Add(c.cfg.TTL - margin(c.cfg.TTL))
+	l.deadline = sent.Add(c.cfg.trustFor())
 	if time.Now().After(l.deadline) {
-		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.deleteLeaseFor()))
 		return nil, fmt.Errorf("sqldlm: create lease: %w (%s)", errSlowLease, c.cfg.TTL)
 	}
 	return l, nil
@@ -127,7 +118,7 @@ func (l *lease) extend(sent time.Time) bool {
 	if l.err != nil {
 		return false
 	}
-	if d := sent.Add(l.c.cfg.TTL - margin(l.c.cfg.TTL)); d.After(l.deadline) {
+	if d := sent.Add(l.c.cfg.trustFor()); d.After(l.deadline) {
 		l.deadline = d
 	}
 	return true
@@ -207,6 +198,6 @@ func (l *lease) end(err error, why string) {
 		for _, lk := range lost {
 			l.c.hooks.LockLost(lk.name, lk.Mode(), time.Since(lk.granted))
 		}
-		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
+		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.deleteLeaseFor()))
 	}
 }

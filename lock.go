@@ -179,7 +179,7 @@ func (l *Lock) release(ctx context.Context) error {
 	}
 	// Bound the synchronous attempt: the janitor finishes a release that
 	// did not get an answer in time.
-	ctx, cancel := context.WithTimeout(ctx, releaseBound(c.cfg.TTL))
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.releaseBound())
 	defer cancel()
 	if lostBefore {
 		l.lease.remove(l)
@@ -238,7 +238,7 @@ func (l *Lock) releaseLost(ctx context.Context) {
 		return
 	}
 	ref := l.ref()
-	ctx, cancel := context.WithTimeout(ctx, settleBound(c.cfg.TTL))
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.settleBound())
 	released, err := c.release(ctx, ref)
 	cancel()
 	switch {
@@ -249,15 +249,6 @@ func (l *Lock) releaseLost(ctx context.Context) {
 		c.waiters.wakeHead(l.name)
 	}
 }
-
-// releaseBound is how long Release waits for the database before it leaves
-// the release to the janitor.
-func releaseBound(ttl time.Duration) time.Duration { return min(ttl/2, 5*time.Second) }
-
-// settleBound is how long a statement that settles an unknown outcome (an
-// upgrade's withdrawal, a downgrade sent again, a lost handle's delete) may
-// take before the janitor, or giving the lock up, takes over.
-func settleBound(ttl time.Duration) time.Duration { return min(ttl/4, 2*time.Second) }
 
 // closedByClient reports whether Client.Close ended the lock.
 func (l *Lock) closedByClient() bool {
@@ -427,7 +418,7 @@ func (l *Lock) withdrawUpgrade(id, sharedToken int64, cause error) (int64, error
 	if !l.lease.live() {
 		return 0, cause // the lease's end lost (or released) the lock and covers the request
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleBound(c.cfg.TTL))
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.settleBound())
 	res, err := c.dialect.Abandon(ctx, c.db, &dialect.AbandonParams{Name: l.name, LeaseID: l.lease.id, RequestID: id, KeepHold: true})
 	cancel()
 	if err != nil {
@@ -480,7 +471,7 @@ func (l *Lock) downgrade(ctx context.Context) error {
 		// hold's: exclusive over a shared hold would let Fence pass while
 		// other shared holders exist, and shared over an exclusive hold
 		// would misreport the lock.
-		sctx, cancel := context.WithTimeout(context.Background(), settleBound(l.c.cfg.TTL))
+		sctx, cancel := context.WithTimeout(context.Background(), l.c.cfg.settleBound())
 		var settleErr error
 		ok, _, settleErr = l.downgradeStatement(sctx)
 		cancel()

@@ -197,7 +197,7 @@ func (l *Lock) watchTx() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), min(l.c.cfg.TTL/2, 5*time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), l.c.cfg.cleanupTimeout())
 		pending, err := l.txState(ctx)
 		cancel()
 		if err != nil {

@@ -116,19 +116,60 @@ func (b *backoff) sleep(ctx context.Context, wake <-chan wakeup, expiry time.Dur
 // after a deadlock, a serialization failure or a lock wait timeout (the
 // statement was rolled back: running it again is safe), a few times.
 func retryStatement[T any](ctx context.Context, run func() (T, error)) (T, error) {
-	wait := 5 * time.Millisecond
+	// Five attempts: four waits of 5, 10, 20 and 40ms (before jitter).
+	wait := newExpBackoff(5*time.Millisecond, 40*time.Millisecond)
 	for attempt := 1; ; attempt++ {
 		v, err := run()
 		if err == nil || !dialect.IsRetryable(err) || attempt == 5 {
 			return v, err
 		}
-		t := time.NewTimer(wait + rand.N(wait))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, jitter(wait.next())) {
 			return v, err
-		case <-t.C:
 		}
-		wait *= 2
+	}
+}
+
+// expBackoff is a capped doubling delay: first, then twice the previous
+// one, up to max. The client's generic retry loops use it (a statement
+// retried, the janitor's failed tasks, the notification listener's
+// reconnections, a TryLockTx transaction's watcher, a downgrade); a
+// waiter's polls have the queue-paced backoff above.
+type expBackoff struct {
+	first, max, cur time.Duration
+}
+
+func newExpBackoff(first, max time.Duration) expBackoff {
+	return expBackoff{first: first, max: max, cur: first}
+}
+
+// next returns the current delay and doubles it, up to max, for the next
+// call.
+func (b *expBackoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+// reset makes the next delay the first one again.
+func (b *expBackoff) reset() { b.cur = b.first }
+
+// jitter returns a random duration in [d, 2d).
+func jitter(d time.Duration) time.Duration { return d + rand.N(d) }
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool { return sleepUntil(d, ctx.Done(), nil) }
+
+// sleepUntil waits for d or until a or b (nil: never) is closed; it reports
+// whether d passed.
+func sleepUntil(d time.Duration, a, b <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-a:
+		return false
+	case <-b:
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -321,26 +321,21 @@ func (c *Client) notified() bool { return c.listener.Load() }
 // listen keeps a notification listener up (PostgreSQL), reconnecting with
 // backoff; while it is down, waiters poll at the short interval.
 func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
-	wait := 100 * time.Millisecond
+	wait := newExpBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		err := n.Listen(ctx, c.db, func() {
 			c.listener.Store(true)
 			c.waiters.wakeAll() // releases may have been missed while down
-			wait = 100 * time.Millisecond
+			wait.reset()
 		}, c.wakeup)
 		c.listener.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
 		c.logger.Debug("sqldlm: notification listener down, polling", "error", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, wait.next()) {
 			return
-		case <-t.C:
 		}
-		wait = min(wait*2, 5*time.Second)
 	}
 }
 

@@ -129,7 +129,7 @@ func (j *janitor) run() {
 	defer close(j.exited)
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	wait := 50 * time.Millisecond
+	wait := newExpBackoff(50*time.Millisecond, 2*time.Second)
 	for {
 		select {
 		case <-j.stop:
@@ -140,10 +140,9 @@ func (j *janitor) run() {
 		}
 		failed, next := j.pass(false)
 		if !failed {
-			wait = 50 * time.Millisecond
+			wait.reset()
 		} else {
-			next = min(next, wait)
-			wait = min(wait*2, 2*time.Second)
+			next = min(next, wait.next())
 		}
 		retry.Reset(next)
 	}

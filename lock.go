@@ -506,7 +506,7 @@ func (l *Lock) downgrade(ctx context.Context) error {
 // timeout. unknown reports that the error it returns follows a statement
 // whose outcome is unknown.
 func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err error) {
-	wait := 5 * time.Millisecond
+	wait := newExpBackoff(5*time.Millisecond, time.Second)
 	for {
 		ok, err = l.c.dialect.Downgrade(ctx, l.c.db, l.ref())
 		if err == nil {
@@ -517,17 +517,9 @@ func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err er
 		if !cut && !dialect.IsRetryable(err) || ctx.Err() != nil {
 			return false, unknown, err
 		}
-		t := time.NewTimer(wait + rand.N(wait))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepUntil(jitter(wait.next()), ctx.Done(), l.done) {
 			return false, unknown, err
-		case <-l.done:
-			t.Stop()
-			return false, unknown, err
-		case <-t.C:
 		}
-		wait = min(wait*2, time.Second)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testknobs"
 	"github.com/sqldlm/sqldlm/reaper"
 )
 
@@ -31,7 +32,8 @@ type Client struct {
 	waiters  *waiters
 	janitor  *janitor
 	reaper   *reaper.Reaper
-	listener atomic.Bool // a notification listener is up (PostgreSQL)
+	listener atomic.Bool      // a notification listener is up (PostgreSQL)
+	knobs    *testknobs.Knobs // sqldlm's own tests only (knobs.go); nil otherwise
 
 	mu       sync.Mutex
 	lease    *lease        // current lease; nil before first use and after a loss
@@ -89,6 +91,7 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 		cfg:     cfg,
 		logger:  cfg.Logger.With("owner", cfg.Owner),
 		hooks:   cfg.Hooks,
+		knobs:   knobsOf(cfg.Hooks),
 		waiters: newWaiters(),
 		closed:  make(chan struct{}),
 	}

@@ -148,12 +148,7 @@ func (c Config) renewRetry() time.Duration { return min(c.renewInterval()/4, 250
 // trustMargin is how much earlier than the server the client gives up a
 // lease: a tenth of the TTL covers clock rate differences and scheduling
 // delays.
-func (c Config) trustMargin() time.Duration {
-	if mutantLateDeadline {
-		return -time.Second // test builds with the sqldlm_mutant tag only
-	}
-	return c.TTL / 10
-}
+func (c Config) trustMargin() time.Duration { return mutantMargin(c.TTL / 10) }
 
 // trustFor is how long after a renewal (or the lease's creation) was sent
 // the client trusts the lease without a later one: its local deadline is

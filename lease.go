@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
-	"github.com/sqldlm/sqldlm/internal/testhook"
 )
 
 // A lease is the client's session in the database: one row, renewed by one
@@ -35,8 +34,6 @@ type lease struct {
 	expiry   *time.Timer // fires at deadline
 	kick     chan struct{}
 }
-
-func init() { testhook.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id } }
 
 // errSlowLease: the database answered the creation of a lease after its
 // TTL, so the lease could not be trusted for any time at all.
@@ -191,7 +188,7 @@ func (l *lease) end(err error, why string) {
 			lost = append(lost, lk)
 		}
 	}
-	testhook.LeaseEnded(testhook.LeaseEnd{LeaseID: l.id, Deadline: deadline, Err: err})
+	l.c.leaseEnded(l.id, deadline, err)
 	if err == ErrLost {
 		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
 		l.c.hooks.LeaseLost(len(locks))

@@ -553,7 +553,7 @@ func (l *Lock) downgradeStatement(ctx context.Context) (ok, unknown bool, err er
 // (an Upgrade until its ctx ends; a Release for its bound, and then
 // finishes in the background).
 func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
-	if mutantFenceUnchecked {
+	if fenceUnchecked() {
 		return nil // test builds with the sqldlm_mutant tag only
 	}
 	return opError("fence", l.name, l.fence(ctx, tx))

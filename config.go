@@ -3,7 +3,6 @@ package sqldlm
 import (
 	"cmp"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -127,7 +126,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Hooks = NopHooks{}
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
 }

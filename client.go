@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testknobs"
 	"github.com/sqldlm/sqldlm/reaper"
 )
 
@@ -31,7 +32,8 @@ type Client struct {
 	waiters  *waiters
 	janitor  *janitor
 	reaper   *reaper.Reaper
-	listener atomic.Bool // a notification listener is up (PostgreSQL)
+	listener atomic.Bool      // a notification listener is up (PostgreSQL)
+	knobs    *testknobs.Knobs // sqldlm's own tests only (knobs.go); nil otherwise
 
 	mu       sync.Mutex
 	lease    *lease        // current lease; nil before first use and after a loss
@@ -89,6 +91,7 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 		cfg:     cfg,
 		logger:  cfg.Logger.With("owner", cfg.Owner),
 		hooks:   cfg.Hooks,
+		knobs:   knobsOf(cfg.Hooks),
 		waiters: newWaiters(),
 		closed:  make(chan struct{}),
 	}
@@ -135,7 +138,7 @@ func (c *Client) Close() error {
 		if c.reaper != nil {
 			c.reaper.Stop()
 		}
-		bound := min(c.cfg.TTL, 5*time.Second)
+		bound := c.cfg.closeTimeout()
 		c.mu.Lock()
 		c.closing = true
 		l, creating := c.lease, c.creating
@@ -243,7 +246,7 @@ func (c *Client) currentLease(ctx context.Context) (*lease, error) {
 // after Close has begun is deleted at once.
 func (c *Client) createLease(a *leaseAttempt) {
 	defer close(a.done)
-	ctx, cancel := context.WithTimeout(c.createCtx, c.cfg.TTL)
+	ctx, cancel := context.WithTimeout(c.createCtx, c.cfg.createLeaseTimeout())
 	l, err := c.newLease(ctx)
 	cancel()
 	c.mu.Lock()
@@ -251,7 +254,7 @@ func (c *Client) createLease(a *leaseAttempt) {
 	if err == nil && c.closing {
 		c.mu.Unlock()
 		c.logger.Debug("sqldlm: lease created after the client closed, deleting it", "lease_id", l.id)
-		dctx, dcancel := context.WithTimeout(context.Background(), min(c.cfg.TTL, 5*time.Second))
+		dctx, dcancel := context.WithTimeout(context.Background(), c.cfg.closeTimeout())
 		defer dcancel()
 		if _, delErr := c.dialect.DeleteLease(dctx, c.db, l.id); delErr != nil {
 			c.logger.Debug("sqldlm: delete lease created after close (it expires by itself)", "lease_id", l.id, "error", delErr)
@@ -292,7 +295,7 @@ func (c *Client) abandon(l *lease, name string, id int64) {
 	if !l.live() {
 		return // the lease's deletion covers it
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), withdrawBound(c.cfg.TTL))
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.withdrawBound())
 	err := c.withdraw(ctx, l, name, id)
 	cancel()
 	if err != nil {
@@ -300,10 +303,6 @@ func (c *Client) abandon(l *lease, name string, id int64) {
 		c.janitor.abandon(l, name, id)
 	}
 }
-
-// withdrawBound is how long a caller that gave up waits for the withdrawal
-// of its request before the janitor takes it over.
-func withdrawBound(ttl time.Duration) time.Duration { return min(ttl/10, 250*time.Millisecond) }
 
 // withdraw withdraws request id of lease l for good (deleting its waiter
 // row and any hold it obtained) and wakes the waiters of the names it
@@ -325,26 +324,21 @@ func (c *Client) notified() bool { return c.listener.Load() }
 // listen keeps a notification listener up (PostgreSQL), reconnecting with
 // backoff; while it is down, waiters poll at the short interval.
 func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
-	wait := 100 * time.Millisecond
+	wait := newExpBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		err := n.Listen(ctx, c.db, func() {
 			c.listener.Store(true)
 			c.waiters.wakeAll() // releases may have been missed while down
-			wait = 100 * time.Millisecond
+			wait.reset()
 		}, c.wakeup)
 		c.listener.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
 		c.logger.Debug("sqldlm: notification listener down, polling", "error", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, wait.next()) {
 			return
-		case <-t.C:
 		}
-		wait = min(wait*2, 5*time.Second)
 	}
 }
 

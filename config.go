@@ -3,7 +3,6 @@ package sqldlm
 import (
 	"cmp"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -127,10 +126,64 @@ func (c Config) withDefaults() (Config, error) {
 		c.Hooks = NopHooks{}
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
 }
+
+// How the TTL becomes timings: every duration the client derives from its
+// TTL is one of these methods, called on a Config with its defaults filled
+// in. (The TTL itself also goes to the database with each lease, which
+// renews and expires the lease from its own row, and to Fence, as the idle
+// timeout of a fenced transaction.)
+
+// renewInterval is how often the heartbeat renews the lease: a third of the
+// TTL.
+func (c Config) renewInterval() time.Duration { return c.TTL / 3 }
+
+// renewRetry is how soon the heartbeat tries a failed renewal again.
+func (c Config) renewRetry() time.Duration { return min(c.renewInterval()/4, 250*time.Millisecond) }
+
+// trustMargin is how much earlier than the server the client gives up a
+// lease: a tenth of the TTL covers clock rate differences and scheduling
+// delays.
+func (c Config) trustMargin() time.Duration { return mutantMargin(c.TTL / 10) }
+
+// trustFor is how long after a renewal (or the lease's creation) was sent
+// the client trusts the lease without a later one: its local deadline is
+// that send time plus trustFor.
+func (c Config) trustFor() time.Duration { return c.TTL - c.trustMargin() }
+
+// createLeaseTimeout bounds the creation of a lease: an answer after the
+// TTL would be refused anyway (see errSlowLease).
+func (c Config) createLeaseTimeout() time.Duration { return c.TTL }
+
+// deleteLeaseFor is how long the janitor keeps trying to delete the row of
+// a lease the client gave up: after it, the lease has expired in the
+// database anyway.
+func (c Config) deleteLeaseFor() time.Duration { return c.TTL }
+
+// releaseBound is how long Release waits for the database before it leaves
+// the release to the janitor.
+func (c Config) releaseBound() time.Duration { return min(c.TTL/2, 5*time.Second) }
+
+// settleBound is how long a statement that settles an unknown outcome (an
+// upgrade's withdrawal, a downgrade sent again, a lost handle's delete) may
+// take before the janitor, or giving the lock up, takes over.
+func (c Config) settleBound() time.Duration { return min(c.TTL/4, 2*time.Second) }
+
+// withdrawBound is how long a caller that gave up waits for the withdrawal
+// of its request before the janitor takes it over.
+func (c Config) withdrawBound() time.Duration { return min(c.TTL/10, 250*time.Millisecond) }
+
+// cleanupTimeout bounds one attempt at a background cleanup: a janitor
+// task, or a check of whether a TryLockTx transaction has ended.
+func (c Config) cleanupTimeout() time.Duration { return min(c.TTL/2, 5*time.Second) }
+
+// closeTimeout bounds each step of Close that talks to the database
+// (deleting the lease, the janitor's final pass), and the deletion of a
+// lease created after Close began.
+func (c Config) closeTimeout() time.Duration { return min(c.TTL, 5*time.Second) }
 
 func defaultOwner() string {
 	host, err := os.Hostname()

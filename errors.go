@@ -1,14 +1,10 @@
 package sqldlm
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
-
-	"github.com/sqldlm/sqldlm/dialect"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -128,25 +124,4 @@ func opError(op, name string, err error) error {
 		return err
 	}
 	return &OpError{Op: op, Name: name, Err: err}
-}
-
-// retryStatement runs one idempotent single-statement operation, again
-// after a deadlock, a serialization failure or a lock wait timeout (the
-// statement was rolled back: running it again is safe), a few times.
-func retryStatement[T any](ctx context.Context, run func() (T, error)) (T, error) {
-	wait := 5 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		v, err := run()
-		if err == nil || !dialect.IsRetryable(err) || attempt == 5 {
-			return v, err
-		}
-		t := time.NewTimer(wait + rand.N(wait))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return v, err
-		case <-t.C:
-		}
-		wait *= 2
-	}
 }

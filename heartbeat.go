@@ -11,9 +11,8 @@ import (
 // live, or when the local deadline passes without a successful renewal (the
 // deadline timer fires independently of a renewal in flight).
 func (l *lease) heartbeat() {
-	ttl := l.c.cfg.TTL
-	interval := ttl / 3
-	retry := min(interval/4, 250*time.Millisecond)
+	interval := l.c.cfg.renewInterval()
+	retry := l.c.cfg.renewRetry()
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	for {

@@ -129,7 +129,7 @@ func (j *janitor) run() {
 	defer close(j.exited)
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	wait := 50 * time.Millisecond
+	wait := newExpBackoff(50*time.Millisecond, 2*time.Second)
 	for {
 		select {
 		case <-j.stop:
@@ -140,10 +140,9 @@ func (j *janitor) run() {
 		}
 		failed, next := j.pass(false)
 		if !failed {
-			wait = 50 * time.Millisecond
+			wait.reset()
 		} else {
-			next = min(next, wait)
-			wait = min(wait*2, 2*time.Second)
+			next = min(next, wait.next())
 		}
 		retry.Reset(next)
 	}
@@ -164,7 +163,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	parent := j.ctx
 	if final {
 		var cancel context.CancelFunc
-		parent, cancel = context.WithTimeout(context.Background(), min(j.c.cfg.TTL, 5*time.Second))
+		parent, cancel = context.WithTimeout(context.Background(), j.c.cfg.closeTimeout())
 		defer cancel()
 	}
 	var failed []*task
@@ -181,7 +180,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 			j.c.logger.Debug("sqldlm: background cleanup dropped at close: no time left", "task", t.what)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(parent, min(j.c.cfg.TTL/2, 5*time.Second))
+		ctx, cancel := context.WithTimeout(parent, j.c.cfg.cleanupTimeout())
 		err := t.run(ctx)
 		cancel()
 		if err != nil {

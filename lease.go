@@ -9,18 +9,17 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
-	"github.com/sqldlm/sqldlm/internal/testhook"
 )
 
 // A lease is the client's session in the database: one row, renewed by one
 // heartbeat, that every lock the client holds hangs off. The database
 // decides when the lease expires (its clock, its row); the client trusts
 // the lease only until its local deadline: the monotonic time at which the
-// last successful renewal was sent, plus the TTL, minus a safety margin. A
-// renewal is executed by the server after it was sent, so the server's
-// expiry is never earlier than the local deadline (clock rates agreeing to
-// within the margin): the holder learns of a loss before anyone else can be
-// granted its locks.
+// last successful renewal was sent, plus the TTL, minus a safety margin
+// (Config.trustFor). A renewal is executed by the server after it was sent,
+// so the server's expiry is never earlier than the local deadline (clock
+// rates agreeing to within the margin): the holder learns of a loss before
+// anyone else can be granted its locks.
 //
 // A lost lease is never revived: the client opens a new one for later locks.
 type lease struct {
@@ -34,17 +33,6 @@ type lease struct {
 	ended    chan struct{}
 	expiry   *time.Timer // fires at deadline
 	kick     chan struct{}
-}
-
-func init() { testhook.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id } }
-
-// margin is how much earlier than the server the client gives up a lease:
-// a tenth of the TTL covers clock rate differences and scheduling delays.
-func margin(ttl time.Duration) time.Duration {
-	if mutantLateDeadline {
-		return -time.Second // test builds with the sqldlm_mutant tag only
-	}
-	return ttl / 10
 }
 
 // errSlowLease: the database answered the creation of a lease after its
@@ -80,12 +68,12 @@ func (c *Client) newLease(ctx context.Context) (*lease, error) {
 	})
 	if err != nil {
 		// The row may exist if only the answer was lost: delete it later.
-		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.deleteLeaseFor()))
 		return nil, fmt.Errorf("sqldlm: create lease: %w", err)
 	}
-	l.deadline = sent.Add(c.cfg.TTL - margin(c.cfg.TTL))
+	l.deadline = sent.Add(c.cfg.trustFor())
 	if time.Now().After(l.deadline) {
-		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.TTL))
+		c.janitor.deleteLease(l.id, time.Now().Add(c.cfg.deleteLeaseFor()))
 		return nil, fmt.Errorf("sqldlm: create lease: %w (%s)", errSlowLease, c.cfg.TTL)
 	}
 	return l, nil
@@ -127,7 +115,7 @@ func (l *lease) extend(sent time.Time) bool {
 	if l.err != nil {
 		return false
 	}
-	if d := sent.Add(l.c.cfg.TTL - margin(l.c.cfg.TTL)); d.After(l.deadline) {
+	if d := sent.Add(l.c.cfg.trustFor()); d.After(l.deadline) {
 		l.deadline = d
 	}
 	return true
@@ -200,13 +188,13 @@ func (l *lease) end(err error, why string) {
 			lost = append(lost, lk)
 		}
 	}
-	testhook.LeaseEnded(testhook.LeaseEnd{LeaseID: l.id, Deadline: deadline, Err: err})
+	l.c.leaseEnded(l.id, deadline, err)
 	if err == ErrLost {
 		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)
 		l.c.hooks.LeaseLost(len(locks))
 		for _, lk := range lost {
 			l.c.hooks.LockLost(lk.name, lk.Mode(), time.Since(lk.granted))
 		}
-		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.TTL))
+		l.c.janitor.deleteLease(l.id, time.Now().Add(l.c.cfg.deleteLeaseFor()))
 	}
 }

@@ -185,19 +185,12 @@ func (l *Lock) settle(out dialect.TxOutcome) bool {
 // watchTx polls until the acquiring transaction has ended (or the lock or
 // the client did), so that a rollback closes Done.
 func (l *Lock) watchTx() {
-	wait := 5 * time.Millisecond
+	wait := newExpBackoff(5*time.Millisecond, time.Second)
 	for {
-		t := time.NewTimer(wait)
-		select {
-		case <-l.c.closed:
-			t.Stop()
+		if !sleepUntil(wait.next(), l.c.closed, l.lease.ended) {
 			return
-		case <-l.lease.ended:
-			t.Stop()
-			return
-		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), min(l.c.cfg.TTL/2, 5*time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), l.c.cfg.cleanupTimeout())
 		pending, err := l.txState(ctx)
 		cancel()
 		if err != nil {
@@ -205,7 +198,6 @@ func (l *Lock) watchTx() {
 		} else if !pending {
 			return
 		}
-		wait = min(wait*2, time.Second)
 	}
 }
 

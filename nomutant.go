@@ -5,7 +5,7 @@ package sqldlm
 // Every normal build: the library as designed. The sqldlm_mutant build tag
 // (mutant.go) breaks two safety mechanisms on purpose, to prove that the
 // randomized fault test in integration_test sees the bugs it is meant to
-// catch.
+// catch. The constants are read only in knobs.go, with the other test seams.
 const (
 	// mutantFenceUnchecked makes Fence check nothing: neither the lock's
 	// local state nor, in the database, that it is still held by a live

@@ -17,7 +17,7 @@ import (
 	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/internal/dsn"
 	"github.com/sqldlm/sqldlm/internal/jepsen"
-	"github.com/sqldlm/sqldlm/internal/testhook"
+	"github.com/sqldlm/sqldlm/internal/testknobs"
 )
 
 // Environment of a jepsen-client child process (see jepsen_test.go).
@@ -65,14 +65,14 @@ func jepsenChild() int {
 	}
 	defer f.Close()
 	rec := jepsen.NewRecorder(f)
-	testhook.SetLeaseEnded(func(e testhook.LeaseEnd) {
+	leaseEnded := func(e testknobs.LeaseEnd) {
 		now := jepsen.Mono()
 		ev := jepsen.Event{P: proc, T: jepsen.LeaseEnd, Lease: e.LeaseID, Deadline: now + int64(time.Until(e.Deadline)), Mono: now}
 		if e.Err != nil {
 			ev.Err = e.Err.Error()
 		}
 		rec.Record(ev)
-	})
+	}
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	var opID atomic.Int64
@@ -87,8 +87,9 @@ func jepsenChild() int {
 			return 1
 		}
 		defer db.Close()
-		c, err := sqldlm.New(db, sqldlm.Config{TTL: jepsenTTL, ReapInterval: jepsenReap, Audit: true,
-			Owner: fmt.Sprintf("p%d.c%d", proc, ci), ConnectTimeout: 30 * time.Second})
+		knobs := &testknobs.Knobs{LeaseEnded: leaseEnded}
+		c, err := sqldlm.New(db, withKnobs(sqldlm.Config{TTL: jepsenTTL, ReapInterval: jepsenReap, Audit: true,
+			Owner: fmt.Sprintf("p%d.c%d", proc, ci), ConnectTimeout: 30 * time.Second}, knobs))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "jepsen child:", err)
 			return 1
@@ -96,7 +97,7 @@ func jepsenChild() int {
 		clients = append(clients, c)
 		for wi := range jepsenWorkers {
 			w := &jepsenWorker{
-				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, c: c, db: db, rec: rec, ids: &opID, until: until,
+				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, c: c, knobs: knobs, db: db, rec: rec, ids: &opID, until: until,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))), counts: counts,
 			}
 			w.zipf = rand.NewZipf(w.rng, 1.2, 1, jepsenNames-1)
@@ -127,6 +128,7 @@ type jepsenWorker struct {
 	proc, w int
 	kind    string
 	c       *sqldlm.Client
+	knobs   *testknobs.Knobs // c's
 	db      *sql.DB
 	rec     *jepsen.Recorder
 	ids     *atomic.Int64
@@ -229,7 +231,7 @@ func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mod
 		return nil
 	}
 	e := w.event(jepsen.OK, f, l, id)
-	e.Lease = testhook.LeaseOf(l)
+	e.Lease = w.knobs.LeaseOf(l)
 	if tk := l.Takeover(); tk != nil {
 		e.TookLease, e.TookToken = tk.LeaseID, tk.Token
 	}
@@ -275,7 +277,7 @@ func (w *jepsenWorker) tryLockTx(ctx context.Context, name string, mode sqldlm.M
 // between them (sometimes longer than the TTL), maybe an upgrade or a
 // downgrade, then releases l with a 1s context.
 func (w *jepsenWorker) criticalSection(ctx context.Context, l *sqldlm.Lock) {
-	lease := testhook.LeaseOf(l)
+	lease := w.knobs.LeaseOf(l)
 	cs := int64(w.proc)<<32 | w.ids.Add(1)
 	k := 1 + w.rng.IntN(3)
 	for seq := 1; seq <= k; seq++ {

@@ -16,7 +16,7 @@ import (
 	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/faultproxy"
 	"github.com/sqldlm/sqldlm/internal/testdb"
-	"github.com/sqldlm/sqldlm/internal/testhook"
+	"github.com/sqldlm/sqldlm/internal/testknobs"
 )
 
 // The uncertain-outcome matrix (issue 13, "search for this class"): every
@@ -268,6 +268,7 @@ type ucEnv struct {
 	fault  string
 	db     *testdb.DB // direct: checks and the blocking session
 	a      *sqldlm.Client
+	knobs  *testknobs.Knobs // a's
 	adb    *sql.DB
 	other  *sqldlm.Client
 	proxy  *faultproxy.Proxy
@@ -296,7 +297,8 @@ func newUCEnv(t *testing.T, db *testdb.DB, op ucOp, fault string) *ucEnv {
 		}
 		e.adb = testdb.Reopen(t, db.Kind, dsn).DB
 	}
-	c, err := sqldlm.New(e.adb, cfg)
+	e.knobs = &testknobs.Knobs{}
+	c, err := sqldlm.New(e.adb, withKnobs(cfg, e.knobs))
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if p := e.proxy; p != nil {
@@ -531,7 +533,7 @@ func (e *ucEnv) checkHeld(held []*sqldlm.Lock, when string) {
 		if l.Err() != nil {
 			continue // ended while the database was read
 		}
-		want := dbHold{lease: testhook.LeaseOf(l), token: token, mode: map[sqldlm.Mode]string{sqldlm.Shared: "S", sqldlm.Exclusive: "X"}[mode]}
+		want := dbHold{lease: e.knobs.LeaseOf(l), token: token, mode: map[sqldlm.Mode]string{sqldlm.Shared: "S", sqldlm.Exclusive: "X"}[mode]}
 		found := false
 		for _, h := range hs {
 			found = found || h == want
@@ -562,7 +564,7 @@ func (e *ucEnv) releaseAndCheckFree(held, released []*sqldlm.Lock) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, l := range held {
-		lease, token := testhook.LeaseOf(l), l.Token()
+		lease, token := e.knobs.LeaseOf(l), l.Token()
 		t.Logf("final Release of %q (token %d, %s, Err %v): %v", l.Name(), token, l.Mode(), l.Err(), l.Release(ctx))
 		// The fault has healed: the database answers, so the hold must be
 		// gone as Release returns, whatever it returned.

@@ -36,7 +36,7 @@ const (
 	Info   = "info"   // its outcome is unknown
 	// Lost: a held lock's Done channel closed without a release.
 	Lost = "lost"
-	// LeaseEnd: a lease ended (testhook.LeaseEnded), with its local deadline.
+	// LeaseEnd: a lease ended (testknobs.Knobs.LeaseEnded), with its local deadline.
 	LeaseEnd = "lease-end"
 	// Killed: the nemesis killed process P (written by the parent).
 	Killed = "killed"

@@ -2,6 +2,8 @@ package jepsen
 
 import (
 	"fmt"
+	"hash/fnv"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -173,11 +175,9 @@ func LockModel() porcupine.Model {
 		},
 		Equal: func(a, b any) bool { return a.(lockState).key() == b.(lockState).key() },
 		Hash: func(s any) uint64 {
-			var h uint64 = 14695981039346656037
-			for _, c := range []byte(s.(lockState).key()) {
-				h = (h ^ uint64(c)) * 1099511628211
-			}
-			return h
+			h := fnv.New64a()
+			io.WriteString(h, s.(lockState).key()) // a hash's Write never fails
+			return h.Sum64()
 		},
 		DescribeOperation: func(input, output any) string {
 			in, out := input.(lockInput), output.(lockOutput)

@@ -3,127 +3,10 @@ package sqldlm
 import (
 	"context"
 	"math/rand/v2"
-	"sync"
 	"time"
+
+	"github.com/sqldlm/sqldlm/dialect"
 )
-
-// waiters lets a release in this process, or a notification from the
-// database, wake the goroutines waiting for a name at once: the one request
-// a notification names, the longest-waiting one of the name, or all of them.
-// A notification may also carry a grant (a handover), which the request
-// then takes without asking the database again.
-type waiters struct {
-	mu     sync.Mutex
-	byName map[string][]*waiter // per name, in order of registration
-}
-
-// waiter is one request waiting for a name.
-type waiter struct {
-	id int64 // the request's id
-	ch chan wakeup
-}
-
-// wakeup is what a waiter is woken with: nothing (try again), or a grant
-// made on its behalf, committed, under lease with token.
-type wakeup struct {
-	lease int64
-	token int64
-}
-
-// grants reports whether v carries a grant made under lease l. (A grant
-// under an earlier lease of the same request is void with that lease.)
-func (v wakeup) grants(l *lease) bool { return v.token != 0 && v.lease == l.id }
-
-func newWaiters() *waiters { return &waiters{byName: map[string][]*waiter{}} }
-
-// register returns a channel that receives a value when request id may be
-// granted name, and a function to stop listening.
-func (w *waiters) register(name string, id int64) (<-chan wakeup, func()) {
-	me := &waiter{id: id, ch: make(chan wakeup, 1)}
-	w.mu.Lock()
-	w.byName[name] = append(w.byName[name], me)
-	w.mu.Unlock()
-	return me.ch, func() {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		list := w.byName[name]
-		for i, x := range list {
-			if x == me {
-				list = append(list[:i:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(list) == 0 {
-			delete(w.byName, name)
-		} else {
-			w.byName[name] = list
-		}
-	}
-}
-
-// wake hands v to the waiter without blocking. A pending wake-up that
-// carries no grant is replaced by one that does; a grant is never replaced
-// by a plain wake-up. Callers hold the waiters' mutex, so x has one sender
-// at a time.
-func (x *waiter) wake(v wakeup) {
-	for {
-		select {
-		case x.ch <- v:
-			return
-		default:
-		}
-		select {
-		case old := <-x.ch:
-			if v.token == 0 {
-				v = old
-			}
-		default:
-		}
-	}
-}
-
-// wake wakes every waiter of name; it never blocks.
-func (w *waiters) wake(name string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, x := range w.byName[name] {
-		x.wake(wakeup{})
-	}
-}
-
-// wakeHead wakes the waiter of name that registered first (in this
-// process, the one most likely at the head of the name's queue), after a
-// release: waking the others would only have them asked again to wait.
-func (w *waiters) wakeHead(name string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if list := w.byName[name]; len(list) > 0 {
-		list[0].wake(wakeup{})
-	}
-}
-
-// wakeRequest wakes the waiter of name with request id, if it waits in
-// this process, with v.
-func (w *waiters) wakeRequest(name string, id int64, v wakeup) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, x := range w.byName[name] {
-		if x.id == id {
-			x.wake(v)
-		}
-	}
-}
-
-// wakeAll wakes every waiter (when notifications may have been missed).
-func (w *waiters) wakeAll() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, list := range w.byName {
-		for _, x := range list {
-			x.wake(wakeup{})
-		}
-	}
-}
 
 // Polling bounds. Waiters poll with capped exponential backoff and jitter.
 // Where the database notifies releases (PostgreSQL, while its listening
@@ -227,4 +110,66 @@ func (b *backoff) sleep(ctx context.Context, wake <-chan wakeup, expiry time.Dur
 	case <-t.C:
 	}
 	return wakeup{}, nil
+}
+
+// retryStatement runs one idempotent single-statement operation, again
+// after a deadlock, a serialization failure or a lock wait timeout (the
+// statement was rolled back: running it again is safe), a few times.
+func retryStatement[T any](ctx context.Context, run func() (T, error)) (T, error) {
+	// Five attempts: four waits of 5, 10, 20 and 40ms (before jitter).
+	wait := newExpBackoff(5*time.Millisecond, 40*time.Millisecond)
+	for attempt := 1; ; attempt++ {
+		v, err := run()
+		if err == nil || !dialect.IsRetryable(err) || attempt == 5 {
+			return v, err
+		}
+		if !sleepCtx(ctx, jitter(wait.next())) {
+			return v, err
+		}
+	}
+}
+
+// expBackoff is a capped doubling delay: first, then twice the previous
+// one, up to max. The client's generic retry loops use it (a statement
+// retried, the janitor's failed tasks, the notification listener's
+// reconnections, a TryLockTx transaction's watcher, a downgrade); a
+// waiter's polls have the queue-paced backoff above.
+type expBackoff struct {
+	first, max, cur time.Duration
+}
+
+func newExpBackoff(first, max time.Duration) expBackoff {
+	return expBackoff{first: first, max: max, cur: first}
+}
+
+// next returns the current delay and doubles it, up to max, for the next
+// call.
+func (b *expBackoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+// reset makes the next delay the first one again.
+func (b *expBackoff) reset() { b.cur = b.first }
+
+// jitter returns a random duration in [d, 2d).
+func jitter(d time.Duration) time.Duration { return d + rand.N(d) }
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool { return sleepUntil(d, ctx.Done(), nil) }
+
+// sleepUntil waits for d or until a or b (nil: never) is closed; it reports
+// whether d passed.
+func sleepUntil(d time.Duration, a, b <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-a:
+		return false
+	case <-b:
+		return false
+	case <-t.C:
+		return true
+	}
 }

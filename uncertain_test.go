@@ -403,6 +403,12 @@ func TestLateStatementAfterWithdrawalGrantsNothing(t *testing.T) {
 		require.NoError(t, err)
 		d := newFaultDialect(b.db.Dialect)
 		c := b.client(t, Config{Dialect: d, TTL: time.Second, ReapInterval: ReapDisabled})
+		// The lease first, so that the 100ms below are the acquire's alone
+		// (under the suite's load creating a lease can take longer, and the
+		// Lock then ended before its statement was sent).
+		warm, err := c.Lock(ctx, "late/warm", Exclusive)
+		require.NoError(t, err)
+		require.NoError(t, warm.Release(ctx))
 		d.set(func(d *faultDialect) { d.late = "acquire" })
 		wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()

@@ -57,6 +57,9 @@ type Options struct {
 	// so that SetClockOffset moves the server's wall clock (clock_timestamp(),
 	// NOW(6), SYSDATE(6)) while its monotonic clock keeps running.
 	FakeTime bool
+	// PGSettings are extra PostgreSQL settings ("name=value", each passed
+	// as -c), after the defaults; ignored for MariaDB.
+	PGSettings []string
 }
 
 // libfaketime's two builds: the plain one for PostgreSQL (one thread per
@@ -252,6 +255,9 @@ func (i *Instance) serverCommand() *exec.Cmd {
 			"-c", "max_connections=100",
 			"-c", "logging_collector=off",
 			"-c", "TimeZone=UTC")
+		for _, setting := range i.opts.PGSettings {
+			cmd.Args = append(cmd.Args, "-c", setting)
+		}
 	case MySQL:
 		args := []string{"--no-defaults",
 			"--datadir=" + i.data,

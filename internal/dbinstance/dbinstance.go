@@ -319,6 +319,11 @@ func (i *Instance) initdb() error {
 		}
 		cmd = exec.Command(i.bins.initdb, "--no-defaults", "--datadir="+i.data,
 			"--auth-root-authentication-method=normal", "--skip-test-db")
+		if i.galera != nil {
+			// The cluster's nodes are initialised at once: each its own
+			// temporary directory (their temporary tables collided in /tmp).
+			cmd.Args = append(cmd.Args, "--tmpdir="+i.dir)
+		}
 		if i.cred != nil {
 			cmd.Args = append(cmd.Args, "--user=mysql")
 		}

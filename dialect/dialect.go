@@ -55,6 +55,16 @@ type Dialect interface {
 	Auditor
 }
 
+// PoolMigrationLocker is a [Dialect] whose migration lock is better kept
+// with a pool at hand: on a Galera cluster the MySQL dialect's lock is a row
+// that another connection of db keeps fresh while the migration runs on
+// conn, so that a migrator that died is recognised by its stale row. The
+// migrations package calls LockMigrationsPool instead of LockMigrations when
+// the dialect has it; the contract is LockMigrations'.
+type PoolMigrationLocker interface {
+	LockMigrationsPool(ctx context.Context, db *sql.DB, conn *sql.Conn) (unlock func(context.Context) error, err error)
+}
+
 // Testable is a [Dialect] with what sqldlm's tests need and sqldlm itself
 // never calls. Every dialect shipped with sqldlm implements it; the
 // conformance suite (dialecttest) and the test databases (internal/testdb)

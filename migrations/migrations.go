@@ -86,7 +86,7 @@ func NewProvider(db *sql.DB, d dialect.Dialect) (*goose.Provider, error) {
 		return nil, err
 	}
 	opts := []goose.ProviderOption{
-		goose.WithSessionLocker(&sessionLocker{d: d, unlock: map[*sql.Conn]func(context.Context) error{}}),
+		goose.WithSessionLocker(&sessionLocker{d: d, db: db, unlock: map[*sql.Conn]func(context.Context) error{}}),
 		goose.WithDisableGlobalRegistry(true),
 	}
 	gd := gooseDialects[d.Name()]
@@ -100,6 +100,62 @@ func NewProvider(db *sql.DB, d dialect.Dialect) (*goose.Provider, error) {
 		opts = append(opts, goose.WithTableName(VersionTable))
 	}
 	return goose.NewProvider(gd, db, fsys, opts...)
+}
+
+// newStore returns the goose store NewProvider gives d's Provider.
+func newStore(d dialect.Dialect) (database.Store, error) {
+	if d.Name() == "mysql" {
+		return newMySQLStore()
+	}
+	return database.NewStore(gooseDialects[d.Name()], VersionTable)
+}
+
+// prepareVersionTable makes sure the version table exists and is not empty,
+// under the migration lock, before goose looks at it.
+//
+// goose's Up first checks for pending migrations without its lock, and that
+// check creates the version table and inserts its version 0 row when the
+// table is missing. Two migrators doing so at once can leave the table
+// without that row: on a Galera cluster the second's CREATE TABLE (total
+// order isolation) aborts the first's INSERT, and goose then finds the table
+// and never inserts the row (HA-2026-12 G1). goose refuses an empty version
+// table ("missing zero version migration") for ever after. Here the table
+// and the row are created under the lock, and an empty table left by such a
+// run, or by an older sqldlm, is repaired by inserting the row.
+func prepareVersionTable(ctx context.Context, db *sql.DB, d dialect.Dialect) (err error) {
+	store, err := newStore(d)
+	if err != nil {
+		return err
+	}
+	// The usual case, without the lock: the table exists and has rows.
+	if _, err := store.GetLatestVersion(ctx, db); err == nil {
+		return nil
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	unlock, err := lockMigrations(ctx, d, db, conn)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, unlock(context.WithoutCancel(ctx))) }()
+	_, err = store.GetLatestVersion(ctx, conn)
+	switch {
+	case err == nil: // another migrator prepared it meanwhile
+		return nil
+	case errors.Is(d.ClassifyError(err), dialect.ErrUndefinedTable):
+		if err := store.CreateVersionTable(ctx, conn); err != nil {
+			return fmt.Errorf("create %s: %w", VersionTable, err)
+		}
+	case !errors.Is(err, database.ErrVersionNotFound): // not "exists and is empty"
+		return fmt.Errorf("read %s: %w", VersionTable, err)
+	}
+	if err := store.Insert(ctx, conn, database.InsertRequest{Version: 0}); err != nil {
+		return fmt.Errorf("insert version 0 into %s: %w", VersionTable, err)
+	}
+	return nil
 }
 
 // mysqlStore is goose's MySQL store, except that it reads the applied-at
@@ -141,11 +197,16 @@ func (s *mysqlStore) TableExists(ctx context.Context, db database.DBTxConn) (boo
 	return s.ext.TableExists(ctx, db)
 }
 
-// Up applies every pending migration. Two processes running Up at once both
-// succeed: one waits for the other and then finds nothing to do.
+// Up applies every pending migration. Any number of processes may run Up at
+// once, through any nodes of a Galera cluster: they take turns, and those
+// that come later find nothing to do. An empty version table, left by a
+// migration interrupted before it recorded version 0, is repaired.
 func Up(ctx context.Context, db *sql.DB, d dialect.Dialect) ([]*goose.MigrationResult, error) {
 	p, err := NewProvider(db, d)
 	if err != nil {
+		return nil, err
+	}
+	if err := prepareVersionTable(ctx, db, d); err != nil {
 		return nil, err
 	}
 	return p.Up(ctx)
@@ -199,15 +260,24 @@ func Current(ctx context.Context, q database.DBTxConn, d dialect.Dialect) (int64
 	return v, nil
 }
 
+// lockMigrations takes d's migration lock on conn, a connection of db.
+func lockMigrations(ctx context.Context, d dialect.Dialect, db *sql.DB, conn *sql.Conn) (func(context.Context) error, error) {
+	if pl, ok := d.(dialect.PoolMigrationLocker); ok {
+		return pl.LockMigrationsPool(ctx, db, conn)
+	}
+	return d.LockMigrations(ctx, conn)
+}
+
 // sessionLocker adapts [dialect.Dialect.LockMigrations] to goose.
 type sessionLocker struct {
 	d      dialect.Dialect
+	db     *sql.DB
 	mu     sync.Mutex
 	unlock map[*sql.Conn]func(context.Context) error
 }
 
 func (l *sessionLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
-	unlock, err := l.d.LockMigrations(ctx, conn)
+	unlock, err := lockMigrations(ctx, l.d, l.db, conn)
 	if err != nil {
 		return err
 	}

@@ -88,15 +88,29 @@ const migrationLockWait = 1
 
 // LockMigrations takes GET_LOCK on a name derived from the current database,
 // so migrators of different databases on one server do not wait on each
-// other. (GET_LOCK is local to one server: on a Galera cluster, run
-// migrations against one node.)
+// other. GET_LOCK is local to one server, so on a Galera cluster
+// (wsrep_on) the lock is a row of sqldlm_migration_lock instead, which
+// certification makes cluster-wide: see LockMigrationsPool.
 func (d mysqlDialect) LockMigrations(ctx context.Context, conn *sql.Conn) (func(context.Context) error, error) {
+	return d.LockMigrationsPool(ctx, nil, conn)
+}
+
+// LockMigrationsPool is LockMigrations; on a Galera cluster a connection of
+// db (when not nil) keeps the lock row fresh while the migration runs.
+func (d mysqlDialect) LockMigrationsPool(ctx context.Context, db *sql.DB, conn *sql.Conn) (func(context.Context) error, error) {
 	var database sql.NullString
 	if err := conn.QueryRowContext(ctx, `SELECT DATABASE()`).Scan(&database); err != nil {
 		return nil, fmt.Errorf("read current database: %w", d.ClassifyError(err))
 	}
 	if !database.Valid {
 		return nil, errors.New("no database selected: name one in the DSN (mysql://user@host:3306/DATABASE)")
+	}
+	galera, err := d.wsrepOn(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if galera {
+		return d.lockMigrationsCluster(ctx, db, conn, database.String)
 	}
 	const lockName = `CONCAT('sqldlm:migrate:', SHA1(DATABASE()))` // 55 characters, under the limit of 64
 	for {

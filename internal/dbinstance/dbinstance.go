@@ -85,6 +85,8 @@ type Instance struct {
 	port   int
 	cred   *syscall.Credential // server user, when running as root
 
+	galera *galeraNode // set for a node of a Galera cluster (StartGalera)
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd     // the running postmaster or mariadbd, nil when down
 	done chan struct{} // closed when cmd has exited
@@ -222,10 +224,17 @@ func (i *Instance) Start() error {
 	probe := i.adminDSN(map[Kind]string{Postgres: "postgres", MySQL: "mysql"}[i.kind])
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-		db, _, err := dsn.Open(pctx, probe)
+		var err error
+		if i.galera != nil {
+			err = i.galera.ready(pctx, i)
+		} else {
+			var db *sql.DB
+			if db, _, err = dsn.Open(pctx, probe); err == nil {
+				db.Close()
+			}
+		}
 		pcancel()
 		if err == nil {
-			db.Close()
 			return nil
 		}
 		select {
@@ -279,6 +288,9 @@ func (i *Instance) serverCommand() *exec.Cmd {
 		if i.cred == nil && os.Geteuid() == 0 {
 			args = append(args, "--user=mysql")
 		}
+		if i.galera != nil {
+			args = append(args, i.galera.args()...)
+		}
 		cmd = exec.Command(i.bins.server, args...)
 	}
 	if i.opts.FakeTime {
@@ -313,6 +325,11 @@ func (i *Instance) initdb() error {
 		}
 		cmd = exec.Command(i.bins.initdb, "--no-defaults", "--datadir="+i.data,
 			"--auth-root-authentication-method=normal", "--skip-test-db")
+		if i.galera != nil {
+			// The cluster's nodes are initialised at once: each its own
+			// temporary directory (their temporary tables collided in /tmp).
+			cmd.Args = append(cmd.Args, "--tmpdir="+i.dir)
+		}
 		if i.cred != nil {
 			cmd.Args = append(cmd.Args, "--user=mysql")
 		}
@@ -331,12 +348,22 @@ func (i *Instance) initdb() error {
 }
 
 // pids returns the server's processes: the postmaster first, then its
-// children (PostgreSQL), or mariadbd alone. Empty when the server is down.
+// children (PostgreSQL), or mariadbd alone (with its descendants on a Galera
+// node). Empty when the server is down.
 func (i *Instance) pidsLocked() []int {
 	if i.cmd == nil {
 		return nil
 	}
 	main := i.cmd.Process.Pid
+	if i.galera != nil {
+		// A Galera node's state transfer runs a script and an rsync daemon
+		// under mariadbd: they go with it.
+		pids := []int{main}
+		for k := 0; k < len(pids); k++ {
+			pids = append(pids, childrenOf(pids[k])...)
+		}
+		return pids
+	}
 	if i.kind != Postgres {
 		return []int{main}
 	}

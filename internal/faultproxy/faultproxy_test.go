@@ -100,12 +100,13 @@ func TestDown(t *testing.T) {
 	p.Down(true)
 	_, err = echo(open)
 	require.Error(t, err, "the open connection was reset")
-	during, err := net.Dial("tcp", p.Addr())
-	require.NoError(t, err, "the listener still accepts")
-	defer during.Close()
-	_, err = echo(during)
-	require.Error(t, err, "a connection made while down is reset")
-	require.Equal(t, 1, p.Refused())
+	// The reset may come before the dial returns, or on the first read.
+	if during, err := net.Dial("tcp", p.Addr()); err == nil {
+		defer during.Close()
+		_, err = echo(during)
+		require.Error(t, err, "a connection made while down is reset")
+	}
+	require.Equal(t, 1, p.Refused(), "the connection was accepted and reset")
 
 	p.Down(false)
 	after, err := net.Dial("tcp", p.Addr())

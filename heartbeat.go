@@ -6,14 +6,21 @@ import (
 )
 
 // heartbeat renews the lease about every TTL/3 with one statement, however
-// many locks it holds, until the lease ends. A renewal that fails is retried
+// many locks it holds, until the lease ends (the first time sooner if the
+// lease's creation was slow). A renewal that fails is retried
 // sooner; the lease is declared lost when the database says it is no longer
 // live, or when the local deadline passes without a successful renewal (the
 // deadline timer fires independently of a renewal in flight).
 func (l *lease) heartbeat() {
 	interval := l.c.cfg.renewInterval()
 	retry := l.c.cfg.renewRetry()
-	timer := time.NewTimer(interval)
+	// The first renewal comes after TTL/3, or sooner when the lease's
+	// creation was slow: its deadline counts from the creation's send, and
+	// half the time left leaves the renewal the other half to succeed in.
+	l.mu.Lock()
+	first := min(interval, time.Until(l.deadline)/2)
+	l.mu.Unlock()
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	for {
 		select {

@@ -150,3 +150,67 @@ func TestLateGrantLockTriesAgain(t *testing.T) {
 		}
 	})
 }
+
+// slowLeaseDialect answers the first CreateLease only stall after it was
+// sent (the statement runs at once; its answer is slow, as in a commit
+// stall of a Galera cluster).
+type slowLeaseDialect struct {
+	dialect.Dialect
+	stall time.Duration
+	once  sync.Once
+}
+
+func (d *slowLeaseDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect.CreateLeaseParams) error {
+	start := time.Now()
+	err := d.Dialect.CreateLease(ctx, db, p)
+	d.once.Do(func() {
+		select { // the injected latency, not a synchronisation
+		case <-time.After(d.stall - time.Since(start)):
+		case <-ctx.Done():
+		}
+	})
+	return err
+}
+
+// renewHooks reports the lease's renewals.
+type renewHooks struct {
+	NopHooks
+	renewed chan struct{}
+}
+
+func (h *renewHooks) LeaseRenewed(time.Duration) {
+	select {
+	case h.renewed <- struct{}{}:
+	default:
+	}
+}
+
+// G8: after a slow lease creation, the first renewal comes before the
+// lease's local deadline (which counts from the send), so a lock granted
+// under it is not declared lost for want of a renewal. (Before: the first
+// renewal came TTL/3 after the creation's answer, here after the deadline,
+// and the lock was lost at 0.9 TTL with "no renewal succeeded within the
+// TTL".)
+func TestFirstRenewalAfterSlowLeaseCreation(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		const ttl = 3 * time.Second
+		// Answered at 0.65 TTL: TTL/3 later is past the deadline (0.9 TTL);
+		// half the time left is 0.125 TTL.
+		d := &slowLeaseDialect{Dialect: b.db.Dialect, stall: ttl * 65 / 100}
+		h := &renewHooks{renewed: make(chan struct{}, 1)}
+		c := b.client(t, Config{Dialect: d, TTL: ttl, ReapInterval: ReapDisabled, Hooks: h})
+		ctx := testCtx(t)
+		l, err := c.Lock(ctx, "hb/slow-lease", Exclusive)
+		require.NoError(t, err)
+		select {
+		case <-h.renewed:
+		case <-l.Done():
+			t.Fatalf("the lock was lost before the lease's first renewal: %v", l.Err())
+		case <-time.After(2 * ttl):
+			t.Fatal("no renewal within 2 TTL")
+		}
+		require.NoError(t, l.Err())
+		require.NoError(t, l.Release(ctx))
+	})
+}

@@ -161,15 +161,7 @@ func TestS7WaiterLeaseDies(t *testing.T) {
 			held, err := h.Lock(ctx, "s7", sqldlm.Exclusive)
 			require.NoError(t, err)
 
-			type result struct {
-				l   *sqldlm.Lock
-				err error
-			}
-			got := make(chan result, 1)
-			go func() {
-				l, err := w.Lock(ctx, "s7", sqldlm.Exclusive)
-				got <- result{l, err}
-			}()
+			got := lockAsync(ctx, w, "s7", sqldlm.Exclusive)
 			var deadLease int64
 			require.Eventually(t, func() bool {
 				locks, err := h.Locks(ctx, sqldlm.Filter{Prefix: "s7"})
@@ -184,7 +176,7 @@ func TestS7WaiterLeaseDies(t *testing.T) {
 			require.Eventually(t, func() bool { return hooks.lossCount() == 1 }, 3*ttl, 5*time.Millisecond, "w's lease dies")
 			require.NoError(t, held.Release(ctx))
 
-			var r result
+			var r lockResult
 			select {
 			case r = <-got:
 			case <-time.After(20 * time.Second):

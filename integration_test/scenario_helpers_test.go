@@ -128,6 +128,22 @@ func (h *hookRecorder) waitRenewal(t *testing.T, within time.Duration) {
 	}
 }
 
+// lockResult is what a Lock call returned.
+type lockResult struct {
+	l   *sqldlm.Lock
+	err error
+}
+
+// lockAsync calls c.Lock in a goroutine; its result arrives on the channel.
+func lockAsync(ctx context.Context, c *sqldlm.Client, name string, mode sqldlm.Mode) <-chan lockResult {
+	got := make(chan lockResult, 1)
+	go func() {
+		l, err := c.Lock(ctx, name, mode)
+		got <- lockResult{l, err}
+	}()
+	return got
+}
+
 // count runs a COUNT query with ? placeholders.
 func count(t *testing.T, db *testdb.DB, query string, args ...any) int {
 	t.Helper()

@@ -20,6 +20,10 @@ var errorKinds = map[uint16]error{
 	1927: dialect.ErrConnection,      // ER_CONNECTION_KILLED (MariaDB)
 	1053: dialect.ErrConnection,      // ER_SERVER_SHUTDOWN
 	4031: dialect.ErrConnection,      // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+)
+	// Galera: the node cannot serve statements for now, as if it were down
+	// (like PostgreSQL's 57P03): a waiting Lock tries again, TryLock fails.
+	1047: dialect.ErrConnection, // ER_UNKNOWN_COM_ERROR: "WSREP has not yet prepared node for application use" (non-Primary, no quorum)
+	1180: dialect.ErrConnection, // ER_ERROR_DURING_COMMIT: e.g. "Error while appending streaming replication fragment"; outcome unknown
 }
 
 // isolationPrefix starts the message of the error sqldlm_acquire_tx raises

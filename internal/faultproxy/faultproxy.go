@@ -30,6 +30,8 @@ type Proxy struct {
 	paused    bool
 	dropReply bool
 	blackhole bool
+	down      bool
+	refused   int // connections reset at accept while down
 	delay     time.Duration
 	conns     map[net.Conn]struct{}
 	accepted  []*Conn
@@ -340,12 +342,41 @@ func (p *Proxy) Delay(d time.Duration) { p.set(func() { p.delay = d }) }
 func (p *Proxy) ResetAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.resetAll()
+}
+
+func (p *Proxy) resetAll() {
 	for c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		c.Close()
+		reset(c)
 	}
+}
+
+// reset closes c abruptly (RST).
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// Down(true) makes the server look down until Down(false): every open
+// connection is reset, and every new one is reset as soon as it is
+// accepted, as a server that crashed and does not accept connections.
+func (p *Proxy) Down(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = on
+	if on {
+		p.resetAll()
+	}
+}
+
+// Refused returns how many connections were reset at accept while the
+// proxy was down.
+func (p *Proxy) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
 }
 
 // Close stops the proxy and closes every connection.
@@ -375,6 +406,16 @@ func (p *Proxy) accept() {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		down := p.down
+		if down {
+			p.refused++
+		}
+		p.mu.Unlock()
+		if down {
+			reset(client)
+			continue
 		}
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {

@@ -78,6 +78,45 @@ func TestPauseResumeDropReset(t *testing.T) {
 	require.Error(t, err, "the connection was reset")
 }
 
+// Down resets open connections and every connection made while it lasts;
+// afterwards connections work again.
+func TestDown(t *testing.T) {
+	p, err := New(echoServer(t))
+	require.NoError(t, err)
+	defer p.Close()
+	echo := func(c net.Conn) (string, error) {
+		if _, err := c.Write([]byte("x\n")); err != nil {
+			return "", err
+		}
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	open, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer open.Close()
+	_, err = echo(open)
+	require.NoError(t, err)
+
+	p.Down(true)
+	_, err = echo(open)
+	require.Error(t, err, "the open connection was reset")
+	// The reset may come before the dial returns, or on the first read.
+	if during, err := net.Dial("tcp", p.Addr()); err == nil {
+		defer during.Close()
+		_, err = echo(during)
+		require.Error(t, err, "a connection made while down is reset")
+	}
+	require.Equal(t, 1, p.Refused(), "the connection was accepted and reset")
+
+	p.Down(false)
+	after, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer after.Close()
+	got, err := echo(after)
+	require.NoError(t, err)
+	require.Equal(t, "x\n", got)
+}
+
 // Faults on one connection, picked in accept order, leave the others alone.
 func TestPerConnection(t *testing.T) {
 	p, err := New(echoServer(t))

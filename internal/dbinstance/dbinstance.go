@@ -274,6 +274,7 @@ func (i *Instance) serverCommand() *exec.Cmd {
 			"--bind-address=127.0.0.1",
 			"--socket=" + filepath.Join(i.dir, "sock"),
 			"--pid-file=" + filepath.Join(i.dir, "mariadbd.pid"),
+			"--tmpdir=" + i.dir, // as for the install: not shared with other instances
 			"--skip-name-resolve",
 			"--innodb-buffer-pool-size=64M",
 			"--innodb-log-file-size=48M",
@@ -323,13 +324,12 @@ func (i *Instance) initdb() error {
 		if err := os.WriteFile(filepath.Join(i.dir, "init.sql"), []byte(init), 0o644); err != nil {
 			return err
 		}
+		// Each instance its own temporary directory: instances initialised
+		// at once (a cluster's nodes, tests in parallel) had their
+		// temporary tables collide in /tmp ("Error on delete of
+		// '/tmp/#sql-temptable-...'").
 		cmd = exec.Command(i.bins.initdb, "--no-defaults", "--datadir="+i.data,
-			"--auth-root-authentication-method=normal", "--skip-test-db")
-		if i.galera != nil {
-			// The cluster's nodes are initialised at once: each its own
-			// temporary directory (their temporary tables collided in /tmp).
-			cmd.Args = append(cmd.Args, "--tmpdir="+i.dir)
-		}
+			"--auth-root-authentication-method=normal", "--skip-test-db", "--tmpdir="+i.dir)
 		if i.cred != nil {
 			cmd.Args = append(cmd.Args, "--user=mysql")
 		}

@@ -79,6 +79,15 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	if err := checkSchema(ctx, db, d); err != nil {
 		return nil, err
 	}
+	if a, ok := d.(dialect.TTLAdvisor); ok {
+		// Only advice: a cluster whose failure detection outlasts the
+		// TTL loses leases when a node fails, but works otherwise.
+		if warning, err := a.AdviseTTL(ctx, db, cfg.TTL); err != nil {
+			cfg.Logger.Debug("sqldlm: could not check the TTL against the cluster's settings", "error", err)
+		} else if warning != "" {
+			cfg.Logger.Warn("sqldlm: "+warning, "owner", cfg.Owner, "ttl", cfg.TTL)
+		}
+	}
 	if cfg.Audit {
 		err := d.SetAuditSettings(ctx, db, &dialect.AuditSettings{Enabled: true, Retention: cfg.AuditRetention})
 		if err != nil {

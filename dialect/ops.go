@@ -216,6 +216,15 @@ type Auditor interface {
 	AuditLog(ctx context.Context, db *sql.DB, f *AuditFilter) ([]AuditEntry, error)
 }
 
+// TTLAdvisor is implemented by dialects whose server may be a node of a
+// cluster that stalls every commit while it detects a failed node (Galera).
+type TTLAdvisor interface {
+	// AdviseTTL returns a warning, or "" when there is none, if the
+	// server's settings can stall commits for long enough that leases of
+	// ttl would be lost when a node fails.
+	AdviseTTL(ctx context.Context, db *sql.DB, ttl time.Duration) (string, error)
+}
+
 // Notifier is implemented by dialects that can wake waiters when a name is
 // released (PostgreSQL's LISTEN/NOTIFY). Others are polled.
 type Notifier interface {

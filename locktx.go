@@ -239,25 +239,38 @@ func (l *Lock) isPending() bool {
 // end. It returns false when that transaction turns out to have committed:
 // the caller then releases as usual.
 func (l *Lock) releasePending(ctx context.Context) bool {
+	// While the acquiring transaction is open, delete the hold inside it:
+	// whether it then commits or rolls back, the lock is free. This comes
+	// before asking whether the transaction ended, which needs another
+	// connection (on SQLite, the write lock the open transaction holds; under
+	// load that question could fail, and the hold outlived the commit until
+	// the janitor's turn).
+	released := func() bool {
+		l.lease.remove(l)
+		l.c.settlePending(l.lease, l.name, l.txReq)
+		if l.finish(ErrReleased) {
+			l.c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
+		}
+		return true
+	}
+	l.mu.Lock()
+	tx := l.tx
+	l.mu.Unlock()
+	if tx != nil {
+		_, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref())
+		if err == nil {
+			return released()
+		}
+		if !errors.Is(err, sql.ErrTxDone) {
+			l.c.logger.Info("sqldlm: release in the acquiring transaction failed; releasing after it ends", "lock_name", l.name, "error", err)
+		}
+	}
+	// The transaction has ended (or the delete in it failed): if it
+	// committed, the caller releases as usual; if it is open or not known,
+	// the hold is deleted once it has ended, if it committed anyway.
 	pending, err := l.txState(ctx)
 	if err == nil && !pending {
 		return errors.Is(l.Err(), ErrNotCommitted)
 	}
-	// Open, or not known: delete the hold inside the transaction while it
-	// is open, and once it has ended, delete the hold if it committed
-	// anyway (the ReleaseTx failed, or raced the commit).
-	l.mu.Lock()
-	tx := l.tx
-	l.mu.Unlock()
-	if err == nil && tx != nil {
-		if _, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref()); err != nil && !errors.Is(err, sql.ErrTxDone) {
-			l.c.logger.Info("sqldlm: release in the acquiring transaction failed; releasing after it ends", "lock_name", l.name, "error", err)
-		}
-	}
-	l.lease.remove(l)
-	l.c.settlePending(l.lease, l.name, l.txReq)
-	if l.finish(ErrReleased) {
-		l.c.hooks.Released(l.name, l.Mode(), time.Since(l.granted))
-	}
-	return true
+	return released()
 }

@@ -312,3 +312,33 @@ func TestTryLockTxWhileOthersCommit(t *testing.T) {
 		require.NoError(t, <-busy)
 	})
 }
+
+// outcomeUnknown answers every PendingOutcome with an error, as a busy or
+// slow database may.
+type outcomeUnknown struct{ dialect.Dialect }
+
+func (outcomeUnknown) PendingOutcome(context.Context, *sql.DB, int64, int64) (dialect.TxOutcome, error) {
+	return 0, errors.New("pending outcome: injected failure")
+}
+
+// Release before the acquiring transaction ends deletes the hold in that
+// transaction even when whether it has ended cannot be found out (on
+// SQLite, the open transaction holds the write lock that question needs;
+// under load it failed, and the hold outlived the commit until the
+// janitor's turn).
+func TestTryLockTxReleasedBeforeCommitOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		a := b.client(t, Config{Owner: "a", Dialect: outcomeUnknown{b.db.Dialect}, ReapInterval: ReapDisabled})
+		other := b.client(t, Config{Owner: "b"})
+		tx := beginRC(t, b.db.DB)
+		l, err := a.TryLockTx(ctx, tx, "job/9", Exclusive)
+		require.NoError(t, err)
+		require.NoError(t, l.Release(ctx))
+		require.NoError(t, tx.Commit())
+		ol, err := other.TryLock(ctx, "job/9", Exclusive)
+		require.NoError(t, err, "the lock is free once the transaction that released it commits")
+		require.NoError(t, ol.Release(ctx))
+	})
+}

@@ -37,7 +37,7 @@ var (
 )
 
 // wsrepOn reports whether conn's writes replicate through Galera.
-func (d mysqlDialect) wsrepOn(ctx context.Context, conn *sql.Conn) (bool, error) {
+func (d mysqlDialect) wsrepOn(ctx context.Context, conn dialect.Querier) (bool, error) {
 	var name, value string
 	err := conn.QueryRowContext(ctx, `SHOW VARIABLES LIKE 'wsrep_on'`).Scan(&name, &value)
 	if errors.Is(err, sql.ErrNoRows) { // MySQL, or MariaDB built without wsrep

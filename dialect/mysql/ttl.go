@@ -38,19 +38,11 @@ func MinGaleraTTL(suspect time.Duration) time.Duration {
 // AdviseTTL warns when the server is a Galera node (wsrep_on) and ttl is
 // shorter than MinGaleraTTL of its evs.suspect_timeout.
 func (d mysqlDialect) AdviseTTL(ctx context.Context, db *sql.DB, ttl time.Duration) (string, error) {
-	var name, on string
-	err := db.QueryRowContext(ctx, `SHOW VARIABLES LIKE 'wsrep_on'`).Scan(&name, &on)
-	if errors.Is(err, sql.ErrNoRows) { // MySQL, or MariaDB built without wsrep
-		return "", nil
+	if on, err := d.wsrepOn(ctx, db); err != nil || !on {
+		return "", err
 	}
-	if err != nil {
-		return "", fmt.Errorf("read wsrep_on: %w", d.ClassifyError(err))
-	}
-	if !strings.EqualFold(on, "ON") && on != "1" {
-		return "", nil
-	}
-	var options string
-	err = db.QueryRowContext(ctx, `SHOW VARIABLES LIKE 'wsrep_provider_options'`).Scan(&name, &options)
+	var name, options string
+	err := db.QueryRowContext(ctx, `SHOW VARIABLES LIKE 'wsrep_provider_options'`).Scan(&name, &options)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("read wsrep_provider_options: %w", d.ClassifyError(err))
 	}

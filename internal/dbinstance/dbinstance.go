@@ -156,18 +156,8 @@ func Start(t testing.TB, kind string, o Options) *Instance {
 	if err := i.initdb(); err != nil {
 		t.Fatalf("dbinstance: initialise %s: %v", kind, err)
 	}
-	// The port is free when picked but may be taken before the server binds
-	// it; try a few.
-	for attempt := 0; ; attempt++ {
-		if i.port, err = freePort(); err != nil {
-			t.Fatalf("dbinstance: %v", err)
-		}
-		if err = i.Start(); err == nil {
-			break
-		}
-		if attempt == 2 || !strings.Contains(i.LogTail(20), "in use") {
-			t.Fatalf("dbinstance: start %s: %v\n%s", kind, err, i.LogTail(20))
-		}
+	if err := i.startOnFreePort(); err != nil {
+		t.Fatalf("dbinstance: start %s: %v", kind, err)
 	}
 	if k == Postgres {
 		if err := i.exec(i.adminDSN("postgres"), "CREATE DATABASE test"); err != nil {
@@ -245,6 +235,24 @@ func (i *Instance) Start() error {
 			i.killLocked()
 			return fmt.Errorf("%s server did not answer within %v: %v", i.kind, startTimeout, err)
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// startOnFreePort picks a free port and starts the server on it. The port
+// is free when picked but may be taken before the server binds it; a few
+// are tried.
+func (i *Instance) startOnFreePort() error {
+	for attempt := 0; ; attempt++ {
+		var err error
+		if i.port, err = freePort(); err != nil {
+			return err
+		}
+		if err = i.Start(); err == nil {
+			return nil
+		}
+		if attempt == 2 || !strings.Contains(i.LogTail(20), "in use") {
+			return fmt.Errorf("%v\n%s", err, i.LogTail(20))
 		}
 	}
 }

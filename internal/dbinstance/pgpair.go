@@ -125,17 +125,10 @@ func (p *PGPair) startStandby(t testing.TB) *Instance {
 	if err := writeOwned(filepath.Join(s.data, "standby.signal"), "", s.cred); err != nil {
 		t.Fatalf("dbinstance: %v", err)
 	}
-	for attempt := 0; ; attempt++ {
-		if s.port, err = freePort(); err != nil {
-			t.Fatalf("dbinstance: %v", err)
-		}
-		if err = s.Start(); err == nil {
-			return s
-		}
-		if attempt == 2 || !strings.Contains(s.LogTail(20), "in use") {
-			t.Fatalf("dbinstance: start the standby: %v\n%s", err, s.LogTail(20))
-		}
+	if err := s.startOnFreePort(); err != nil {
+		t.Fatalf("dbinstance: start the standby: %v", err)
 	}
+	return s
 }
 
 // waitStreaming waits until the primary reports the standby streaming.

@@ -20,6 +20,14 @@ func TestParse(t *testing.T) {
 		{"PostgresDefaultPort", "postgresql://u@db.example/app", "postgres", "pgx", "postgresql://u@db.example/app", "db.example:5432"},
 		{"MySQL", "mysql://root:s%40cret@10.0.0.5:3307/app?loc=Local", "mysql", "mysql", "root:s@cret@tcp(10.0.0.5:3307)/app?loc=Local", "10.0.0.5:3307"},
 		{"MySQLDefaultPort", "mysql://root@db/app", "mysql", "mysql", "root@tcp(db:3306)/app", "db:3306"},
+		{"MySQLDriverForm", "root:pw@tcp(127.0.0.1:3306)/test?parseTime=true", "mysql", "mysql", "root:pw@tcp(127.0.0.1:3306)/test?parseTime=true", "127.0.0.1:3306"},
+		{"MySQLDriverFormAfterScheme", "mysql://root@tcp(db:3307)/app", "mysql", "mysql", "root@tcp(db:3307)/app", "db:3307"},
+		{"MariaDBDriverFormDefaultAddress", "mariadb://root@/app", "mysql", "mysql", "root@tcp(127.0.0.1:3306)/app", "127.0.0.1:3306"},
+		{"MySQLDriverFormSocket", "u@unix(/run/mysqld/mysqld.sock)/app", "mysql", "mysql", "u@unix(/run/mysqld/mysqld.sock)/app", "/run/mysqld/mysqld.sock"},
+		{"MariaDBURL", "mariadb://root@db/app", "mysql", "mysql", "root@tcp(db:3306)/app", "db:3306"},
+		{"PostgresKeywords", "host=db.example port=6432 dbname=app user=u sslmode=disable", "postgres", "pgx", "host=db.example port=6432 dbname=app user=u sslmode=disable", "db.example:6432"},
+		{"PostgresKeywordsSocket", "host=/var/run/postgresql dbname=app", "postgres", "pgx", "host=/var/run/postgresql dbname=app", "/var/run/postgresql"},
+		{"PostgresMultiHost", "postgres://u@h1:5432,h2:5433/app", "postgres", "pgx", "postgres://u@h1:5432,h2:5433/app", "h1:5432,h2:5433"},
 		{"SQLiteAbsolute", "sqlite:///tmp/x.db", "sqlite", "sqlite", "file:/tmp/x.db?_pragma=journal_mode%28WAL%29&_pragma=busy_timeout%2810000%29", "/tmp/x.db"},
 		{"SQLiteRelativeKeepsPragma", "sqlite://data/x.db?_pragma=busy_timeout(50)", "sqlite", "sqlite", "file:data/x.db?_pragma=busy_timeout%2850%29&_pragma=journal_mode%28WAL%29", "data/x.db"},
 	}
@@ -40,8 +48,15 @@ func TestParseErrors(t *testing.T) {
 	t.Parallel()
 
 	tests := []struct{ name, raw, want string }{
-		{"NoScheme", "root@tcp(127.0.0.1:3306)/test", "has no scheme: start it with postgres://"},
-		{"UnknownSchemeListsValidOnes", "redis://localhost:6379", `unknown DSN scheme "redis": use postgres:// (or postgresql://), mysql://, sqlite://`},
+		{"NoScheme", "root@db.example/test", `has no scheme and is not in go-sql-driver's or libpq's form; did you mean postgres://root@db.example/test or mysql://root@db.example/test?`},
+		{"NoSchemeMySQLPort", "root@db.example:3306/test", `did you mean mysql://root@db.example:3306/test or root@tcp(db.example:3306)/test?`},
+		{"NoSchemePostgresPort", "u@db.example:5432/app", `did you mean postgres://u@db.example:5432/app?`},
+		{"NoSchemeSQLiteFile", "./data/locks.db", `did you mean sqlite://data/locks.db?`},
+		{"SchemeAlias", "pgsql://u@db/app", `has the unknown scheme "pgsql"; did you mean postgres://u@db/app?`},
+		{"UnknownSchemeListsForms", "redis://localhost:6379", `has the unknown scheme "redis"; the forms sqldlm reads: postgres://user:pass@host:5432/db (or postgresql://); libpq's`},
+		{"DriverFormWithoutDatabase", "root@tcp(127.0.0.1:3306)/", "names no database"},
+		{"BadDriverForm", "root@tcp(127.0.0.1:3306)/db?parseTime=maybe", "go-sql-driver DSN"},
+		{"BadKeywordForm", "host=db port=many", "PostgreSQL DSN"},
 		{"MySQLWithoutDatabase", "mysql://root@localhost:3306/", "names no database"},
 		{"SQLiteWithoutFile", "sqlite://", "names no file"},
 		{"BadMySQLParameter", "mysql://root@h/db?parseTime=maybe", "mysql DSN parameters"},

@@ -33,6 +33,12 @@ func FuzzParse(f *testing.F) {
 		"file:///tmp/x.db",
 		"redis://localhost:6379",
 		"root@tcp(127.0.0.1:3306)/test",
+		"root:pw@tcp(h:3306)/db?parseTime=true",
+		"mysql://root@tcp(h:3306)/db",
+		"u@unix(/run/m.sock)/db",
+		"host=db port=5432 dbname=app password=s3cret",
+		"root@db.example:3306/test",
+		"pgsql://u@db/app",
 		"://",
 		"postgres://%zz",
 	} {
@@ -54,7 +60,7 @@ func FuzzParse(f *testing.F) {
 		}
 		switch d.Dialect {
 		case "postgres":
-			if d.DriverName != "pgx" || d.DriverDSN != raw {
+			if d.DriverName != "pgx" || d.DriverDSN != strings.TrimSpace(raw) {
 				t.Fatalf("Parse(%q) = %+v", raw, d)
 			}
 		case "sqlite":
@@ -65,13 +71,25 @@ func FuzzParse(f *testing.F) {
 			if d.DriverName != "mysql" {
 				t.Fatalf("Parse(%q) = %+v", raw, d)
 			}
-			u, err := url.Parse(raw)
-			if err != nil {
-				t.Fatalf("Parse(%q) accepted a URL that url.Parse refuses: %v", raw, err)
-			}
 			cfg, err := mysql.ParseDSN(d.DriverDSN)
 			if err != nil {
 				t.Fatalf("Parse(%q) made driver DSN %q, which the driver refuses: %v", raw, d.DriverDSN, err)
+			}
+			if rest := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(raw), "mysql://"), "mariadb://"); isDriverForm(rest) {
+				// go-sql-driver's form: what the driver reads in it is
+				// what it reads in the driver DSN.
+				in, err := mysql.ParseDSN(rest)
+				if err != nil {
+					t.Fatalf("Parse(%q) accepted a DSN the driver refuses: %v", raw, err)
+				}
+				if cfg.User != in.User || cfg.Passwd != in.Passwd || cfg.DBName != in.DBName || cfg.Net != in.Net || cfg.Addr != in.Addr {
+					t.Fatalf("Parse(%q): driver DSN %q reads differently from the input", raw, d.DriverDSN)
+				}
+				break
+			}
+			u, err := url.Parse(strings.TrimSpace(raw))
+			if err != nil {
+				t.Fatalf("Parse(%q) accepted a URL that url.Parse refuses: %v", raw, err)
 			}
 			pw, _ := u.User.Password()
 			if cfg.User != u.User.Username() || cfg.Passwd != pw {

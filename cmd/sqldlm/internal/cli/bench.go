@@ -102,7 +102,7 @@ func runBench(ctx context.Context, args []string, s streams) error {
 			implList = append(implList, f)
 		}
 	}
-	db, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL, true)
 	if err != nil {
 		return err
 	}

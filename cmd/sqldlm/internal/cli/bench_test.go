@@ -108,7 +108,7 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--workers", "1,zero"}, `--workers: "zero" is not a positive number`},
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--workloads", "tepid"}, `unknown workload "tepid"`},
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--duration", "0s"}, "--duration must be positive"},
-		{[]string{"bench", "--dsn", ""}, "pass --dsn URL"},
+		{[]string{"bench", "--dsn", ""}, "pass --dsn DSN"},
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--json", "--output", "table"}, "--json and --output table contradict"},
 	} {
 		code, _, errOut := run(t, tt.args...)

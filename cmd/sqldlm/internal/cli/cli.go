@@ -133,7 +133,8 @@ func printUsage(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'sqldlm COMMAND --help' for a command's flags.")
-	fmt.Fprintln(w, "DSNs name the dialect by their scheme: "+dsn.Schemes+"; --dsn defaults to $SQLDLM_DSN.")
+	fmt.Fprintln(w, "--dsn takes a URL ("+dsn.Schemes+"), go-sql-driver's user:pass@tcp(host:3306)/db")
+	fmt.Fprintln(w, "or libpq's \"host=H dbname=DB user=U\"; it defaults to $SQLDLM_DSN.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Exit codes: 0 success, 1 the command failed, 2 bad command line.")
 }
@@ -164,7 +165,8 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // dsnFlag registers --dsn, defaulting to $SQLDLM_DSN.
 func dsnFlag(fs *flag.FlagSet) *string {
 	v := os.Getenv("SQLDLM_DSN")
-	fs.Var((*dsnValue)(&v), "dsn", "database `URL`: "+dsn.Schemes+" (default $SQLDLM_DSN)")
+	fs.Var((*dsnValue)(&v), "dsn", "database `DSN`: a URL ("+dsn.Schemes+"), go-sql-driver's user:pass@tcp(host:3306)/db "+
+		"or libpq's \"host=H dbname=DB user=U\" (default $SQLDLM_DSN)")
 	return &v
 }
 
@@ -220,7 +222,7 @@ func parseCommand(fs *flag.FlagSet, args []string, dsnURL, output *string) error
 
 func requireDSN(raw string) error {
 	if strings.TrimSpace(raw) == "" {
-		return usagef("no database given: pass --dsn URL or set SQLDLM_DSN (schemes: %s)", dsn.Schemes)
+		return usagef("no database given: pass --dsn DSN or set SQLDLM_DSN (forms: %s)", dsn.Forms)
 	}
 	return nil
 }

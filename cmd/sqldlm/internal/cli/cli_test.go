@@ -85,8 +85,8 @@ func TestUsageErrors(t *testing.T) {
 		{"UnknownCommand", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"MissingAction", []string{"migrate", "--dsn", "sqlite:///tmp/x.db"}, "missing action: use up, down or status"},
 		{"UnknownAction", []string{"migrate", "sideways", "--dsn", "sqlite:///tmp/x.db"}, `unknown action "sideways"`},
-		{"MissingDSN", []string{"migrate", "up", "--dsn", ""}, "pass --dsn URL or set SQLDLM_DSN"},
-		{"UnknownSchemeListsValidOnes", []string{"migrate", "status", "--dsn", "redis://localhost"}, `unknown DSN scheme "redis": use postgres:// (or postgresql://), mysql://, sqlite://`},
+		{"MissingDSN", []string{"migrate", "up", "--dsn", ""}, "pass --dsn DSN or set SQLDLM_DSN"},
+		{"UnknownSchemeListsValidOnes", []string{"migrate", "status", "--dsn", "redis://localhost"}, `has the unknown scheme "redis"; the forms sqldlm reads: postgres://`},
 		{"UnknownFlag", []string{"migrate", "up", "--nope"}, "flag provided but not defined: -nope"},
 	}
 	for _, tt := range tests {

@@ -58,7 +58,7 @@ func runDemo(ctx context.Context, args []string, s streams) error {
 	defer cancel()
 
 	dsnURL := "sqlite://" + filepath.ToSlash(filepath.Join(dir, "locks.db"))
-	db, err := openDSN(ctx, dsnURL)
+	db, err := openDSN(ctx, dsnURL, true)
 	if err != nil {
 		return err
 	}
@@ -195,7 +195,7 @@ func runDemoWorker(ctx context.Context, args []string, s streams) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	db, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL, true)
 	if err != nil {
 		return err
 	}

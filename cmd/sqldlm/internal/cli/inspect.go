@@ -77,11 +77,11 @@ type leaseJSON struct {
 // openAdmin opens the database a sqldlm DSN names, with a sqldlm.Admin on
 // it.
 func openAdmin(ctx context.Context, raw string) (*sql.DB, *sqldlm.Admin, error) {
-	db, err := openDSN(ctx, raw)
+	db, d, err := openMigrated(ctx, raw)
 	if err != nil {
 		return nil, nil, err
 	}
-	admin, err := sqldlm.NewAdmin(db, sqldlm.AdminConfig{})
+	admin, err := sqldlm.NewAdmin(db, sqldlm.AdminConfig{Dialect: d})
 	if err != nil {
 		db.Close()
 		return nil, nil, err

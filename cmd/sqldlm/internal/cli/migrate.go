@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sqldlm/sqldlm"
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/dsn"
 	"github.com/sqldlm/sqldlm/migrations"
 )
@@ -61,7 +63,7 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	db, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL, action == "up")
 	if err != nil {
 		return err
 	}
@@ -153,11 +155,99 @@ func reportApplied[R migrationResult](w io.Writer, version func() (int64, error)
 
 // openDSN opens and pings the database a sqldlm DSN names. Commands that
 // need its dialect get it with sqldlm.DetectDialect (the migrations and
-// the reaper), or through a sqldlm.Admin (openAdmin).
-func openDSN(ctx context.Context, raw string) (*sql.DB, error) {
+// the reaper), or through a sqldlm.Admin (openAdmin). Only commands that
+// create sqldlm's tables (migrate up, bench, demo) create an SQLite file
+// that does not exist.
+func openDSN(ctx context.Context, raw string, create bool) (*sql.DB, error) {
 	if _, err := dsn.Parse(raw); err != nil {
 		return nil, &usageError{err.Error()}
 	}
-	db, _, err := dsn.Open(ctx, raw)
+	open := dsn.OpenExisting
+	if create {
+		open = dsn.Open
+	}
+	db, _, err := open(ctx, raw)
 	return db, err
+}
+
+// openMigrated is openDSN for commands that use sqldlm's tables: a
+// database without them, or with them at another version than this
+// sqldlm's, gets an error saying where it looked and what to run.
+func openMigrated(ctx context.Context, raw string) (*sql.DB, dialect.Dialect, error) {
+	db, err := openDSN(ctx, raw, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := sqldlm.DetectDialect(db)
+	if err == nil {
+		err = checkMigrated(ctx, db, d, raw)
+	}
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, d, nil
+}
+
+// checkMigrated returns nil when db's schema is at the version this sqldlm
+// uses, and otherwise an error naming the database (and PostgreSQL schema)
+// it looked in.
+func checkMigrated(ctx context.Context, db *sql.DB, d dialect.Dialect, raw string) error {
+	have, err := migrations.Current(ctx, db, d)
+	if err != nil && !errors.Is(err, migrations.ErrNotMigrated) {
+		return fmt.Errorf("read the schema version: %w", err)
+	}
+	want, lerr := migrations.Latest(d)
+	if lerr != nil {
+		return lerr
+	}
+	if err == nil && have == want {
+		return nil
+	}
+	where, werr := schemaPlace(ctx, db, d, raw)
+	if werr != nil {
+		return werr
+	}
+	up := "run `sqldlm migrate up` with the same --dsn"
+	switch {
+	case err != nil:
+		return fmt.Errorf("not migrated: sqldlm's tables are not in %s: %s", where, up)
+	case have < want:
+		return fmt.Errorf("%s is at sqldlm schema version %d and this sqldlm needs %d: %s", where, have, want, up)
+	default:
+		return fmt.Errorf("%s is at sqldlm schema version %d, newer than the %d this sqldlm knows: use a newer sqldlm", where, have, want)
+	}
+}
+
+// schemaPlace names where db's sqldlm tables are looked for: the
+// PostgreSQL database and schema, the MySQL database, the SQLite file. A
+// PostgreSQL search_path that names no existing schema is an error of its
+// own.
+func schemaPlace(ctx context.Context, db *sql.DB, d dialect.Dialect, raw string) (string, error) {
+	switch d.Name() {
+	case "postgres":
+		var database, searchPath string
+		var schema sql.NullString
+		if err := db.QueryRowContext(ctx, `SELECT current_database(), current_schema(), current_setting('search_path')`).
+			Scan(&database, &schema, &searchPath); err != nil {
+			return "", fmt.Errorf("find the schema in use: %w", err)
+		}
+		if !schema.Valid {
+			return "", fmt.Errorf("the search_path %q names no schema that exists in PostgreSQL database %q: "+
+				"create the schema (CREATE SCHEMA), or fix search_path in the DSN", searchPath, database)
+		}
+		return fmt.Sprintf("PostgreSQL database %q, schema %q", database, schema.String), nil
+	case "mysql":
+		var database sql.NullString
+		if err := db.QueryRowContext(ctx, `SELECT DATABASE()`).Scan(&database); err != nil {
+			return "", fmt.Errorf("find the database in use: %w", err)
+		}
+		return fmt.Sprintf("MySQL database %q", database.String), nil
+	default:
+		where := d.Name() + " database"
+		if p, err := dsn.Parse(raw); err == nil {
+			where = fmt.Sprintf("%s file %s", d.Name(), p.Host)
+		}
+		return where, nil
+	}
 }

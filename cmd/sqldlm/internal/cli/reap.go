@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/reaper"
 )
 
@@ -45,15 +44,11 @@ func runReap(ctx context.Context, args []string, s streams) error {
 	if *every < 0 || *idleAfter < 0 || *batch <= 0 {
 		return usagef("--every and --idle-after must not be negative, --batch must be positive")
 	}
-	db, err := openDSN(ctx, *dsnURL)
+	db, d, err := openMigrated(ctx, *dsnURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	d, err := sqldlm.DetectDialect(db)
-	if err != nil {
-		return err
-	}
 	r := reaper.New(db, d, reaper.Config{BatchSize: *batch, IdleAfter: *idleAfter})
 	for {
 		res, err := r.RunOnce(ctx)

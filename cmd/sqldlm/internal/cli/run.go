@@ -71,7 +71,7 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	if err := sqldlm.ValidateName(*name); err != nil {
 		return &usageError{err.Error()}
 	}
-	db, err := openDSN(ctx, *dsnURL)
+	db, err := openDSN(ctx, *dsnURL, false)
 	if err != nil {
 		return err
 	}

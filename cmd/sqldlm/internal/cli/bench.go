@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/sqldlm/sqldlm"
 	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 )
@@ -192,9 +190,7 @@ type progress struct {
 func newProgress(w io.Writer) *progress {
 	p := &progress{w: w}
 	// A terminal, not any character device: 2>/dev/null is not one.
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.tty = true
-	}
+	p.tty = isTerminal(w)
 	return p
 }
 

@@ -22,6 +22,20 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	return code, out.String(), errOut.String()
 }
 
+// ttyBuffer is a stdout that says it is a terminal.
+type ttyBuffer struct{ bytes.Buffer }
+
+func (*ttyBuffer) IsTerminal() bool { return true }
+
+// runTTY is run with stdout a terminal.
+func runTTY(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out ttyBuffer
+	var errOut bytes.Buffer
+	code = Main(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
 func TestMigrateUpStatusDown(t *testing.T) {
 	t.Parallel()
 	for _, kind := range testdb.Kinds {

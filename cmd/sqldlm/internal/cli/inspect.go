@@ -6,12 +6,17 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/sqldlm/sqldlm"
 )
@@ -154,6 +159,7 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
 	interval := fs.Duration("interval", time.Second, "with --watch: refresh interval")
 	output := outputFlag(fs)
+	wide := wideFlag(fs)
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
@@ -182,7 +188,7 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 			if err := enc.Encode(toLocksJSON(states)); err != nil {
 				return err
 			}
-		} else if err := printLocks(s.out, states); err != nil {
+		} else if err := printLocks(s.out, states, fullWidth(s.out, *wide)); err != nil {
 			return err
 		}
 		if !*watch {
@@ -198,11 +204,13 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 	}
 }
 
-// printLocks writes the locks table: one row per holder, sized for an
-// 80-column terminal (long names and owners are shortened with "…"). The
-// WAITING column shows how many wait, the first in line and how long it has
-// waited.
-func printLocks(w io.Writer, states []sqldlm.LockInfo) error {
+// printLocks writes the locks table: one row per holder. On a terminal,
+// unless full, it is sized for 80 columns (long names and owners are
+// shortened with "…"); piped, every name is whole, so that it can be
+// copied into sqldlm break. The WAITING column shows how many wait, the
+// first in line and how long it has waited.
+func printLocks(w io.Writer, states []sqldlm.LockInfo, full bool) error {
+	short := shortener(full)
 	if len(states) == 0 {
 		_, err := fmt.Fprintln(w, "no locks held or awaited")
 		return err
@@ -246,6 +254,35 @@ func short(s string, n int) string {
 	return string(r[:n-1]) + "…"
 }
 
+// shortener returns short, or, when full, a function that shortens nothing.
+func shortener(full bool) func(string, int) string {
+	if full {
+		return func(s string, _ int) string { return s }
+	}
+	return short
+}
+
+// wideFlag registers --wide.
+func wideFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("wide", false, "on a terminal too, show names, owners and lease ids whole (piped output always does)")
+}
+
+// fullWidth reports whether a table written to w shows every value whole:
+// when asked to, and whenever w is not a terminal.
+func fullWidth(w io.Writer, wide bool) bool { return wide || !isTerminal(w) }
+
+// isTerminal reports whether w is a terminal (a test's writer may say it
+// is one), not merely a character device: 2>/dev/null is not one.
+func isTerminal(w io.Writer) bool {
+	switch f := w.(type) {
+	case interface{ IsTerminal() bool }:
+		return f.IsTerminal()
+	case *os.File:
+		return term.IsTerminal(int(f.Fd()))
+	}
+	return false
+}
+
 // age formats a duration compactly: 850ms, 12s, 3m04s, 2h05m, 3d04h.
 func age(d time.Duration) string {
 	neg := ""
@@ -275,6 +312,7 @@ func runLeases(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("leases", leasesSynopsis, s.err)
 	dsnURL := dsnFlag(fs)
 	output := outputFlag(fs)
+	wide := wideFlag(fs)
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {
 		return err
 	}
@@ -298,6 +336,8 @@ func runLeases(ctx context.Context, args []string, s streams) error {
 		_, err := fmt.Fprintln(s.out, "no leases")
 		return err
 	}
+	full := fullWidth(s.out, *wide)
+	short := shortener(full)
 	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "OWNER\tLEASE\tSTATE\tAGE\tRENEWED\tEXPIRES\tHOLDS\tWAITS")
 	now := time.Now()
@@ -309,15 +349,21 @@ func runLeases(ctx context.Context, args []string, s streams) error {
 		case !l.Live:
 			state = "expired"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\t%s\t%d\t%d\n", short(l.Owner, 20), leaseShort(l.ID), state,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\t%s\t%d\t%d\n", short(l.Owner, 20), leaseID(l.ID, full), state,
 			age(now.Sub(l.Created)), age(now.Sub(l.Renewed)), age(l.ExpiresIn), l.Holds, l.Waits)
 	}
 	return tw.Flush()
 }
 
-// leaseShort shows a lease id compactly (its last 8 hex digits).
-func leaseShort(id int64) string {
-	return fmt.Sprintf("…%08x", uint64(id)&0xffffffff)
+// leaseID shows a lease id as JSON and the library's logs do, in decimal:
+// whole when full, otherwise its last 8 digits after "…" (what a terminal
+// table has room for).
+func leaseID(id int64, full bool) string {
+	s := strconv.FormatInt(id, 10)
+	if full || len(s) <= 9 {
+		return s
+	}
+	return "…" + s[len(s)-8:]
 }
 
 const breakSynopsis = `NAME --dsn URL [--owner O] [--yes]
@@ -393,7 +439,7 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	if *output == "table" {
 		fmt.Fprintf(s.out, "holders of %q:\n", name)
 		for _, h := range victims {
-			fmt.Fprintf(s.out, "  %s  %s  token %d  held %s  lease %s\n", h.Owner, modeName(h.Mode), h.Token, age(h.HeldFor), leaseShort(h.LeaseID))
+			fmt.Fprintf(s.out, "  %s  %s  token %d  held %s  lease %s\n", h.Owner, modeName(h.Mode), h.Token, age(h.HeldFor), leaseID(h.LeaseID, true))
 		}
 	}
 	if !*yes {

@@ -58,6 +58,7 @@ func runLog(ctx context.Context, args []string, s streams) error {
 	limit := fs.Int("limit", 0, "only the newest K rows (0: all)")
 	retention := fs.Duration("retention", 7*24*time.Hour, `with "on": keep rows this long`)
 	output := outputFlag(fs)
+	wide := wideFlag(fs)
 	if err := parseCommand(fs, rest, dsnURL, output); err != nil {
 		return err
 	}
@@ -107,6 +108,8 @@ func runLog(ctx context.Context, args []string, s streams) error {
 		_, err := fmt.Fprintln(s.out, "no audit rows")
 		return err
 	}
+	full := fullWidth(s.out, *wide)
+	short := shortener(full)
 	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME (UTC)\tEVENT\tNAME\tOWNER\tLEASE\tTOKEN\tMODE\tDETAIL")
 	for _, e := range entries {
@@ -115,7 +118,7 @@ func runLog(ctx context.Context, args []string, s streams) error {
 			detail = strings.TrimSpace(detail + " [" + e.Payload + "]")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.At.Format("2006-01-02 15:04:05.000"), e.Event,
-			short(e.Name, 32), short(e.Owner, 20), leaseShort(e.LeaseID), e.Token, modeName(e.Mode), short(detail, 40))
+			short(e.Name, 32), short(e.Owner, 20), leaseID(e.LeaseID, full), e.Token, modeName(e.Mode), short(detail, 40))
 	}
 	return tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestLocksAndLeasesCommands(t *testing.T) {
 
 			var out string
 			require.Eventually(t, func() bool {
-				code, o, _ := run(t, "locks", "--dsn", db.DSN)
+				code, o, _ := runTTY(t, "locks", "--dsn", db.DSN)
 				out = o
 				return code == ExitOK && strings.Contains(o, "1 conduct…")
 			}, 10*time.Second, 20*time.Millisecond)
@@ -53,8 +54,20 @@ func TestLocksAndLeasesCommands(t *testing.T) {
 			for _, line := range lines {
 				require.LessOrEqual(t, len([]rune(line)), 80, "fits an 80-column terminal: %q", line)
 			}
+			// Piped, or with --wide, every name and owner is whole, so that a
+			// name can be copied into sqldlm break.
+			for _, wide := range []func(*testing.T, ...string) (int, string, string){run, runTTY} {
+				code, o, _ := wide(t, "locks", "--dsn", db.DSN, "--wide")
+				require.Equal(t, ExitOK, code)
+				require.Contains(t, o, "node/07-with-a-long-name-for-width ")
+				require.Contains(t, o, " conductor-with-a-rather-long-owner-name/4242 ")
+				require.NotContains(t, o, "…")
+			}
+			code, piped, _ := run(t, "locks", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			require.Contains(t, piped, "node/07-with-a-long-name-for-width ", "piped output is whole without --wide")
 
-			code, out, _ := run(t, "locks", "--dsn", db.DSN, "--prefix", "node/07", "--output", "json")
+			code, out, _ = run(t, "locks", "--dsn", db.DSN, "--prefix", "node/07", "--output", "json")
 			require.Equal(t, ExitOK, code)
 			var got locksJSON
 			require.NoError(t, json.Unmarshal([]byte(out), &got))
@@ -67,14 +80,22 @@ func TestLocksAndLeasesCommands(t *testing.T) {
 			require.Equal(t, "conductor-2", l.Waiters[0].Owner)
 			require.Equal(t, 1, l.Waiters[0].Position)
 
-			code, out, _ = run(t, "leases", "--dsn", db.DSN)
+			code, out, _ = runTTY(t, "leases", "--dsn", db.DSN)
 			require.Equal(t, ExitOK, code)
-			require.Regexp(t, `conductor-with-a-ra…\s+…[0-9a-f]{8}\s+live\s+\S+\s+\S+ ago\s+\S+\s+50\s+0`, out, out)
+			require.Regexp(t, `conductor-with-a-ra…\s+(…[0-9]{8}|[0-9]{1,9})\s+live\s+\S+\s+\S+ ago\s+\S+\s+50\s+0`, out, out)
 			code, out, _ = run(t, "leases", "--dsn", db.DSN, "--output", "json")
 			require.Equal(t, ExitOK, code)
 			var leases leasesJSON
 			require.NoError(t, json.Unmarshal([]byte(out), &leases))
 			require.Len(t, leases.Leases, 2)
+			// One lease-id format: the table piped shows the id JSON gives,
+			// in full, and on a terminal its last digits.
+			code, piped, _ = run(t, "leases", "--dsn", db.DSN)
+			require.Equal(t, ExitOK, code)
+			for _, l := range leases.Leases {
+				id := fmt.Sprint(l.ID)
+				require.Regexp(t, `(?m)^`+regexp.QuoteMeta(l.Owner)+`\s+`+id+`\s`, piped)
+			}
 
 			code, _, errOut := run(t, "locks", "--dsn", db.DSN, "--output", "yaml")
 			require.Equal(t, ExitUsage, code)

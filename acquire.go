@@ -163,7 +163,11 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	backoff := newBackoff(c)
 	var enqueuedOn *lease // the lease a waiter row or an unseen grant of this request may exist under
 	connFailures := 0     // TryLock: attempts that failed on the connection
+	var blocked *LockedError // what the last attempt found in the way
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
+		if blocked != nil && ctx.Err() != nil && errors.Is(cause, ctx.Err()) {
+			cause = &WaitError{Err: cause, Blocker: blocked}
+		}
 		if enqueuedOn != nil {
 			if r.upgradeToken != 0 {
 				r.giveUp = true // withdrawn by the upgrade, which may adopt its grant
@@ -259,11 +263,12 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 			return 0, nil, nil, fmt.Errorf("sqldlm: acquire %q: the request was withdrawn by this client's cleanup; ask again", r.name)
 		}
 		b := res.Blocker
+		blocked = &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
 		if !r.wait {
 			// An earlier attempt whose answer was lost (enqueuedOn is set)
 			// may still be waiting in the server and grant later: withdraw
 			// it, so that it cannot.
-			return abandon(&LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead})
+			return abandon(blocked)
 		}
 		// Wake up when this request reaches the head of the queue (a
 		// release in this process, or a notification), when the holder's

@@ -91,6 +91,27 @@ func (e *LockedError) Error() string {
 // Unwrap returns ErrLocked.
 func (e *LockedError) Unwrap() error { return ErrLocked }
 
+// WaitError is the error of a [Client.Lock] (or [Lock.Upgrade]) whose ctx
+// ended while the name was still held by another client: it says who held
+// it at the last attempt. It matches ctx's error (context.DeadlineExceeded
+// or context.Canceled) and, through Blocker, ErrLocked and *LockedError.
+type WaitError struct {
+	Err     error        // ctx's error
+	Blocker *LockedError // what the last attempt found in the way
+}
+
+func (e *WaitError) Error() string {
+	b := e.Blocker
+	if b.Owner == "" {
+		return fmt.Sprintf("%v while waiting for %q: %d waiter(s) queued first", e.Err, b.Name, b.WaitersAhead)
+	}
+	return fmt.Sprintf("%v while waiting for %q: held %s by %q (lease expires in %s unless renewed; %d waiter(s) queued)",
+		e.Err, b.Name, b.Mode, b.Owner, b.ExpiresIn.Round(time.Millisecond), b.WaitersAhead)
+}
+
+// Unwrap returns ctx's error and the Blocker.
+func (e *WaitError) Unwrap() []error { return []error{e.Err, e.Blocker} }
+
 // OpError is the error of a lock operation that did not succeed: it names
 // the operation ("lock", "trylock", "upgrade", ...) and the lock, and wraps
 // the cause. Match the cause with errors.Is (ErrLost, ErrClosed,
@@ -119,8 +140,9 @@ func opError(op, name string, err error) error {
 	if errors.As(err, &oe) && oe.Name == name {
 		return err
 	}
+	var we *WaitError
 	var le *LockedError
-	if errors.As(err, &le) {
+	if !errors.As(err, &we) && errors.As(err, &le) {
 		return err
 	}
 	return &OpError{Op: op, Name: name, Err: err}

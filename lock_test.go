@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,6 +169,40 @@ func TestMutualExclusion(t *testing.T) {
 		require.EqualValues(t, 3*3*12, grants.Load())
 		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM sqldlm_holders`))
 		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM sqldlm_waiters`))
+	})
+}
+
+// A Lock whose ctx ends while the name is held says who held it: the error
+// matches ctx's error, and carries the holder as TryLock's does.
+func TestLockTimeoutReportsHolder(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		a := b.client(t, Config{Owner: "conductor-1"})
+		c := b.client(t, Config{Owner: "conductor-2"})
+		l, err := a.Lock(ctx, "node/43", Shared)
+		require.NoError(t, err)
+		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		_, err = c.Lock(wctx, "node/43", Exclusive)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorIs(t, err, ErrLocked)
+		var le *LockedError
+		require.ErrorAs(t, err, &le)
+		require.Equal(t, "conductor-1", le.Owner)
+		require.Equal(t, Shared, le.Mode)
+		require.Equal(t, `sqldlm: lock "node/43": context deadline exceeded while waiting for "node/43": held shared by "conductor-1" (lease expires in `,
+			err.Error()[:strings.Index(err.Error(), " in ")+4])
+		var oe *OpError
+		require.ErrorAs(t, err, &oe, "the operation is named")
+
+		// A ctx that ends before any attempt has nothing to report.
+		done, cancel2 := context.WithCancel(ctx)
+		cancel2()
+		_, err = c.Lock(done, "node/43", Exclusive)
+		require.ErrorIs(t, err, context.Canceled)
+		require.NotErrorIs(t, err, ErrLocked)
+		require.NoError(t, l.Release(ctx))
 	})
 }
 

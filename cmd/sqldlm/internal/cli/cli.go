@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sqldlm/sqldlm/internal/dsn"
 )
@@ -81,6 +83,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}
 		return ExitOK
 	}
+	if args[0] == "--version" || args[0] == "-version" || args[0] == "version" {
+		printVersion(stdout)
+		return ExitOK
+	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		cmd, ok = hidden[args[0]]
@@ -136,7 +142,7 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "--dsn takes a URL ("+dsn.Schemes+"), go-sql-driver's user:pass@tcp(host:3306)/db")
 	fmt.Fprintln(w, "or libpq's \"host=H dbname=DB user=U\"; it defaults to $SQLDLM_DSN.")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit codes: 0 success, 1 the command failed, 2 bad command line.")
+	fmt.Fprintln(w, "Exit codes: 0 success, 1 the command failed, 2 bad command line. 'sqldlm --version' prints the version.")
 }
 
 // newFlagSet returns a flag set whose errors and help go to stderr and are
@@ -211,11 +217,23 @@ func parseCommand(fs *flag.FlagSet, args []string, dsnURL, output *string) error
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
 	if err := requireDSN(*dsnURL); err != nil {
 		return err
 	}
 	if output != nil {
 		return checkOutput(*output)
+	}
+	return nil
+}
+
+// noArgs refuses arguments left after the flags: a command that takes none
+// does not ignore them.
+func noArgs(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q (%s takes only flags)", fs.Arg(0), fs.Name())
 	}
 	return nil
 }
@@ -241,4 +259,47 @@ func scrubbed(err error, dsns []string) error {
 		return &usageError{dsn.Scrub(err.Error(), dsns...)}
 	}
 	return errors.New(dsn.Scrub(err.Error(), dsns...))
+}
+
+// durationFlag registers a duration flag, as fs.Duration does, that also
+// takes days ("1d", "1.5d") and answers a value it cannot read with the
+// forms it can: "--wait 30" needs a unit.
+func durationFlag(fs *flag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	d := value
+	fs.Var((*durationValue)(&d), name, usage)
+	return &d
+}
+
+type durationValue time.Duration
+
+func (v *durationValue) String() string {
+	if v == nil {
+		return "0s"
+	}
+	return time.Duration(*v).String()
+}
+
+func (v *durationValue) Set(s string) error {
+	d, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v = durationValue(d)
+	return nil
+}
+
+// parseDuration reads a Go duration, or a number of days ending in "d".
+func parseDuration(s string) (time.Duration, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.ParseFloat(days, 64); err == nil && n >= 0 && n <= 100*365 {
+			return time.Duration(n * float64(24*time.Hour)), nil
+		}
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return 0, fmt.Errorf("%q has no unit: write %ss, %sm, %sh or %sd", s, s, s, s, s)
+	}
+	return 0, fmt.Errorf("%q is not a duration: write it as 500ms, 30s, 5m, 2h or 1d", s)
 }

@@ -102,6 +102,16 @@ func TestUsageErrors(t *testing.T) {
 		{"MissingDSN", []string{"migrate", "up", "--dsn", ""}, "pass --dsn DSN or set SQLDLM_DSN"},
 		{"UnknownSchemeListsValidOnes", []string{"migrate", "status", "--dsn", "redis://localhost"}, `has the unknown scheme "redis"; the forms sqldlm reads: postgres://`},
 		{"UnknownFlag", []string{"migrate", "up", "--nope"}, "flag provided but not defined: -nope"},
+		{"NegativeTTL", []string{"run", "--dsn", "sqlite:///tmp/x.db", "--lock", "x", "--ttl", "-5s", "--", "true"},
+			"--ttl -5s: the lease time-to-live must be at least 1s (default 15s)"},
+		{"DurationWithoutUnit", []string{"run", "--dsn", "sqlite:///tmp/x.db", "--lock", "x", "--wait", "30", "--", "true"},
+			`invalid value "30" for flag -wait: "30" has no unit: write 30s, 30m, 30h or 30d`},
+		{"NotADuration", []string{"log", "--dsn", "sqlite:///tmp/x.db", "--since", "yesterday"},
+			`"yesterday" is not a duration: write it as 500ms, 30s, 5m, 2h or 1d`},
+		{"ExtraArgument", []string{"locks", "--dsn", "sqlite:///tmp/x.db", "node/1"}, `unexpected argument "node/1" (sqldlm locks takes only flags)`},
+		{"ExtraArgumentOfBreak", []string{"break", "node/1", "node/2", "--dsn", "sqlite:///tmp/x.db"}, `unexpected argument "node/2": break takes one NAME`},
+		{"RunFlagAfterCommand", []string{"run", "--dsn", "sqlite:///tmp/x.db", "backup.sh", "--lock", "cron/backup"},
+			`--lock comes after the command "backup.sh": put run's flags first and the command after --`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,6 +120,32 @@ func TestUsageErrors(t *testing.T) {
 			require.Equal(t, ExitUsage, code)
 			require.Contains(t, errOut, tt.want)
 		})
+	}
+}
+
+// Days are a duration unit; Go's units still work.
+func TestParseDuration(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]time.Duration{"1d": 24 * time.Hour, "1.5d": 36 * time.Hour, "90m": 90 * time.Minute, "0": 0} {
+		got, err := parseDuration(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"-1d", "d", "1w"} {
+		_, err := parseDuration(in)
+		require.Error(t, err, in)
+	}
+}
+
+// --version names the command's and the library's versions and the schema
+// version of each dialect.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	code, out, _ := run(t, "--version")
+	require.Equal(t, ExitOK, code)
+	require.Regexp(t, `^sqldlm \S+ \(library \S+, go`, out)
+	for _, d := range []string{"postgres", "mysql", "sqlite"} {
+		require.Regexp(t, `schema version [1-9][0-9]* for `+d, out)
 	}
 }
 

@@ -45,6 +45,9 @@ func runDemo(ctx context.Context, args []string, s streams) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp("", "sqldlm-demo-")
 	if err != nil {
 		return err
@@ -190,7 +193,7 @@ func runDemoWorker(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("demo-worker", "(internal)", stderr)
 	dsnURL := fs.String("dsn", "", "")
 	id := fs.Int("id", 0, "")
-	run := fs.Duration("run", demoRun, "")
+	run := durationFlag(fs, "run", demoRun, "")
 	victim := fs.Bool("victim", false, "")
 	if err := parseFlags(fs, args); err != nil {
 		return err

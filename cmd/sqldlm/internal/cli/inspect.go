@@ -157,7 +157,7 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 	prefix := fs.String("prefix", "", "only names starting with this (no wildcards)")
 	owner := fs.String("owner", "", "only names this owner holds or waits for")
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
-	interval := fs.Duration("interval", time.Second, "with --watch: refresh interval")
+	interval := durationFlag(fs, "interval", time.Second, "with --watch: refresh interval")
 	output := outputFlag(fs)
 	wide := wideFlag(fs)
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {
@@ -394,8 +394,12 @@ func runBreak(ctx context.Context, args []string, s streams) error {
 	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
+	extra := fs.Args()
+	if name == "" && len(extra) > 0 {
+		name, extra = extra[0], extra[1:]
+	}
+	if len(extra) > 0 {
+		return usagef("unexpected argument %q: break takes one NAME", extra[0])
 	}
 	if name == "" {
 		return usagef("missing NAME: sqldlm break NAME --dsn URL")

@@ -54,9 +54,9 @@ func runLog(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("log", logSynopsis, s.err)
 	dsnURL := dsnFlag(fs)
 	name := fs.String("name", "", "only this lock name")
-	since := fs.Duration("since", 0, "only rows written within this long (by the database's clock), e.g. 1h")
+	since := durationFlag(fs, "since", 0, "only rows written within this long (by the database's clock), e.g. 1h")
 	limit := fs.Int("limit", 0, "only the newest K rows (0: all)")
-	retention := fs.Duration("retention", 7*24*time.Hour, `with "on": keep rows this long`)
+	retention := durationFlag(fs, "retention", 7*24*time.Hour, `with "on": keep rows this long`)
 	output := outputFlag(fs)
 	wide := wideFlag(fs)
 	if err := parseCommand(fs, rest, dsnURL, output); err != nil {

@@ -33,7 +33,7 @@ func runMigrate(ctx context.Context, args []string, s streams) error {
 	dsnURL := dsnFlag(fs)
 	to := fs.Int64("to", -1, "with down: roll back to this `version` (0 removes everything); default one step")
 	yes := fs.Bool("yes", false, "with down: do not refuse (rolling back drops tables and their locks)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (waiting for another migrator included)")
+	timeout := durationFlag(fs, "timeout", 5*time.Minute, "give up after this long (waiting for another migrator included)")
 	output := outputFlag(fs)
 	action, rest := "", args
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {

@@ -162,8 +162,14 @@ func TestRunCommand(t *testing.T) {
 			code, _, errOut = run(t, "run", "--dsn", db.DSN, "--lock", "cron/backup", "--wait", "0", "--", "true")
 			require.Equal(t, ExitNotAcquired, code)
 			require.Contains(t, errOut, `held exclusive by "busy"`)
-			code, _, _ = run(t, "run", "--dsn", db.DSN, "--lock", "cron/backup", "--wait", "200ms", "--", "true")
+			require.Regexp(t, `could not get lock "cron/backup": held exclusive by "busy" for \S+ \(token \d+, lease \d+ expires in \S+ unless renewed; 0 waiter\(s\) queued\)`, errOut)
+			// Waiting, run says for whom; when --wait runs out, who still
+			// holds the lock and for how long.
+			code, _, errOut = run(t, "run", "--dsn", db.DSN, "--lock", "cron/backup", "--wait", "200ms", "--", "true")
 			require.Equal(t, ExitNotAcquired, code)
+			require.Regexp(t, `(?m)^sqldlm run: waiting for lock "cron/backup": held exclusive by "busy" for \S+ \(token \d+`, errOut)
+			require.Regexp(t, `(?m)^sqldlm run: could not get lock "cron/backup" within --wait 200ms: held exclusive by "busy" for \S+ \(token \d+`, errOut)
+			require.NotContains(t, errOut, "context deadline exceeded")
 		})
 	}
 }

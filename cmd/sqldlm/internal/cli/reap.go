@@ -34,8 +34,8 @@ func runReap(ctx context.Context, args []string, s streams) error {
 	stdout, stderr := s.out, s.err
 	fs := newFlagSet("reap", reapSynopsis, stderr)
 	dsnURL := dsnFlag(fs)
-	every := fs.Duration("every", 0, "repeat at this interval until interrupted (0: one pass)")
-	idleAfter := fs.Duration("idle-after", reaper.IdleAfterDefault, "delete lock rows with no holder or waiter idle for this long")
+	every := durationFlag(fs, "every", 0, "repeat at this interval until interrupted (0: one pass)")
+	idleAfter := durationFlag(fs, "idle-after", reaper.IdleAfterDefault, "delete lock rows with no holder or waiter idle for this long")
 	batch := fs.Int("batch", reaper.BatchSizeDefault, "leases deleted per statement")
 	output := outputFlag(fs)
 	if err := parseCommand(fs, args, dsnURL, output); err != nil {

@@ -2,13 +2,16 @@ package cli
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,15 +52,27 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	dsnURL := dsnFlag(fs)
 	name := fs.String("lock", "", "name of the lock to hold")
 	shared := fs.Bool("shared", false, "take the lock in shared mode (default exclusive)")
-	ttl := fs.Duration("ttl", sqldlm.TTLDefault, "lease time-to-live: how long a crashed run keeps the lock")
-	wait := fs.Duration("wait", -1, "how long to wait for the lock: 0 tries once; default: wait until it is free")
-	grace := fs.Duration("grace", 10*time.Second, "after SIGTERM on lock loss, wait this long before SIGKILL")
+	ttl := durationFlag(fs, "ttl", sqldlm.TTLDefault, "lease time-to-live: how long a crashed run keeps the lock")
+	wait := durationFlag(fs, "wait", -1, "how long to wait for the lock: 0 tries once; default: wait until it is free")
+	grace := durationFlag(fs, "grace", 10*time.Second, "after SIGTERM on lock loss, wait this long before SIGKILL")
 	owner := fs.String("owner", "", "owner shown in sqldlm locks (default host/pid)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	command := fs.Args()
+	// Flags after the command are the command's: "sqldlm run CMD --lock X"
+	// would run CMD with --lock X under no lock name. Say so.
+	if !slices.Contains(args[:len(args)-len(command)], "--") {
+		for _, a := range command {
+			if f := strings.TrimLeft(strings.SplitN(a, "=", 2)[0], "-"); strings.HasPrefix(a, "-") && fs.Lookup(f) != nil {
+				return usagef("%s comes after the command %q: put run's flags first and the command after --: "+
+					"sqldlm run --lock NAME [flags] -- COMMAND [ARGS...]", a, command[0])
+			}
+		}
+	}
 	switch {
+	case *ttl != 0 && *ttl < sqldlm.TTLMin:
+		return usagef("--ttl %s: the lease time-to-live must be at least %s (default %s)", *ttl, sqldlm.TTLMin, sqldlm.TTLDefault)
 	case *name == "":
 		return usagef("missing --lock NAME")
 	case len(command) == 0:
@@ -86,20 +101,26 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	if *shared {
 		mode = sqldlm.Shared
 	}
-	var l *sqldlm.Lock
-	switch {
-	case *wait == 0:
-		l, err = c.TryLock(ctx, *name, mode)
-	case *wait > 0:
-		wctx, cancel := context.WithTimeout(ctx, *wait)
+	// Try once; if the lock is held, say by whom, then wait (--wait).
+	l, err := c.TryLock(ctx, *name, mode)
+	var locked *sqldlm.LockedError
+	if errors.As(err, &locked) && *wait != 0 {
+		fmt.Fprintf(s.err, "sqldlm run: waiting for lock %q: %s\n", *name, heldBy(ctx, db, locked))
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if *wait > 0 {
+			wctx, cancel = context.WithTimeout(ctx, *wait)
+		}
 		l, err = c.Lock(wctx, *name, mode)
 		cancel()
-	default:
-		l, err = c.Lock(ctx, *name, mode)
 	}
 	if err != nil {
-		if errors.Is(err, sqldlm.ErrLocked) || errors.Is(err, context.DeadlineExceeded) {
-			return &exitError{code: ExitNotAcquired, msg: fmt.Sprintf("could not get lock %q: %v", *name, err)}
+		switch {
+		case errors.As(err, &locked) && *wait > 0 && ctx.Err() == nil:
+			return &exitError{code: ExitNotAcquired, msg: fmt.Sprintf("could not get lock %q within --wait %s: %s", *name, *wait, heldBy(ctx, db, locked))}
+		case errors.As(err, &locked) && *wait == 0:
+			return &exitError{code: ExitNotAcquired, msg: fmt.Sprintf("could not get lock %q: %s", *name, heldBy(ctx, db, locked))}
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			return &exitError{code: ExitNotAcquired, msg: fmt.Sprintf("could not get lock %q within --wait %s: %v", *name, *wait, err)}
 		}
 		return err
 	}
@@ -208,4 +229,35 @@ func pipeTo(w io.Writer) (*os.File, func(), error) {
 		_, _ = io.Copy(w, r)
 	}()
 	return pw, func() { <-copied; r.Close() }, nil
+}
+
+// heldBy describes who holds name, as the operator's tools show it: the
+// holder, its mode, for how long it has held the lock, its token and when
+// its lease expires, read with sqldlm.Admin; locked's own description when
+// that read fails or finds no live holder (only waiters in the way, or the
+// holder just left).
+func heldBy(ctx context.Context, db *sql.DB, locked *sqldlm.LockedError) string {
+	fallback := strings.TrimPrefix(locked.Error(), "sqldlm: ")
+	admin, err := sqldlm.NewAdmin(db, sqldlm.AdminConfig{})
+	if err != nil {
+		return fallback
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	states, err := admin.Locks(rctx, sqldlm.Filter{Prefix: locked.Name})
+	if err != nil {
+		return fallback
+	}
+	for _, st := range states {
+		if st.Name != locked.Name {
+			continue
+		}
+		for _, h := range st.Holders {
+			if h.Live {
+				return fmt.Sprintf("held %s by %q for %s (token %d, lease %d expires in %s unless renewed; %d waiter(s) queued)",
+					modeName(h.Mode), h.Owner, age(h.HeldFor), h.Token, h.LeaseID, age(h.ExpiresIn), len(st.Waiters))
+			}
+		}
+	}
+	return fallback
 }

@@ -322,6 +322,9 @@ func (l *Lock) ReleaseTx(ctx context.Context, tx *sql.Tx) error {
 }
 
 func (l *Lock) releaseTx(ctx context.Context, tx *sql.Tx) error {
+	if tx == nil {
+		return errors.New("ReleaseTx needs the transaction the release is to commit with, got a nil *sql.Tx")
+	}
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
@@ -560,6 +563,9 @@ func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
 }
 
 func (l *Lock) fence(ctx context.Context, tx *sql.Tx) error {
+	if tx == nil {
+		return errors.New("Fence needs the transaction whose writes it fences, got a nil *sql.Tx")
+	}
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}

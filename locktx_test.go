@@ -160,6 +160,14 @@ func TestTryLockTxLocked(t *testing.T) {
 
 		_, err = a.TryLockTx(ctx, nil, "job/9", Shared)
 		require.ErrorContains(t, err, "needs a transaction")
+		// Fence and ReleaseTx with no transaction are errors, not panics,
+		// and leave the lock held.
+		l, err := a.Lock(ctx, "job/10", Exclusive)
+		require.NoError(t, err)
+		require.ErrorContains(t, l.Fence(ctx, nil), `sqldlm: fence "job/10": Fence needs the transaction whose writes it fences, got a nil *sql.Tx`)
+		require.ErrorContains(t, l.ReleaseTx(ctx, nil), "ReleaseTx needs the transaction the release is to commit with, got a nil *sql.Tx")
+		require.NoError(t, l.Err())
+		require.NoError(t, l.Release(ctx))
 		_, err = a.TryLockTx(ctx, tx, "", Shared)
 		require.ErrorIs(t, err, ErrInvalidName)
 	})

@@ -69,6 +69,9 @@ var _ dialect.Testable = mysqlDialect{}
 
 func (mysqlDialect) Name() string { return "mysql" }
 
+// String returns the dialect's name, so that a Dialect prints as one.
+func (d mysqlDialect) String() string { return d.Name() }
+
 func (mysqlDialect) TimePrecision() time.Duration { return time.Microsecond }
 
 // Now calls sqldlm_now(), which reads SYSDATE(6) under time_zone '+00:00'.

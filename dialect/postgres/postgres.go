@@ -34,6 +34,9 @@ var _ dialect.Testable = postgresDialect{}
 
 func (postgresDialect) Name() string { return "postgres" }
 
+// String returns the dialect's name, so that a Dialect prints as one.
+func (d postgresDialect) String() string { return d.Name() }
+
 func (postgresDialect) TimePrecision() time.Duration { return time.Microsecond }
 
 // Now uses clock_timestamp(), which advances during a transaction, unlike

@@ -55,6 +55,9 @@ func (d *sqliteDialect) enter(ctx context.Context, db *sql.DB) (func(), error) {
 
 func (*sqliteDialect) Name() string { return "sqlite" }
 
+// String returns the dialect's name, so that a Dialect prints as one.
+func (d *sqliteDialect) String() string { return d.Name() }
+
 // TimePrecision is a millisecond: SQLite's clock ('now') has no finer
 // resolution.
 func (*sqliteDialect) TimePrecision() time.Duration { return time.Millisecond }

@@ -65,9 +65,7 @@ func WritePlots(w io.Writer, reports ...*Report) error {
 			plots[i] = append(plots[i], nil)
 		}
 	}
-	const panelW, panelH, titleH = 4.6 * vg.Inch, 3.6 * vg.Inch, 0.45 * vg.Inch
-	img := vgimg.NewWith(vgimg.UseWH(panelW*vg.Length(cols), panelH*vg.Length(len(plots))+titleH), vgimg.UseDPI(96))
-	dc := draw.New(img)
+	const panelW, panelH, lineH = 4.6 * vg.Inch, 3.6 * vg.Inch, 0.3 * vg.Inch
 	r := reports[0]
 	what := r.Dialect + " (" + r.Host + ")"
 	if len(reports) > 1 {
@@ -81,7 +79,14 @@ func WritePlots(w io.Writer, reports ...*Report) error {
 	font := plot.DefaultFont
 	font.Size = 14
 	sty := draw.TextStyle{Color: color.Black, Font: font, XAlign: draw.XCenter, YAlign: draw.YTop, Handler: plot.DefaultTextHandler}
-	dc.FillText(sty, vg.Point{X: dc.Center().X, Y: dc.Max.Y - 0.12*vg.Inch}, title)
+	width := panelW * vg.Length(cols)
+	lines := titleLines(sty, title, width-0.2*vg.Inch)
+	titleH := 0.15*vg.Inch + lineH*vg.Length(len(lines))
+	img := vgimg.NewWith(vgimg.UseWH(width, panelH*vg.Length(len(plots))+titleH), vgimg.UseDPI(96))
+	dc := draw.New(img)
+	for i, line := range lines {
+		dc.FillText(sty, vg.Point{X: dc.Center().X, Y: dc.Max.Y - 0.12*vg.Inch - lineH*vg.Length(i)}, line)
+	}
 	body := draw.Crop(dc, 0, 0, 0, -titleH)
 	tiles := draw.Tiles{Rows: len(plots), Cols: cols, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
 		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}
@@ -99,6 +104,22 @@ func WritePlots(w io.Writer, reports ...*Report) error {
 	}
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// titleLines breaks title into lines no wider than width in sty, at ", "
+// (a single word wider than width stays whole), so that a narrow chart,
+// one panel wide, shows its whole title.
+func titleLines(sty draw.TextStyle, title string, width vg.Length) []string {
+	var lines []string
+	line := ""
+	for _, part := range strings.SplitAfter(title, ", ") {
+		if line != "" && sty.Width(strings.TrimSpace(line+part)) > width {
+			lines = append(lines, strings.TrimSpace(line))
+			line = ""
+		}
+		line += part
+	}
+	return append(lines, strings.TrimSpace(line))
 }
 
 // panel is one workload's bar chart.

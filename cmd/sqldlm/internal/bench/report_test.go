@@ -5,10 +5,14 @@ import (
 	"context"
 	"image/png"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
@@ -148,3 +152,20 @@ func TestRun(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// A chart one panel wide shows its whole title, on more lines; a wide one
+// keeps it on one.
+func TestTitleLines(t *testing.T) {
+	font := plot.DefaultFont
+	font.Size = 14
+	sty := draw.TextStyle{Font: font, Handler: plot.DefaultTextHandler}
+	title := "sqldlm bench, postgres (127.0.0.1:5432): acquire+release pairs/s, median of 3 run(s) of 3s per bar"
+	narrow := 4.6*vg.Inch - 0.2*vg.Inch
+	lines := titleLines(sty, title, narrow)
+	require.Greater(t, len(lines), 1)
+	for _, l := range lines {
+		require.LessOrEqual(t, sty.Width(l), narrow, "%q fits", l)
+	}
+	require.Equal(t, title, strings.Join(lines, " "), "nothing is lost")
+	require.Equal(t, []string{title}, titleLines(sty, title, 3*narrow))
+}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -110,7 +111,16 @@ func runBench(ctx context.Context, args []string, s streams) error {
 			return err
 		}
 	}
+	audit, auditErr := auditOn(ctx, db)
 	db.Close()
+	if auditErr != nil {
+		return auditErr
+	}
+	if audit {
+		fmt.Fprintln(s.err, "sqldlm bench: the audit log is on in this schema: every grant and release the benchmark makes "+
+			"also writes an audit row, and the figures include that cost; `sqldlm log off` turns it off (for every client "+
+			"of the schema), or run the benchmark in a schema of its own")
+	}
 
 	prog := newProgress(s.err)
 	cfg := bench.Config{
@@ -135,6 +145,12 @@ func runBench(ctx context.Context, args []string, s streams) error {
 	prog.finish()
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
+	}
+	if audit {
+		if report.Settings == nil {
+			report.Settings = map[string]string{}
+		}
+		report.Settings["sqldlm audit log"] = "on"
 	}
 	if *plotFile != "" {
 		f, err := os.Create(*plotFile)
@@ -228,4 +244,22 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
+}
+
+// auditOn reports whether sqldlm's audit log is on in db's schema (false
+// when the schema is not migrated: the benchmark then says so itself).
+func auditOn(ctx context.Context, db *sql.DB) (bool, error) {
+	d, err := sqldlm.DetectDialect(db)
+	if err != nil {
+		return false, err
+	}
+	admin, err := sqldlm.NewAdmin(db, sqldlm.AdminConfig{Dialect: d})
+	if err != nil {
+		return false, err
+	}
+	st, err := admin.AuditSettings(ctx)
+	if err != nil {
+		return false, nil // not migrated, or an older schema: the benchmark reports it
+	}
+	return st.Enabled, nil
 }

@@ -124,3 +124,23 @@ func TestBenchNotMigrated(t *testing.T) {
 	require.Equal(t, ExitError, code)
 	require.Contains(t, errOut, "sqldlm migrate up")
 }
+
+// With the audit log on, bench says that its pairs also write audit rows,
+// and the report records it.
+func TestBenchSaysAuditLogIsOn(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.SQLite)
+	code, _, errOut := run(t, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, ExitOK, code, errOut)
+	code, _, errOut = run(t, "log", "on", "--dsn", db.DSN)
+	require.Equal(t, ExitOK, code, errOut)
+	code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "100ms", "--warmup", "100ms", "--workers", "1",
+		"--workloads", "distinct-exclusive", "--impls", "sqldlm", "--json")
+	require.Equal(t, ExitOK, code, errOut)
+	require.Contains(t, errOut, "the audit log is on in this schema: every grant and release the benchmark makes also writes an audit row")
+	var report struct {
+		Settings map[string]string `json:"settings"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &report), out)
+	require.Equal(t, "on", report.Settings["sqldlm audit log"])
+}

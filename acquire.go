@@ -161,8 +161,8 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	wake, unregister := c.waiters.register(r.name, r.id)
 	defer unregister()
 	backoff := newBackoff(c)
-	var enqueuedOn *lease // the lease a waiter row or an unseen grant of this request may exist under
-	connFailures := 0     // TryLock: attempts that failed on the connection
+	var enqueuedOn *lease    // the lease a waiter row or an unseen grant of this request may exist under
+	connFailures := 0        // TryLock: attempts that failed on the connection
 	var blocked *LockedError // what the last attempt found in the way
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if blocked != nil && ctx.Err() != nil && errors.Is(cause, ctx.Err()) {

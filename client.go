@@ -24,6 +24,7 @@ import (
 // hangs off that lease: if the lease is lost, all of them are.
 type Client struct {
 	db      *sql.DB
+	hbdb    *sql.DB // renewals and the listener: Config.HeartbeatDB, or db
 	dialect dialect.Dialect
 	cfg     Config
 	logger  *slog.Logger
@@ -79,6 +80,13 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	if err := checkSchema(ctx, db, d); err != nil {
 		return nil, err
 	}
+	hbdb := db
+	if cfg.HeartbeatDB != nil && cfg.HeartbeatDB != db {
+		hbdb = cfg.HeartbeatDB
+		if err := checkSchema(ctx, hbdb, d); err != nil {
+			return nil, fmt.Errorf("Config.HeartbeatDB: %w", err)
+		}
+	}
 	if a, ok := d.(dialect.TTLAdvisor); ok {
 		// Only advice: a cluster whose failure detection outlasts the
 		// TTL loses leases when a node fails, but works otherwise.
@@ -96,6 +104,7 @@ func New(db *sql.DB, cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		db:      db,
+		hbdb:    hbdb,
 		dialect: d,
 		cfg:     cfg,
 		logger:  cfg.Logger.With("owner", cfg.Owner),
@@ -335,7 +344,7 @@ func (c *Client) notified() bool { return c.listener.Load() }
 func (c *Client) listen(ctx context.Context, n dialect.Notifier) {
 	wait := newExpBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
-		err := n.Listen(ctx, c.db, func() {
+		err := n.Listen(ctx, c.hbdb, func() {
 			c.listener.Store(true)
 			c.waiters.wakeAll() // releases may have been missed while down
 			wait.reset()

@@ -2,6 +2,7 @@ package sqldlm
 
 import (
 	"cmp"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"os"
@@ -81,6 +82,17 @@ type Config struct {
 	// deletes them, set with Audit. At least 1s; defaults to
 	// AuditRetentionDefault (7 days).
 	AuditRetention time.Duration
+
+	// HeartbeatDB, when set, is a connection pool of the client's own for
+	// its lease renewals and, on PostgreSQL, its wake-up listener. Open it
+	// with db's DSN (the same database and schema) and SetMaxOpenConns(2)
+	// (3 on PostgreSQL): then a load that takes every connection of db for
+	// longer than the TTL cannot delay a renewal, and no lease is lost to
+	// it. When nil, renewals queue for db's connections with the
+	// application's queries (keep db's MaxOpenConns above the application's
+	// concurrency), and on PostgreSQL the listener keeps one of them. The
+	// client never closes it.
+	HeartbeatDB *sql.DB
 
 	// Hooks receives the client's events for metrics (see package
 	// sqldlmprom). Defaults to none.

@@ -44,7 +44,7 @@ func (l *lease) heartbeat() {
 			attempt = deadline
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), attempt)
-		renewed, err := l.c.dialect.RenewLease(ctx, l.c.db, l.id)
+		renewed, err := l.c.dialect.RenewLease(ctx, l.c.hbdb, l.id)
 		cancel()
 		switch {
 		case err != nil:

@@ -3,6 +3,7 @@ package sqldlm
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
 // hangDialect makes one renewal (the nth) hang until its context ends, as
@@ -212,5 +214,64 @@ func TestFirstRenewalAfterSlowLeaseCreation(t *testing.T) {
 		}
 		require.NoError(t, l.Err())
 		require.NoError(t, l.Release(ctx))
+	})
+}
+
+// exhaust takes every connection db will give and holds them until the
+// test ends; it returns how many it took.
+func exhaust(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	n := 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		conn, err := db.Conn(ctx)
+		cancel()
+		if err != nil {
+			require.ErrorIs(t, err, context.DeadlineExceeded, "the pool is exhausted, not broken")
+			return n
+		}
+		n++
+		t.Cleanup(func() { conn.Close() })
+	}
+}
+
+// An application that holds every connection of its pool for longer than
+// the TTL loses no lease when the client renews through a HeartbeatDB of its
+// own; without one, renewals queue behind the application and the lease is
+// lost (the hazard the option exists for).
+func TestHeartbeatDBOutlivesExhaustedPool(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		for _, own := range []bool{true, false} {
+			t.Run(fmt.Sprintf("own=%v", own), func(t *testing.T) {
+				ctx := testCtx(t)
+				app := testdb.Reopen(t, b.kind, b.db.DSN).DB
+				app.SetMaxOpenConns(2)
+				cfg := Config{TTL: time.Second}
+				if own {
+					hb := testdb.Reopen(t, b.kind, b.db.DSN).DB
+					hb.SetMaxOpenConns(2)
+					cfg.HeartbeatDB = hb
+				}
+				c, err := New(app, cfg)
+				require.NoError(t, err)
+				t.Cleanup(func() { c.Close() })
+				l, err := c.Lock(ctx, "pool/1", Exclusive)
+				require.NoError(t, err)
+
+				took := exhaust(t, app)
+				require.Positive(t, took)
+				// Hold the pool for three TTLs; the lock either survives them
+				// or is lost.
+				select {
+				case <-l.Done():
+					require.False(t, own, "lost with a HeartbeatDB of its own: %v", l.Err())
+					require.ErrorIs(t, l.Err(), ErrLost)
+				case <-time.After(3 * cfg.TTL): // the fault's length, not synchronisation
+					require.True(t, own, "renewals through an exhausted pool kept the lease for 3 TTLs")
+					require.NoError(t, l.Err())
+				}
+			})
+		}
 	})
 }

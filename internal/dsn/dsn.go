@@ -157,7 +157,7 @@ func refused(raw, why string) error {
 		}
 	}
 	if len(shown) > 0 {
-		msg += "; did you mean " + strings.Join(shown, " or ") + "?"
+		return errors.New(msg + "; did you mean " + strings.Join(shown, " or ") + "? The forms sqldlm reads: " + Forms)
 	}
 	return errors.New(msg + "; the forms sqldlm reads: " + Forms)
 }

@@ -39,7 +39,7 @@ type Lock struct {
 	payload string
 	// For TryLockTx: the acquiring transaction, until it is known to have
 	// ended, and the request's id (its pending record).
-	tx    *sql.Tx
+	tx    callerTx
 	txReq int64
 }
 
@@ -318,17 +318,17 @@ func (l *Lock) setPayload(ctx context.Context, p string) error {
 // It returns ErrLost (or ErrReleased) if the lock is no longer held: roll
 // tx back.
 func (l *Lock) ReleaseTx(ctx context.Context, tx *sql.Tx) error {
-	return opError("release in transaction", l.name, l.releaseTx(ctx, tx))
+	return opError("release in transaction", l.name, l.releaseTx(ctx, stdTx(tx)))
 }
 
-func (l *Lock) releaseTx(ctx context.Context, tx *sql.Tx) error {
-	if tx == nil {
+func (l *Lock) releaseTx(ctx context.Context, tx callerTx) error {
+	if !tx.isSet() {
 		return errors.New("ReleaseTx needs the transaction the release is to commit with, got a nil *sql.Tx")
 	}
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
-	ok, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref())
+	ok, err := l.c.releaseIn(ctx, tx, l.ref())
 	if err != nil {
 		return err
 	}
@@ -559,17 +559,17 @@ func (l *Lock) Fence(ctx context.Context, tx *sql.Tx) error {
 	if fenceUnchecked() {
 		return nil // test builds with the sqldlm_mutant tag only
 	}
-	return opError("fence", l.name, l.fence(ctx, tx))
+	return opError("fence", l.name, l.fence(ctx, stdTx(tx)))
 }
 
-func (l *Lock) fence(ctx context.Context, tx *sql.Tx) error {
-	if tx == nil {
+func (l *Lock) fence(ctx context.Context, tx callerTx) error {
+	if !tx.isSet() {
 		return errors.New("Fence needs the transaction whose writes it fences, got a nil *sql.Tx")
 	}
 	if err := l.settledOrIn(ctx, tx); err != nil {
 		return err
 	}
-	ok, err := l.c.dialect.Fence(ctx, l.c.db, tx, l.ref(), l.c.cfg.TTL)
+	ok, err := l.c.fenceIn(ctx, tx, l.ref(), l.c.cfg.TTL)
 	if err != nil {
 		return err
 	}

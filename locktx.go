@@ -45,6 +45,11 @@ func (c *Client) TryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 	if tx == nil {
 		return nil, errors.New("sqldlm: TryLockTx needs a transaction, got nil")
 	}
+	return c.tryLockIn(ctx, stdTx(tx), name, mode, opts)
+}
+
+// tryLockIn is TryLockTx in the caller's transaction tx of any driver.
+func (c *Client) tryLockIn(ctx context.Context, tx callerTx, name string, mode Mode, opts []LockOption) (*Lock, error) {
 	o, err := checkRequest(name, mode, opts)
 	if err != nil {
 		return nil, opError("trylock in transaction", name, err)
@@ -60,7 +65,7 @@ func (c *Client) TryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 	return lk, nil
 }
 
-func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mode, payload string) (*Lock, error) {
+func (c *Client) tryLockTx(ctx context.Context, tx callerTx, name string, mode Mode, payload string) (*Lock, error) {
 	for attempt := 0; ; attempt++ {
 		l, err := c.currentLease(ctx)
 		if err != nil {
@@ -71,15 +76,18 @@ func (c *Client) tryLockTx(ctx context.Context, tx *sql.Tx, name string, mode Mo
 			c.settlePending(l, name, req) // the record may exist if only the answer was lost
 			return nil, fmt.Errorf("record the request: %w", err)
 		}
-		res, err := c.dialect.AcquireTx(ctx, tx, &dialect.AcquireParams{
+		res, err := c.acquireIn(ctx, tx, &dialect.AcquireParams{
 			Name: name, LeaseID: l.id, RequestID: req, Mode: mode.stored(), Payload: payload, LockDelay: c.cfg.LockDelay,
 		})
 		if err != nil {
 			// The grant may have been made in tx and may yet commit: settle it.
 			c.settlePending(l, name, req)
 			if errors.Is(err, dialect.ErrIsolation) {
-				return nil, fmt.Errorf("run the transaction at READ COMMITTED "+
-					"(sql.TxOptions{Isolation: sql.LevelReadCommitted}): %w", err)
+				how := "sql.TxOptions{Isolation: sql.LevelReadCommitted}"
+				if tx.std == nil {
+					how = "pgx.TxOptions{IsoLevel: pgx.ReadCommitted}"
+				}
+				return nil, fmt.Errorf("run the transaction at READ COMMITTED (%s): %w", how, err)
 			}
 			return nil, err
 		}
@@ -148,7 +156,7 @@ func (l *Lock) txState(ctx context.Context) (pending bool, err error) {
 	l.mu.Lock()
 	tx, req := l.tx, l.txReq
 	l.mu.Unlock()
-	if tx == nil {
+	if !tx.isSet() {
 		return false, nil
 	}
 	out, err := l.c.dialect.PendingOutcome(ctx, l.c.db, l.lease.id, req)
@@ -166,11 +174,11 @@ func (l *Lock) settle(out dialect.TxOutcome) bool {
 		return true
 	case dialect.TxCommitted:
 		l.mu.Lock()
-		l.tx = nil
+		l.tx = callerTx{}
 		l.mu.Unlock()
 	case dialect.TxNotCommitted:
 		l.mu.Lock()
-		l.tx = nil
+		l.tx = callerTx{}
 		l.dropped = true
 		l.mu.Unlock()
 		l.lease.remove(l)
@@ -217,9 +225,9 @@ func (l *Lock) settled(ctx context.Context) error {
 
 // settledOrIn is settled, except that a lock pending in tx itself can be
 // used in tx.
-func (l *Lock) settledOrIn(ctx context.Context, tx *sql.Tx) error {
+func (l *Lock) settledOrIn(ctx context.Context, tx callerTx) error {
 	l.mu.Lock()
-	in := l.tx != nil && l.tx == tx
+	in := l.tx.isSet() && l.tx == tx
 	l.mu.Unlock()
 	if in {
 		return l.Err()
@@ -232,7 +240,7 @@ func (l *Lock) settledOrIn(ctx context.Context, tx *sql.Tx) error {
 func (l *Lock) isPending() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.tx != nil
+	return l.tx.isSet()
 }
 
 // releasePending releases a lock acquired in a transaction not yet seen to
@@ -256,8 +264,8 @@ func (l *Lock) releasePending(ctx context.Context) bool {
 	l.mu.Lock()
 	tx := l.tx
 	l.mu.Unlock()
-	if tx != nil {
-		_, err := l.c.dialect.ReleaseTx(ctx, l.c.db, tx, l.ref())
+	if tx.isSet() {
+		_, err := l.c.releaseIn(ctx, tx, l.ref())
 		if err == nil {
 			return released()
 		}

@@ -181,10 +181,15 @@ func (d postgresDialect) Acquire(ctx context.Context, db *sql.DB, p *dialect.Acq
 // is not at READ COMMITTED (dialect.ErrIsolation; PostgreSQL then aborts tx)
 // and deletes the pending record of a granted request.
 func (d postgresDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
+	return d.AcquireIn(ctx, dialect.SQLTx(tx), p)
+}
+
+// AcquireIn is AcquireTx in a transaction of another driver (pgx).
+func (d postgresDialect) AcquireIn(ctx context.Context, tx dialect.Tx, p *dialect.AcquireParams) (*dialect.AcquireResult, error) {
 	if p.Enqueue || p.UpgradeToken != 0 {
 		return nil, fmt.Errorf("AcquireTx neither queues nor upgrades (Enqueue %v, UpgradeToken %d)", p.Enqueue, p.UpgradeToken)
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT `+acquireColumns+` FROM sqldlm_acquire_tx($1, $2, $3, $4, $5, $6)`,
+	rows, err := tx.Query(ctx, `SELECT `+acquireColumns+` FROM sqldlm_acquire_tx($1, $2, $3, $4, $5, $6)`,
 		p.Name, p.LeaseID, p.RequestID, string(rune(p.Mode)), p.Payload, max(p.LockDelay, 0).Microseconds())
 	return d.acquireResult(rows, err, "sqldlm_acquire_tx")
 }
@@ -195,7 +200,7 @@ const acquireColumns = `o_status, o_token, o_owner, o_mode, o_expires_us, o_ahea
 	o_took_owners, o_took_leases, o_took_tokens, o_took_modes, o_took_expires, o_took_broken, o_took_payloads`
 
 // acquireResult reads the one row of an acquire function (fn, for errors).
-func (d postgresDialect) acquireResult(rows *sql.Rows, err error, fn string) (*dialect.AcquireResult, error) {
+func (d postgresDialect) acquireResult(rows dialect.Rows, err error, fn string) (*dialect.AcquireResult, error) {
 	if err != nil {
 		return nil, d.ClassifyError(err)
 	}
@@ -359,8 +364,13 @@ func (d postgresDialect) ReleaseHandOver(ctx context.Context, db *sql.DB, p *dia
 // the grant: a hold it does not find is looked up in the latest committed
 // state through db (see stale).
 func (d postgresDialect) ReleaseTx(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef) (bool, error) {
+	return d.ReleaseIn(ctx, db, dialect.SQLTx(tx), p)
+}
+
+// ReleaseIn is ReleaseTx in a transaction of another driver (pgx).
+func (d postgresDialect) ReleaseIn(ctx context.Context, db *sql.DB, tx dialect.Tx, p *dialect.HoldRef) (bool, error) {
 	var ok, readCommitted bool
-	err := tx.QueryRowContext(ctx, `SELECT sqldlm_release($1, $2, $3), current_setting('transaction_isolation') = 'read committed'`,
+	err := tx.QueryRow(ctx, `SELECT sqldlm_release($1, $2, $3), current_setting('transaction_isolation') = 'read committed'`,
 		p.Name, p.LeaseID, p.Token).Scan(&ok, &readCommitted)
 	if err != nil || ok || readCommitted {
 		return ok, d.ClassifyError(err)
@@ -421,8 +431,13 @@ func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.
 // savepoint that it rolls back at once: that releases the lock, so
 // renewals are not blocked for the rest of tx.
 func (d postgresDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+	return d.FenceIn(ctx, db, dialect.SQLTx(tx), p, idleTimeout)
+}
+
+// FenceIn is Fence in a transaction of another driver (pgx).
+func (d postgresDialect) FenceIn(ctx context.Context, db *sql.DB, tx dialect.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
 	var ok, readCommitted bool
-	err := tx.QueryRowContext(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
+	err := tx.QueryRow(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
 		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok, &readCommitted)
 	if err != nil || readCommitted {
 		return ok, d.ClassifyError(err)
@@ -430,16 +445,16 @@ func (d postgresDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *d
 	if !ok {
 		return false, d.stale(ctx, db, p, "Fence")
 	}
-	if _, err := tx.ExecContext(ctx, `SAVEPOINT sqldlm_fence`); err != nil {
+	if err := tx.Exec(ctx, `SAVEPOINT sqldlm_fence`); err != nil {
 		return false, d.ClassifyError(err)
 	}
-	if _, err := tx.ExecContext(ctx, `SELECT 1 FROM sqldlm_leases WHERE id = $1 FOR SHARE`, p.LeaseID); err != nil {
+	if err := tx.Exec(ctx, `SELECT 1 FROM sqldlm_leases WHERE id = $1 FOR SHARE`, p.LeaseID); err != nil {
 		return false, d.ClassifyError(err)
 	}
-	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT sqldlm_fence`); err != nil {
+	if err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT sqldlm_fence`); err != nil {
 		return false, d.ClassifyError(err)
 	}
-	if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sqldlm_fence`); err != nil {
+	if err := tx.Exec(ctx, `RELEASE SAVEPOINT sqldlm_fence`); err != nil {
 		return false, d.ClassifyError(err)
 	}
 	return true, nil
@@ -483,3 +498,6 @@ func (d postgresDialect) names(ctx context.Context, db *sql.DB, query string, ar
 	}
 	return names, nil
 }
+
+// The PostgreSQL dialect also works in a pgx.Tx (package sqldlmpgx).
+var _ dialect.ForeignTxLocker = postgresDialect{}

@@ -22,6 +22,7 @@ package bench
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -57,6 +58,12 @@ var WorkersDefault = []int{1, 8, 64}
 type Config struct {
 	// DSN is a sqldlm DSN URL: postgres://, mysql:// or sqlite://.
 	DSN string
+	// Nodes are DSNs of the other nodes of a multi-writer cluster (Galera)
+	// that DSN is a node of. The sqldlm and two-commit workers of a cell are
+	// then spread over DSN and Nodes (worker i on node i mod n; sqldlm's
+	// Clients too, at least one per node), and the advisory floor, whose
+	// locks are each node's own, is left out.
+	Nodes []string
 	// Duration is the measured time of each cell. Defaults to 5s.
 	Duration time.Duration
 	// Warmup runs each cell unmeasured before its window. Defaults to a
@@ -175,6 +182,7 @@ func (c Config) withDefaults() (Config, error) {
 type env struct {
 	cfg    Config
 	d      dsn.DSN
+	nodes  []dsn.DSN // d, then Config.Nodes
 	fam    *family
 	cpu    *cpuSampler
 	runID  string
@@ -190,7 +198,17 @@ func newEnv(ctx context.Context, cfg Config) (*env, *Report, error) {
 	if fam == nil {
 		return nil, nil, fmt.Errorf("bench: no floors for dialect %q", d.Dialect)
 	}
-	e := &env{cfg: cfg, d: d, fam: fam, runID: randomID(), report: cfg.Progress}
+	e := &env{cfg: cfg, d: d, nodes: []dsn.DSN{d}, fam: fam, runID: randomID(), report: cfg.Progress}
+	for _, raw := range cfg.Nodes {
+		n, err := dsn.Parse(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bench: node: %w", err)
+		}
+		if n.Dialect != d.Dialect {
+			return nil, nil, fmt.Errorf("bench: node %s is %s, not %s like the DSN", n.Host, n.Dialect, d.Dialect)
+		}
+		e.nodes = append(e.nodes, n)
+	}
 	if e.report == nil {
 		e.report = func(Progress) {}
 	}
@@ -215,10 +233,22 @@ func newEnv(ctx context.Context, cfg Config) (*env, *Report, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the server's settings: %w", err)
 	}
+	host := d.Host
+	if len(e.nodes) > 1 {
+		hosts := make([]string, len(e.nodes))
+		for i, n := range e.nodes {
+			hosts[i] = n.Host
+		}
+		host = strings.Join(hosts, ",")
+		if settings == nil {
+			settings = map[string]string{}
+		}
+		settings["spread over nodes"] = strconv.Itoa(len(e.nodes))
+	}
 	r := &Report{
 		Dialect:         d.Dialect,
 		Server:          version,
-		Host:            d.Host,
+		Host:            host,
 		Settings:        settings,
 		Machine:         machine(),
 		Started:         time.Now().UTC(),
@@ -322,8 +352,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return r, nil
 }
 
+// cellNodes returns the nodes a cell of workers workers spreads over: all
+// of them, or as many as there are workers.
+func (e *env) cellNodes(workers int) []dsn.DSN {
+	return e.nodes[:max(min(workers, len(e.nodes)), 1)]
+}
+
 // supports reports whether impl can run wl on this dialect.
 func (e *env) supports(impl string, wl Workload) bool {
+	if impl == ImplAdvisory && len(e.nodes) > 1 {
+		return false // each node's advisory locks are its own: no lock across the cluster
+	}
 	switch impl {
 	case ImplSqldlm:
 		return true
@@ -437,15 +476,21 @@ func (e *env) setup(ctx context.Context, wl Workload, workers int, impl, tag str
 		if wl.Hot {
 			nClients = max(min(workers, e.cfg.Procs), 1)
 		}
-		db, n, err := openPool(e.d, workers+nClients+2)
-		if err != nil {
-			return nil, err
+		nodes := e.cellNodes(workers)
+		nClients = max(nClients, len(nodes))
+		s.counter = &stmtCounter{}
+		dbs := make([]*sql.DB, len(nodes))
+		for k, d := range nodes {
+			db, err := openPoolCounted(d, workers+nClients+2, s.counter)
+			if err != nil {
+				return nil, err
+			}
+			s.closers = append(s.closers, func() { db.Close() })
+			dbs[k] = db
 		}
-		s.closers = append(s.closers, func() { db.Close() })
-		s.counter = n
 		clients := make([]*sqldlm.Client, nClients)
 		for i := range clients {
-			c, err := sqldlm.New(db, sqldlm.Config{TTL: e.cfg.TTL, Owner: fmt.Sprintf("sqldlm-bench/%s/%d", e.runID, i)})
+			c, err := sqldlm.New(dbs[i%len(dbs)], sqldlm.Config{TTL: e.cfg.TTL, Owner: fmt.Sprintf("sqldlm-bench/%s/%d", e.runID, i)})
 			if err != nil {
 				return nil, err
 			}
@@ -465,24 +510,31 @@ func (e *env) setup(ctx context.Context, wl Workload, workers int, impl, tag str
 		if e.fam.floorOneConn {
 			size = 1
 		}
-		db, n, err := openPool(e.d, size)
-		if err != nil {
-			return nil, err
+		s.counter = &stmtCounter{}
+		type stmts struct{ acq, rel *sql.Stmt }
+		var onNode []stmts
+		for _, d := range e.cellNodes(workers) {
+			db, err := openPoolCounted(d, size, s.counter)
+			if err != nil {
+				return nil, err
+			}
+			s.closers = append(s.closers, func() { db.Close() })
+			acq, err := db.PrepareContext(ctx, e.fam.floorAcquire)
+			if err != nil {
+				return nil, err
+			}
+			rel, err := db.PrepareContext(ctx, e.fam.floorRelease)
+			if err != nil {
+				acq.Close()
+				return nil, err
+			}
+			s.closers = append(s.closers, func() { acq.Close(); rel.Close() })
+			onNode = append(onNode, stmts{acq, rel})
 		}
-		s.closers = append(s.closers, func() { db.Close() })
-		s.counter = n
-		acq, err := db.PrepareContext(ctx, e.fam.floorAcquire)
-		if err != nil {
-			return nil, err
-		}
-		rel, err := db.PrepareContext(ctx, e.fam.floorRelease)
-		if err != nil {
-			return nil, err
-		}
-		s.closers = append(s.closers, func() { acq.Close(); rel.Close() })
 		owner := time.Now().UnixNano()
 		for i := range workers {
-			s.workers = append(s.workers, &twoCommitWorker{acquire: acq, release: rel, name: e.lockName(wl, workers, impl, tag, i), owner: owner + int64(i)})
+			st := onNode[i%len(onNode)]
+			s.workers = append(s.workers, &twoCommitWorker{acquire: st.acq, release: st.rel, name: e.lockName(wl, workers, impl, tag, i), owner: owner + int64(i)})
 		}
 		s.primitive = e.fam.floorPrimitive
 	case ImplAdvisory:

@@ -34,26 +34,32 @@ func (c *stmtCounter) load() (statements, prepares int64) {
 // the driver's connections are wrapped.
 func openPool(d dsn.DSN, size int) (*sql.DB, *stmtCounter, error) {
 	n := &stmtCounter{}
+	db, err := openPoolCounted(d, size, n)
+	return db, n, err
+}
+
+// openPoolCounted is openPool counting into n, which several pools may share.
+func openPoolCounted(d dsn.DSN, size int, n *stmtCounter) (*sql.DB, error) {
 	var db *sql.DB
 	switch d.DriverName {
 	case "pgx":
 		cfg, err := pgx.ParseConfig(d.DriverDSN)
 		if err != nil {
-			return nil, nil, fmt.Errorf("parse postgres DSN: %w", err)
+			return nil, fmt.Errorf("parse postgres DSN: %w", err)
 		}
 		cfg.Tracer = pgxTracer{n}
 		db = stdlib.OpenDB(*cfg)
 	default:
 		probe, err := sql.Open(d.DriverName, d.DriverDSN)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		drv := probe.Driver()
 		probe.Close()
 		var base driver.Connector
 		if dc, ok := drv.(driver.DriverContext); ok {
 			if base, err = dc.OpenConnector(d.DriverDSN); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 		} else {
 			base = dsnConnector{drv, d.DriverDSN}
@@ -62,7 +68,7 @@ func openPool(d dsn.DSN, size int) (*sql.DB, *stmtCounter, error) {
 	}
 	db.SetMaxOpenConns(size)
 	db.SetMaxIdleConns(size)
-	return db, n, nil
+	return db, nil
 }
 
 // pgxTracer counts every query pgx runs (BEGIN and COMMIT included).

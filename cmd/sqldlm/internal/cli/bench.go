@@ -41,6 +41,9 @@ else running shares the CPUs with the server and the clients.`
 func runBench(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("bench", benchSynopsis, s.err)
 	dsnURL := dsnFlag(fs)
+	var nodes dsnList
+	fs.Var(&nodes, "node", "another node of the multi-writer cluster (Galera) --dsn is a node of; repeat it for each: "+
+		"the workers are spread over all of them, and the advisory floor is left out")
 	duration := durationFlag(fs, "duration", bench.DurationDefault, "measured time of each cell")
 	warmup := durationFlag(fs, "warmup", 0, "unmeasured time before each cell's window (default a fifth of --duration, at most 1s)")
 	workers := fs.String("workers", "1,8,64", "comma-separated worker counts")
@@ -124,7 +127,7 @@ func runBench(ctx context.Context, args []string, s streams) error {
 
 	prog := newProgress(s.err)
 	cfg := bench.Config{
-		DSN: *dsnURL, Duration: *duration, Warmup: *warmup, Workers: ws, Workloads: wls, Impls: implList, Runs: *runs, Procs: *procs, TTL: *ttl, Vacuum: *vacuum,
+		DSN: *dsnURL, Nodes: nodes, Duration: *duration, Warmup: *warmup, Workers: ws, Workloads: wls, Impls: implList, Runs: *runs, Procs: *procs, TTL: *ttl, Vacuum: *vacuum,
 		Scale: *scale, ScaleOnly: *scaleOnly, HeldLocks: *held, Clients: *clients, ClientsDuration: *clientsDuration, ScaleTTL: *scaleTTL,
 		ScalePool: *scalePool, ScaleListen: *scaleListen, Progress: prog.update,
 	}

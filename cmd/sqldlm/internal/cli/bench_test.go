@@ -144,3 +144,38 @@ func TestBenchSaysAuditLogIsOn(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &report), out)
 	require.Equal(t, "on", report.Settings["sqldlm audit log"])
 }
+
+// --node spreads the workers over the nodes of a multi-writer cluster; here
+// both "nodes" are one server, which exercises the spreading: a pool per
+// node, every node's host in the report, no advisory floor (each node's
+// advisory locks are its own).
+func TestBenchSpreadOverNodes(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.MySQL)
+	code, _, errOut := run(t, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, ExitOK, code, errOut)
+	code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--node", db.DSN, "--duration", "200ms", "--warmup", "300ms",
+		"--workers", "1,2", "--workloads", "distinct-exclusive,hot-exclusive", "--json")
+	require.Equal(t, ExitOK, code, errOut)
+	var report struct {
+		Host     string            `json:"host"`
+		Settings map[string]string `json:"settings"`
+		Rows     []struct {
+			Workload       string  `json:"workload"`
+			Workers        int     `json:"workers"`
+			Impl           string  `json:"impl"`
+			PairsPerSecond float64 `json:"pairs_per_second"`
+		} `json:"rows"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &report), out)
+	require.Contains(t, report.Host, ",")
+	require.Equal(t, "2", report.Settings["spread over nodes"])
+	var impls []string
+	for _, r := range report.Rows {
+		impls = append(impls, r.Impl)
+		require.Positive(t, r.PairsPerSecond, "%+v", r)
+	}
+	require.Contains(t, impls, "sqldlm")
+	require.Contains(t, impls, "two-commit")
+	require.NotContains(t, impls, "advisory")
+}

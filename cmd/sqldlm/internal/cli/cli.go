@@ -176,6 +176,26 @@ func dsnFlag(fs *flag.FlagSet) *string {
 	return &v
 }
 
+// dsnList is a repeatable DSN flag (bench's --node). It shows itself with
+// the passwords hidden.
+type dsnList []string
+
+func (l *dsnList) String() string {
+	if l == nil {
+		return ""
+	}
+	out := make([]string, len(*l))
+	for i, v := range *l {
+		out[i] = dsn.Redact(v)
+	}
+	return strings.Join(out, " ")
+}
+
+func (l *dsnList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
 // dsnValue is the value of --dsn. It shows itself with its password
 // hidden: the help prints it as the flag's default.
 type dsnValue string
@@ -198,7 +218,7 @@ func dsnArgs(args []string) []string {
 	out := []string{os.Getenv("SQLDLM_DSN")}
 	for i, a := range args {
 		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "dsn" {
+		if !strings.HasPrefix(a, "-") || (name != "dsn" && name != "node") {
 			continue
 		}
 		if hasValue {

@@ -22,8 +22,8 @@ package bench
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"

@@ -30,6 +30,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
@@ -67,6 +68,7 @@ func (d *sqliteDialect) writeTxWaiting(ctx context.Context, db *sql.DB, wait tim
 		}()
 	}
 	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		endFailedBegin(ctx, conn)
 		return d.ClassifyError(err)
 	}
 	defer func() {
@@ -87,6 +89,20 @@ func (d *sqliteDialect) writeTxWaiting(ctx context.Context, db *sql.DB, wait tim
 		return err
 	}
 	return fn(conn, now)
+}
+
+// endFailedBegin makes sure a BEGIN that reported an error left no
+// transaction open on conn: the driver reports ctx's error when ctx ended
+// while the statement ran, even if the BEGIN itself succeeded, and the
+// connection would then go back to the pool inside a transaction (the next
+// BEGIN on it fails with "cannot start a transaction within a
+// transaction"). It rolls back whatever is open, and drops the connection
+// when it cannot tell.
+func endFailedBegin(ctx context.Context, conn *sql.Conn) {
+	_, err := conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`)
+	if err != nil && !strings.Contains(err.Error(), "no transaction is active") {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 }
 
 // exec runs one writing statement through the write gate.
@@ -178,6 +194,7 @@ func (d *sqliteDialect) readTx(ctx context.Context, db *sql.DB, fn func(conn *sq
 	}
 	defer conn.Close()
 	if _, err := conn.ExecContext(ctx, `BEGIN DEFERRED`); err != nil {
+		endFailedBegin(ctx, conn)
 		return d.ClassifyError(err)
 	}
 	defer func() {

@@ -5,6 +5,8 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,4 +310,47 @@ func TestFailoverP2AsyncLostRelease(t *testing.T) {
 	for i := range 4 {
 		f.lockWithin(d, "D", fmt.Sprintf("t/%d", i))
 	}
+}
+
+// signalHandler closes seen when a record with message msg is logged.
+type signalHandler struct {
+	msg  string
+	once sync.Once
+	seen chan struct{}
+}
+
+func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *signalHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.seen) })
+	}
+	return nil
+}
+func (h *signalHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *signalHandler) WithGroup(string) slog.Handler      { return h }
+
+// A waiting Lock whose DSN leads to a standby (a failover that has not
+// finished, or a node demoted meanwhile) is answered
+// read_only_sql_transaction (25006). It keeps asking, within its ctx,
+// instead of failing: once the node is promoted it is granted.
+func TestFailoverReadOnlyServerRetried(t *testing.T) {
+	f := startFailover(t, false)
+	f.caughtUp() // the schema is on the standby
+	h := &signalHandler{msg: "sqldlm: creating a lease failed, retrying", seen: make(chan struct{})}
+	c, err := sqldlm.New(f.pair.Standby.Open(t), sqldlm.Config{Dialect: postgres.Dialect(), Owner: "R", TTL: failoverTTL,
+		Logger: slog.New(h)})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+	defer cancel()
+	got := lockAsync(ctx, c, "r/0", sqldlm.Exclusive)
+	select {
+	case <-h.seen:
+	case r := <-got:
+		t.Fatalf("Lock on a standby returned at once: %v", r.err)
+	}
+	f.crashAndPromote()
+	r := <-got
+	require.NoError(t, r.err, "Lock gave up on the standby instead of waiting for it to accept writes")
+	t.Logf("R: granted r/0, token %d, on the promoted standby", r.l.Token())
 }

@@ -29,8 +29,9 @@ var (
 	pgRuntimeGrants = []string{
 		`GRANT USAGE ON SCHEMA {schema} TO {role}`,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}`,
-		// sqldlm's functions are SECURITY INVOKER and EXECUTE is granted
-		// to PUBLIC by default; identity columns need no sequence grant.
+		// EXECUTE on sqldlm's functions is granted to PUBLIC by default;
+		// all are SECURITY INVOKER but sqldlm_epoch_change (see below);
+		// identity columns need no sequence grant.
 	}
 	// MariaDB/MySQL, after `sqldlm migrate up` as a user with the
 	// migration privileges.

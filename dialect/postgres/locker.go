@@ -101,7 +101,8 @@ package postgres
 //	             name's row, DELETE waiter) and notify each with the grant,
 //	             "g <lease id> <request id> <token> <name>", so it sends no
 //	             statement (ConfirmGrant reads the hold such a notification
-//	             announces, with a WAL message); nobody granted:
+//	             announces, with a WAL message where a synchronous standby
+//	             is configured); nobody granted:
 //	             sqldlm_wake
 //	ReleaseTx    sqldlm_release, in the caller's tx; at REPEATABLE READ and
 //	             SERIALIZABLE, if no hold was deleted: SELECT hold and lease
@@ -345,19 +346,21 @@ func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Aba
 // ConfirmGrant reads the hold a handover notification announces. The
 // notification went out at the handover's local commit, which may not have
 // reached a synchronous standby yet (its wait cancelled, or still going
-// on): the statement also writes a transactional WAL message, so that its
-// own commit writes a record after the handover's and, with
-// synchronous_commit on, returns only once the standby has both. (A commit
-// that wrote no WAL does not wait for the standby, even with a transaction
-// id assigned.)
+// on): where a synchronous standby is configured, the statement also
+// writes a transactional WAL message, so that its own commit writes a
+// record after the handover's and returns only once the standby has both.
+// (A commit that wrote no WAL does not wait for the standby, even with a
+// transaction id assigned. Without a synchronous standby no commit waits
+// for one, and the message would only cost a WAL flush per handover.)
 func (d postgresDialect) ConfirmGrant(ctx context.Context, db *sql.DB, w dialect.Wakeup) (bool, error) {
 	var (
 		ok  bool
-		lsn string
+		lsn sql.NullString
 	)
 	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_holders
 		WHERE lease_id = $1 AND request_id = $2 AND token = $3 AND name = $4),
-		pg_logical_emit_message(true, 'sqldlm', '')::text`,
+		CASE WHEN current_setting('synchronous_standby_names') <> ''
+		     THEN pg_logical_emit_message(true, 'sqldlm', '')::text END`,
 		w.LeaseID, w.RequestID, w.Token, w.Name).Scan(&ok, &lsn)
 	return ok, d.ClassifyError(err)
 }

@@ -162,7 +162,13 @@ ALTER TABLE sqldlm_leases ALTER COLUMN epoch SET DEFAULT (sqldlm_current_epoch()
 -- sqldlm_acquire: version 7's, with the epoch and freeze checks first, and a
 -- WAL record on a repeat.
 -- +goose StatementBegin
-CREATE OR REPLACE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text, p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint, OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text, OUT o_expires_us bigint, OUT o_ahead integer, OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[], OUT o_took_modes text[], OUT o_took_expires timestamp with time zone[], OUT o_took_broken boolean[], OUT o_took_payloads text[])
+CREATE OR REPLACE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text,
+    p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint,
+    OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text,
+    OUT o_expires_us bigint, OUT o_ahead integer,
+    OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[],
+    OUT o_took_modes text[], OUT o_took_expires timestamp with time zone[], OUT o_took_broken boolean[],
+    OUT o_took_payloads text[])
  RETURNS record
  LANGUAGE plpgsql
  SET lock_timeout TO '1s'
@@ -190,8 +196,8 @@ BEGIN
     END IF;
     o_ahead := 0;
 
-    -- The failover epoch (sqldlm_current_epoch: a plain read of its row unless
-    -- this server's timeline changed). A lease of an older epoch was
+    -- The failover epoch (sqldlm_current_epoch: a plain read of its row
+    -- unless this server's timeline changed). A lease of an older epoch was
     -- created or last renewed before a failover: it is lost, whatever its
     -- expiry says. After an epoch change nothing is granted (nor queued)
     -- until the freeze ends: by then every holder of the older epoch has
@@ -655,7 +661,13 @@ $function$;
 
 -- Version 7's functions, exactly.
 -- +goose StatementBegin
-CREATE OR REPLACE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text, p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint, OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text, OUT o_expires_us bigint, OUT o_ahead integer, OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[], OUT o_took_modes text[], OUT o_took_expires timestamp with time zone[], OUT o_took_broken boolean[], OUT o_took_payloads text[])
+CREATE OR REPLACE FUNCTION sqldlm_acquire(p_name text, p_lease bigint, p_request bigint, p_mode text,
+    p_enqueue boolean, p_upgrade bigint, p_payload text, p_delay_us bigint,
+    OUT o_status text, OUT o_token bigint, OUT o_owner text, OUT o_mode text,
+    OUT o_expires_us bigint, OUT o_ahead integer,
+    OUT o_took_owners text[], OUT o_took_leases bigint[], OUT o_took_tokens bigint[],
+    OUT o_took_modes text[], OUT o_took_expires timestamp with time zone[], OUT o_took_broken boolean[],
+    OUT o_took_payloads text[])
  RETURNS record
  LANGUAGE plpgsql
  SET lock_timeout TO '1s'

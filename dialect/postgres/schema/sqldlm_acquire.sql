@@ -30,8 +30,8 @@ BEGIN
     END IF;
     o_ahead := 0;
 
-    -- The failover epoch (sqldlm_current_epoch: a plain read of its row unless
-    -- this server's timeline changed). A lease of an older epoch was
+    -- The failover epoch (sqldlm_current_epoch: a plain read of its row
+    -- unless this server's timeline changed). A lease of an older epoch was
     -- created or last renewed before a failover: it is lost, whatever its
     -- expiry says. After an epoch change nothing is granted (nor queued)
     -- until the freeze ends: by then every holder of the older epoch has

@@ -3,10 +3,14 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pressly/goose/v3"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
@@ -130,19 +134,26 @@ func TestClassifyReadOnlyAsConnection(t *testing.T) {
 	require.Equal(t, "25006", de.Code)
 }
 
-// Down from version 8 restores version 7 exactly.
-func TestMigrationDownRestoresVersion7(t *testing.T) {
-	t.Parallel()
+// atVersion7 returns a schema of the test's own migrated to version 7, and
+// its migration provider.
+func atVersion7(t *testing.T) (context.Context, *testdb.DB, *goose.Provider) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	db := testdb.Open(t, testdb.Postgres)
 	p, err := migrations.NewProvider(db.DB, postgres.Dialect())
 	require.NoError(t, err)
-
 	_, err = p.UpTo(ctx, 7)
 	require.NoError(t, err)
+	return ctx, db, p
+}
+
+// Down from version 8 restores version 7 exactly.
+func TestMigrationDownRestoresVersion7(t *testing.T) {
+	t.Parallel()
+	ctx, db, p := atVersion7(t)
 	v7 := schemaCatalog(ctx, t, db.DB)
-	_, err = p.UpTo(ctx, 8)
+	_, err := p.UpTo(ctx, 8)
 	require.NoError(t, err)
 	v8 := schemaCatalog(ctx, t, db.DB)
 	require.NotContains(t, v7, "relation sqldlm_epoch")
@@ -162,4 +173,46 @@ func TestMigrationDownRestoresVersion7(t *testing.T) {
 	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.columns
 		WHERE table_schema = current_schema() AND table_name = 'sqldlm_leases' AND column_name = 'epoch'`).Scan(&n))
 	require.Zero(t, n, "the epoch column outlived Down")
+}
+
+// A runtime role granted the tables (the README's grants) before version 8
+// keeps working after it without a new GRANT: the migration gives
+// sqldlm_epoch the grants sqldlm_leases has.
+func TestMigrationToVersion8KeepsRuntimeGrants(t *testing.T) {
+	t.Parallel()
+	ctx, db, p := atVersion7(t)
+
+	role := fmt.Sprintf("sqldlm_rt_%x", rand.Uint64())
+	var schema string
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT quote_ident(current_schema())`).Scan(&schema))
+	_, err := db.ExecContext(ctx, `CREATE ROLE `+role+` LOGIN`)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, s := range []string{`DROP OWNED BY ` + role, `DROP ROLE ` + role} {
+			if _, err := db.ExecContext(ctx, s); err != nil {
+				t.Errorf("cleanup %s: %v", s, err)
+			}
+		}
+	})
+	for _, s := range []string{`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + role} {
+		_, err = db.ExecContext(ctx, s)
+		require.NoError(t, err, s)
+	}
+	_, err = p.UpTo(ctx, 8)
+	require.NoError(t, err)
+
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.User = url.User(role)
+	rt := testdb.Reopen(t, testdb.Postgres, u.String())
+	var epoch int64
+	require.NoError(t, rt.QueryRowContext(ctx, `SELECT o_epoch FROM sqldlm_current_epoch()`).Scan(&epoch))
+	require.Equal(t, int64(1), epoch)
+	_, err = db.ExecContext(ctx, `UPDATE sqldlm_epoch SET timeline = timeline + 1000`)
+	require.NoError(t, err)
+	require.NoError(t, rt.QueryRowContext(ctx, `SELECT o_epoch FROM sqldlm_current_epoch()`).Scan(&epoch))
+	require.Equal(t, int64(2), epoch)
 }

@@ -30,6 +30,10 @@
 -- owner, reaches that schema's tables by qualified names, computes the
 -- timeline itself, and changes nothing unless the timeline changed.
 --
+-- The roles granted privileges on sqldlm_leases get the same on
+-- sqldlm_epoch (a runtime role granted ALL TABLES before this migration
+-- would otherwise fail every grant and renewal until granted again).
+--
 -- Leases get an epoch column whose default is the current epoch (so every
 -- CreateLease, of this version's clients or older ones, stamps it). A
 -- renewal matches only a lease of the current epoch, so a lease from before
@@ -82,6 +86,27 @@ CREATE TABLE sqldlm_epoch (
 );
 INSERT INTO sqldlm_epoch (id, timeline, epoch, changed_at, freeze_until)
 SELECT 1, ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::integer, 1, clock_timestamp(), '-infinity';
+
+-- Every grant and renewal reads sqldlm_epoch: the roles that may read and
+-- write sqldlm_leases get the same on it, so that a runtime role granted
+-- the tables before this migration keeps working without a new GRANT.
+-- +goose StatementBegin
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT a.grantee, a.privilege_type
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = 'sqldlm_leases'::regclass AND a.grantee <> c.relowner
+           AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE')
+    LOOP
+        EXECUTE format('GRANT %s ON sqldlm_epoch TO %s', r.privilege_type,
+                       CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
 
 -- sqldlm_epoch_change moves the epoch row of p_epoch_table's schema to this
 -- server's timeline if it is on another one (epoch + 1, a freeze of the

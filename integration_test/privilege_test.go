@@ -29,8 +29,9 @@ var (
 	pgRuntimeGrants = []string{
 		`GRANT USAGE ON SCHEMA {schema} TO {role}`,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}`,
-		// sqldlm's functions are SECURITY INVOKER and EXECUTE is granted
-		// to PUBLIC by default; identity columns need no sequence grant.
+		// EXECUTE on sqldlm's functions is granted to PUBLIC by default;
+		// all are SECURITY INVOKER but sqldlm_epoch_change (see below);
+		// identity columns need no sequence grant.
 	}
 	// MariaDB/MySQL, after `sqldlm migrate up` as a user with the
 	// migration privileges.
@@ -99,13 +100,18 @@ func TestLeastPrivilegePostgres(t *testing.T) {
 	})
 	repl := strings.NewReplacer("{schema}", qSchema, "{role}", qRole)
 
-	// The PostgreSQL defaults this relies on: no SECURITY DEFINER
-	// function, and EXECUTE on every sqldlm function for PUBLIC.
-	var definer, notPublic int
-	require.NoError(t, admin.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE prosecdef),
+	// The PostgreSQL defaults this relies on: EXECUTE on every sqldlm
+	// function for PUBLIC, and one SECURITY DEFINER function only,
+	// sqldlm_epoch_change (raising the token sequence at a failover needs
+	// UPDATE on it, which the runtime role has not), with a search_path
+	// that the caller cannot add to.
+	var definers string
+	var notPublic int
+	require.NoError(t, admin.QueryRowContext(ctx, `SELECT
+		coalesce(string_agg(p.proname::text || ' ' || array_to_string(p.proconfig, ','), '; ') FILTER (WHERE prosecdef), ''),
 		count(*) FILTER (WHERE NOT has_function_privilege('public', p.oid, 'EXECUTE'))
-		FROM pg_proc p WHERE pronamespace = current_schema()::regnamespace`).Scan(&definer, &notPublic))
-	require.Zero(t, definer, "SECURITY DEFINER functions")
+		FROM pg_proc p WHERE pronamespace = current_schema()::regnamespace`).Scan(&definers, &notPublic))
+	require.Equal(t, "sqldlm_epoch_change search_path=pg_catalog, pg_temp", definers, "SECURITY DEFINER functions")
 	require.Zero(t, notPublic, "functions PUBLIC may not execute")
 
 	roleDSN := withUser(t, admin.DSN, role, "")
@@ -116,6 +122,13 @@ func TestLeastPrivilegePostgres(t *testing.T) {
 
 	execAll(t, admin.DB, pgRuntimeGrants, repl)
 	exerciseEveryOperation(t, testdb.Postgres, roleDSN)
+	// The role's first statement after a failover moves the epoch, which
+	// raises the token sequence: through sqldlm_epoch_change, as the owner.
+	_, err = admin.ExecContext(ctx, `UPDATE sqldlm_epoch SET timeline = timeline + 1000`)
+	require.NoError(t, err)
+	var epoch int64
+	require.NoError(t, pool.QueryRowContext(ctx, `SELECT o_epoch FROM sqldlm_current_epoch()`).Scan(&epoch))
+	require.Equal(t, int64(2), epoch)
 
 	// The role cannot migrate: not a new schema (no CREATE on it)...
 	fresh := testdb.Open(t, testdb.Postgres)

@@ -20,7 +20,13 @@ var sqlStateKinds = map[string]error{
 	"57P02": dialect.ErrConnection,     // crash_shutdown
 	"57P03": dialect.ErrConnection,     // cannot_connect_now
 	"25P03": dialect.ErrConnection,     // idle_in_transaction_session_timeout
-	"SQD01": dialect.ErrIsolation,      // sqldlm_acquire_tx: the transaction is not at READ COMMITTED
+	// read_only_sql_transaction: the server is a standby (a failover left
+	// the connection on the old primary, now demoted, or the DSN names a
+	// standby) or refuses writes; sqldlm_current_epoch raises it on a
+	// standby. Retried like a lost connection: the primary may be reached
+	// through another host of the DSN, or soon.
+	"25006": dialect.ErrConnection,
+	"SQD01": dialect.ErrIsolation, // sqldlm_acquire_tx: the transaction is not at READ COMMITTED
 }
 
 // ClassifyError is the one place that looks inside pgx's error types.

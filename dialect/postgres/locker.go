@@ -17,16 +17,21 @@ package postgres
 // queue with sqldlm_wake, which notifies only the live waiters at its head
 // ("<lease id> <request id> <name>", see Listen). What each operation runs:
 //
-//	CreateLease  INSERT lease (expiry from clock_timestamp())
-//	RenewLease   UPDATE lease WHERE live (a renewal that waited for a row
-//	             lock re-checks the condition, with a fresh clock, on the
-//	             row's newest version)
+//	CreateLease  INSERT lease (expiry from clock_timestamp(); its epoch
+//	             column's default is sqldlm_current_epoch's epoch)
+//	RenewLease   UPDATE lease WHERE live and of the current epoch
+//	             (sqldlm_current_epoch, once per statement); a renewal that
+//	             waited for a row lock re-checks the condition, with a fresh
+//	             clock, on the row's newest version
 //	DeleteLease  sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE its
 //	             holds [audit], waiters, pending records and withdrawal
 //	             records, DELETE it, sqldlm_wake the names
 //	Acquire      sqldlm_acquire, every lock wait bounded by its
 //	             function-level lock_timeout of 1s (55P03; the client
-//	             retries). Fast path (not an upgrade): if plain reads find no
+//	             retries). First sqldlm_current_epoch, and a read of the own
+//	             lease's epoch: a lease of an older epoch is lost
+//	             (lease_lost); during the freeze after an epoch change,
+//	             blocked by "(failover)" until the freeze ends. Fast path (not an upgrade): if plain reads find no
 //	             hold and no waiter of the name, lock the name's row and the
 //	             own lease, check again with a snapshot and clock taken after
 //	             the locks (and the withdrawal record: withdrawn, return),
@@ -34,7 +39,9 @@ package postgres
 //	             else falls through. Phase 1, no row locks: SELECT the
 //	             request's withdrawal record (withdrawn: return), one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
-//	             (idempotent retry), own waiter, [upgrade: own shared hold,
+//	             (idempotent retry; returned after a transactional WAL
+//	             message, so the commit waits for a synchronous standby),
+//	             own waiter, [upgrade: own shared hold,
 //	             other upgraders], conflicting holds of live leases or of
 //	             leases dead for less than the lock delay, live waiters ahead;
 //	             if blocked: [first enqueue, not an upgrade: lock the name's
@@ -82,16 +89,21 @@ package postgres
 //	             lease's, so a late statement of a withdrawn request grants
 //	             and queues nothing (status withdrawn)
 //	Release      sqldlm_release: DELETE hold [audit]; if anyone waits,
-//	             sqldlm_wake
+//	             sqldlm_wake; nothing deleted: a transactional WAL message (the
+//	             commit waits for a synchronous standby)
 //	ReleaseHandOver sqldlm_release_next: if anyone waits, lock the name's
-//	             row FOR UPDATE first; DELETE hold [audit]; grant the live
-//	             waiter(s) at the head of the queue that no hold conflicts
+//	             row FOR UPDATE first; DELETE hold [audit] (nothing deleted:
+//	             a WAL message); sqldlm_current_epoch: during the
+//	             freeze, sqldlm_wake instead of a handover; grant the live
+//	             waiter(s) of the current epoch at the head of the queue that no hold conflicts
 //	             with (lock lease FOR KEY SHARE and waiter FOR UPDATE, INSERT
 //	             hold with the waiter row's payload [audit], UPDATE the
 //	             name's row, DELETE waiter) and notify each with the grant,
 //	             "g <lease id> <request id> <token> <name>", so it sends no
 //	             statement (ConfirmGrant reads the hold such a notification
-//	             announces); nobody granted: sqldlm_wake
+//	             announces, with a WAL message where a synchronous standby
+//	             is configured); nobody granted:
+//	             sqldlm_wake
 //	ReleaseTx    sqldlm_release, in the caller's tx; at REPEATABLE READ and
 //	             SERIALIZABLE, if no hold was deleted: SELECT hold and lease
 //	             live through db (live: serialization error)
@@ -140,7 +152,8 @@ func (d postgresDialect) CreateLease(ctx context.Context, db *sql.DB, p *dialect
 func (d postgresDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
 	res, err := db.ExecContext(ctx, `UPDATE sqldlm_leases
 		SET renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ttl_us * interval '1 microsecond'
-		WHERE id = $1 AND broken_at IS NULL AND expires_at > clock_timestamp()`, leaseID)
+		WHERE id = $1 AND broken_at IS NULL AND expires_at > clock_timestamp()
+		  AND epoch = (SELECT o_epoch FROM sqldlm_current_epoch())`, leaseID)
 	if err != nil {
 		return false, d.ClassifyError(err)
 	}
@@ -335,12 +348,25 @@ func (d postgresDialect) Abandon(ctx context.Context, db *sql.DB, p *dialect.Aba
 	return &dialect.AbandonResult{Freed: freed, Kept: kept.Int64}, nil
 }
 
-// ConfirmGrant reads the hold a handover notification announces.
+// ConfirmGrant reads the hold a handover notification announces. The
+// notification went out at the handover's local commit, which may not have
+// reached a synchronous standby yet (its wait cancelled, or still going
+// on): where a synchronous standby is configured, the statement also
+// writes a transactional WAL message, so that its own commit writes a
+// record after the handover's and returns only once the standby has both.
+// (A commit that wrote no WAL does not wait for the standby, even with a
+// transaction id assigned. Without a synchronous standby no commit waits
+// for one, and the message would only cost a WAL flush per handover.)
 func (d postgresDialect) ConfirmGrant(ctx context.Context, db *sql.DB, w dialect.Wakeup) (bool, error) {
-	var ok bool
+	var (
+		ok  bool
+		lsn sql.NullString
+	)
 	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_holders
-		WHERE lease_id = $1 AND request_id = $2 AND token = $3 AND name = $4)`,
-		w.LeaseID, w.RequestID, w.Token, w.Name).Scan(&ok)
+		WHERE lease_id = $1 AND request_id = $2 AND token = $3 AND name = $4),
+		CASE WHEN current_setting('synchronous_standby_names') <> ''
+		     THEN pg_logical_emit_message(true, 'sqldlm', '')::text END`,
+		w.LeaseID, w.RequestID, w.Token, w.Name).Scan(&ok, &lsn)
 	return ok, d.ClassifyError(err)
 }
 

@@ -21,12 +21,36 @@ DECLARE
     v_live    boolean;
     v_busy    boolean;
     v_guarded boolean := false;
+    v_epoch   bigint;
+    v_freeze  timestamptz;
 BEGIN
     IF p_mode IS NULL OR p_mode NOT IN ('S', 'X') OR (v_upgrade IS NOT NULL AND p_mode <> 'X') THEN
         RAISE EXCEPTION 'sqldlm_acquire: invalid mode % (upgrade %)', p_mode, p_upgrade
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     o_ahead := 0;
+
+    -- The failover epoch (sqldlm_current_epoch: a plain read of its row
+    -- unless this server's timeline changed). A lease of an older epoch was
+    -- created or last renewed before a failover: it is lost, whatever its
+    -- expiry says. After an epoch change nothing is granted (nor queued)
+    -- until the freeze ends: by then every holder of the older epoch has
+    -- stopped trusting its locks, and every lease of that epoch has
+    -- expired. The answer is 'blocked' by '(failover)', expiring when the
+    -- freeze ends.
+    SELECT * INTO v_epoch, v_freeze FROM sqldlm_current_epoch();
+    IF NOT EXISTS (SELECT 1 FROM sqldlm_leases WHERE id = p_lease AND epoch = v_epoch) THEN
+        o_status := 'lease_lost';
+        RETURN;
+    END IF;
+    v_now := clock_timestamp();
+    IF v_freeze > v_now THEN
+        o_status := 'blocked';
+        o_owner := '(failover)';
+        o_mode := 'X';
+        o_expires_us := ceil(extract(epoch FROM v_freeze - v_now) * 1000000)::bigint;
+        RETURN;
+    END IF;
 
     -- Fast path: a name with no hold and no waiter at all (the common,
     -- uncontended case). Lock the name's row, then the own lease, then look
@@ -94,6 +118,12 @@ BEGIN
         o_status := 'lease_lost';
         RETURN;
     ELSIF e.held_token IS NOT NULL THEN -- a repeated request returns its hold
+        -- It writes nothing else, and a commit that wrote nothing does not
+        -- wait for a synchronous standby (nor does one that only assigned
+        -- a transaction id): a transactional WAL message makes this
+        -- commit write a record, after the grant's, which the standby
+        -- must confirm before the answer goes out.
+        PERFORM pg_logical_emit_message(true, 'sqldlm', '');
         o_status := 'granted';
         o_token := e.held_token;
         RETURN;
@@ -196,6 +226,7 @@ BEGIN
             o_status := 'lease_lost';
             RETURN;
         ELSIF e.held_token IS NOT NULL THEN
+            PERFORM pg_logical_emit_message(true, 'sqldlm', ''); -- as in phase 1
             o_status := 'granted';
             o_token := e.held_token;
             RETURN;

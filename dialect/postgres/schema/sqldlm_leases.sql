@@ -10,6 +10,7 @@ CREATE TABLE sqldlm_leases (
     renewed_at timestamp with time zone NOT NULL,
     expires_at timestamp with time zone NOT NULL,
     broken_at timestamp with time zone,
+    epoch bigint DEFAULT (sqldlm_current_epoch()).o_epoch NOT NULL,
     CONSTRAINT sqldlm_leases_pkey PRIMARY KEY (id),
     CONSTRAINT sqldlm_leases_owner_check CHECK (octet_length(owner) >= 1 AND octet_length(owner) <= 255),
     CONSTRAINT sqldlm_leases_ttl_us_check CHECK (ttl_us > 0)

@@ -19,6 +19,12 @@ BEGIN
           LEFT JOIN sqldlm_leases l ON l.id = p_lease)
     SELECT count(*) INTO v_n FROM d;
     IF v_n = 0 THEN
+        -- Nothing deleted, so nothing written: a transactional WAL message
+        -- makes the commit write a record, which a synchronous standby must
+        -- confirm (a release retried after its first commit's wait for the
+        -- standby was cancelled returns only once the standby has that
+        -- commit).
+        PERFORM pg_logical_emit_message(true, 'sqldlm', '');
         RETURN false;
     END IF;
     -- Wake the head of the queue, if someone waits: NOTIFY serializes the

@@ -16,6 +16,8 @@ DECLARE
     v_token   bigint;
     v_granted boolean := false;
     v_waiting boolean;
+    v_epoch   bigint;
+    v_freeze  timestamptz;
 BEGIN
     v_waiting := EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name);
     IF v_waiting THEN
@@ -32,6 +34,7 @@ BEGIN
     SELECT count(*), coalesce(bool_or(s.audit), false) INTO v_n, v_audit
       FROM d LEFT JOIN sqldlm_settings s ON s.id = 1;
     IF v_n = 0 THEN
+        PERFORM pg_logical_emit_message(true, 'sqldlm', ''); -- as in sqldlm_release
         RETURN false;
     ELSIF NOT v_waiting THEN
         -- Nobody waited: this was sqldlm_release, inline. A waiter that
@@ -39,6 +42,14 @@ BEGIN
         IF EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name) THEN
             PERFORM sqldlm_wake(p_name);
         END IF;
+        RETURN true;
+    END IF;
+    -- Hand over only as sqldlm_acquire would grant: not during the freeze
+    -- after a failover (the head is woken, and asks), and only to waiters
+    -- whose lease is of the current epoch.
+    SELECT * INTO v_epoch, v_freeze FROM sqldlm_current_epoch();
+    IF v_freeze > clock_timestamp() THEN
+        PERFORM sqldlm_wake(p_name);
         RETURN true;
     END IF;
     FOR w IN
@@ -50,7 +61,7 @@ BEGIN
         -- Waiters of dead leases are passed over, as every grant does.
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM sqldlm_leases l
                                    WHERE l.id = w.lease_id AND l.broken_at IS NULL
-                                     AND l.expires_at > clock_timestamp());
+                                     AND l.expires_at > clock_timestamp() AND l.epoch = v_epoch);
         EXIT WHEN w.upgrade_token IS NOT NULL
                OR (v_granted AND w.mode = 'X')
                OR EXISTS (SELECT 1 FROM sqldlm_holders h

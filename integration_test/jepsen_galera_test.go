@@ -64,7 +64,11 @@ import (
 //     node i mod 3). Fence does not hold there today (finding G3 of the
 //     cluster report: its shared row lock is not certified), so this case
 //     runs only with SQLDLM_JEPSEN_GALERA_MULTI=1; switch it on by default
-//     once sqldlm_fence writes the hold row on MySQL.
+//     once sqldlm_fence writes the hold row on MySQL. It is no detector of
+//     G3: a fenced commit must be certified in the milliseconds in which
+//     another node's takeover is, which the random workload seldom makes
+//     (one 84 s run: 135 grants, 195 fenced commits, 0 violations); G3's
+//     own reproduction is the guard.
 //
 // SQLDLM_JEPSEN_SEED replays a run (each case prints its seed);
 // SQLDLM_JEPSEN_TIME, _HOLD, _GAP and _FAULTS work as in TestJepsen (the
@@ -230,7 +234,7 @@ func (cl *jepsenCluster) inject(r *jepsenRun, kind string, hold time.Duration) s
 	proxies := cl.allProxies(r)
 	switch kind {
 	case "node-crash":
-		k := r.rng.IntN(n)
+		k := cl.victim(r)
 		cl.c.Nodes[k].Crash()
 		desc := fmt.Sprintf("killed n%d", k)
 		if !cl.spread && k == cl.writer {
@@ -243,7 +247,7 @@ func (cl *jepsenCluster) inject(r *jepsenRun, kind string, hold time.Duration) s
 		}
 		return desc + fmt.Sprintf("; restarted it after %s, Synced %s later", hold.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 	case "node-partition":
-		k := r.rng.IntN(n)
+		k := cl.victim(r)
 		began := time.Now()
 		if err := cl.c.Isolate(k); err != nil {
 			cl.t.Errorf("galera: isolating n%d: %v", k, err)
@@ -303,6 +307,15 @@ func (cl *jepsenCluster) inject(r *jepsenRun, kind string, hold time.Duration) s
 	}
 	cl.t.Fatalf("unknown cluster fault %q", kind)
 	return ""
+}
+
+// victim picks the node a node fault hits: in a single-writer case the
+// writer two times in three (its clients see the fault), else any node.
+func (cl *jepsenCluster) victim(r *jepsenRun) int {
+	if !cl.spread && r.rng.Float64() < 2.0/3 {
+		return cl.writer
+	}
+	return r.rng.IntN(len(cl.c.Nodes))
 }
 
 // minorityRefuses checks that a client on the isolated node k is granted

@@ -52,7 +52,7 @@ func netnsUnavailable() string {
 	if os.Geteuid() != 0 {
 		return "network namespaces need root"
 	}
-	if _, err := lookPath("ip", "/usr/sbin/ip"); err != nil {
+	if ipBin() == "" {
 		return "the ip command is not installed (apt-get install iproute2)"
 	}
 	name := "sqldlm-probe-" + strconv.Itoa(os.Getpid())
@@ -63,8 +63,15 @@ func netnsUnavailable() string {
 	return ""
 }
 
+// ipBin returns the path of iproute2's ip, also when PATH lacks /usr/sbin,
+// or "".
+func ipBin() string {
+	p, _ := lookPath("ip", "/usr/sbin/ip")
+	return p
+}
+
 func ip(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
+	out, err := exec.Command(ipBin(), args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
@@ -113,7 +120,7 @@ func newTopology(t testing.TB, n int) (*topology, error) {
 
 // freeSubnet returns "10.231.x." for the first x no interface here uses.
 func freeSubnet() (string, error) {
-	out, err := exec.Command("ip", "-o", "-4", "addr").CombinedOutput()
+	out, err := exec.Command(ipBin(), "-o", "-4", "addr").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("ip addr: %v: %s", err, out)
 	}
@@ -136,7 +143,7 @@ func (tp *topology) remove() {
 // sweepNetns removes the namespaces and bridges of test processes that are
 // gone (killed before their cleanup ran).
 func sweepNetns() {
-	out, err := exec.Command("ip", "netns", "list").Output()
+	out, err := exec.Command(ipBin(), "netns", "list").Output()
 	if err != nil {
 		return
 	}

@@ -27,16 +27,18 @@ const (
 	jepsenHistEnv  = "SQLDLM_JEPSEN_HIST"  // the history file to append to
 	jepsenSeedEnv  = "SQLDLM_JEPSEN_CSEED" // the child's random seed
 	jepsenUntilEnv = "SQLDLM_JEPSEN_UNTIL" // CLOCK_MONOTONIC ns at which to stop
+	jepsenTTLEnv   = "SQLDLM_JEPSEN_CTTL"  // the clients' TTL, when not jepsenTTL
 )
 
-// Workload constants (RELIABILITY-PLAN §8.2).
+// Workload constants (RELIABILITY-PLAN §8.2). Every duration of the
+// workload is a multiple of the TTL, which is jepsenTTL except on a Galera
+// cluster (the run's ttl, passed in SQLDLM_JEPSEN_CTTL).
 const (
 	jepsenTTL          = 2 * time.Second
 	jepsenReap         = time.Second
 	jepsenNames        = 8
 	jepsenClients      = 2 // sqldlm clients per process
 	jepsenWorkers      = 2 // goroutines per client
-	jepsenTxTimeout    = 2 * jepsenTTL
 	jepsenReleaseLimit = time.Second
 )
 
@@ -57,6 +59,14 @@ func jepsenChild() int {
 	proc, _ := strconv.Atoi(os.Getenv(jepsenProcEnv))
 	seed, _ := strconv.ParseUint(os.Getenv(jepsenSeedEnv), 10, 64)
 	until, _ := strconv.ParseInt(os.Getenv(jepsenUntilEnv), 10, 64)
+	ttl := jepsenTTL
+	if v := os.Getenv(jepsenTTLEnv); v != "" {
+		var err error
+		if ttl, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen child:", jepsenTTLEnv, err)
+			return 1
+		}
+	}
 	kind := os.Getenv(childKindEnv)
 	f, err := os.OpenFile(os.Getenv(jepsenHistEnv), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -88,7 +98,7 @@ func jepsenChild() int {
 		}
 		defer db.Close()
 		knobs := &testknobs.Knobs{LeaseEnded: leaseEnded}
-		c, err := sqldlm.New(db, withKnobs(sqldlm.Config{TTL: jepsenTTL, ReapInterval: jepsenReap, Audit: true,
+		c, err := sqldlm.New(db, withKnobs(sqldlm.Config{TTL: ttl, ReapInterval: jepsenReap, Audit: true,
 			Owner: fmt.Sprintf("p%d.c%d", proc, ci), ConnectTimeout: 30 * time.Second}, knobs))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "jepsen child:", err)
@@ -97,7 +107,7 @@ func jepsenChild() int {
 		clients = append(clients, c)
 		for wi := range jepsenWorkers {
 			w := &jepsenWorker{
-				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, c: c, knobs: knobs, db: db, rec: rec, ids: &opID, until: until,
+				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, ttl: ttl, c: c, knobs: knobs, db: db, rec: rec, ids: &opID, until: until,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))), counts: counts,
 			}
 			w.zipf = rand.NewZipf(w.rng, 1.2, 1, jepsenNames-1)
@@ -127,6 +137,7 @@ func jepsenChild() int {
 type jepsenWorker struct {
 	proc, w int
 	kind    string
+	ttl     time.Duration
 	c       *sqldlm.Client
 	knobs   *testknobs.Knobs // c's
 	db      *sql.DB
@@ -153,7 +164,7 @@ func (c *opCounts) Add(kind string) {
 
 // between returns a duration drawn from U(lo, hi) x TTL.
 func (w *jepsenWorker) between(lo, hi float64) time.Duration {
-	return time.Duration((lo + w.rng.Float64()*(hi-lo)) * float64(jepsenTTL))
+	return time.Duration((lo + w.rng.Float64()*(hi-lo)) * float64(w.ttl))
 }
 
 func (w *jepsenWorker) event(t, f string, l *sqldlm.Lock, id int64) jepsen.Event {
@@ -213,7 +224,7 @@ func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mod
 		}
 		w.counts.Add("trylocktx")
 	} else if f == jepsen.TryAcquire {
-		tctx, cancel := context.WithTimeout(ctx, jepsenTTL)
+		tctx, cancel := context.WithTimeout(ctx, w.ttl)
 		l, err = w.c.TryLock(tctx, name, mode)
 		cancel()
 		w.counts.Add("trylock")
@@ -256,7 +267,7 @@ func (w *jepsenWorker) watchLost(l *sqldlm.Lock, lease int64) {
 // It returns unknown when the grant was made and the COMMIT failed: the
 // lock may exist.
 func (w *jepsenWorker) tryLockTx(ctx context.Context, name string, mode sqldlm.Mode) (*sqldlm.Lock, bool, error) {
-	tctx, cancel := context.WithTimeout(ctx, jepsenTTL)
+	tctx, cancel := context.WithTimeout(ctx, w.ttl)
 	defer cancel()
 	tx, err := w.db.BeginTx(tctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
@@ -380,7 +391,7 @@ func (w *jepsenWorker) fencedTx(ctx context.Context, l *sqldlm.Lock, lease int64
 	fail := func(err error) {
 		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: jepsen.Fence, Err: err.Error()})
 	}
-	tctx, cancel := context.WithTimeout(ctx, jepsenTxTimeout)
+	tctx, cancel := context.WithTimeout(ctx, 2*w.ttl)
 	defer cancel()
 	// Fence at READ COMMITTED, REPEATABLE READ or SERIALIZABLE; at the
 	// latter two, sometimes with the snapshot taken before Fence (a first

@@ -63,7 +63,7 @@ func TestJepsen(t *testing.T) {
 	}
 	for _, kind := range []string{testdb.Postgres, testdb.MySQL} {
 		t.Run(kind, func(t *testing.T) {
-			newJepsenRun(t, kind).run()
+			newJepsenRun(t, kind, nil).run()
 		})
 	}
 }
@@ -91,6 +91,10 @@ var jepsenFaults = []jepsenFault{
 	// Dedicated server only:
 	{"server-pause", 10}, // SIGSTOP the database server, SIGCONT after the hold
 	{"server-crash", 5},  // kill -9 the server, restart it (crash recovery)
+	// On a Galera cluster only (TestJepsenGalera, jepsen_galera_test.go):
+	{"node-crash", 10},     // kill -9 a node, restart it after the hold (it rejoins by IST)
+	{"node-partition", 10}, // cut a node off from the other two for the hold (a minority)
+	{"cluster-crash", 3},   // kill -9 every node, one first; recover from the highest seqno
 	// Only when named in SQLDLM_JEPSEN_FAULTS (the "clock" profile), and on
 	// PostgreSQL: the server's clock jumps 2 x TTL ahead for the hold. The
 	// holder-knows-first checker then counts its violations instead of
@@ -98,14 +102,19 @@ var jepsenFaults = []jepsenFault{
 	{"clock", 5},
 }
 
-// serverFaults need a dedicated server.
-var serverFaults = []string{"server-pause", "server-crash", "clock"}
+// serverFaults need a dedicated server, clusterFaults a Galera cluster.
+var (
+	serverFaults  = []string{"server-pause", "server-crash", "clock"}
+	clusterFaults = []string{"node-crash", "node-partition", "cluster-crash"}
+)
 
 const jepsenProcs = 4
 
 type jepsenRun struct {
 	t        *testing.T
 	kind     string
+	label    string        // kind, or the Galera case: names the output directory
+	ttl      time.Duration // the clients' TTL: jepsenTTL, longer on Galera
 	db       *testdb.DB
 	out      string
 	seed     uint64
@@ -120,7 +129,11 @@ type jepsenRun struct {
 	start    time.Time
 	until    int64
 
-	inst *dbinstance.Instance // nil on the shared server
+	inst *dbinstance.Instance // nil on the shared server and on a cluster
+	cl   *jepsenCluster       // a Galera cluster's run, or nil
+	// forced are cluster faults the nemesis injects first (in a seeded
+	// order, every other fault), so that each happens in every run.
+	forced []string
 
 	mu        sync.Mutex
 	slots     []*jepsenSlot
@@ -144,10 +157,16 @@ type jepsenProc struct {
 	killed bool
 }
 
-func newJepsenRun(t *testing.T, kind string) *jepsenRun {
-	r := &jepsenRun{t: t, kind: kind, duration: 60 * time.Second, applied: map[string]int{},
+// newJepsenRun prepares a run on kind's dedicated or shared server, or, with
+// cl, on a Galera cluster (kind is then MySQL).
+func newJepsenRun(t *testing.T, kind string, cl *jepsenCluster) *jepsenRun {
+	r := &jepsenRun{t: t, kind: kind, label: kind, ttl: jepsenTTL, duration: 60 * time.Second, applied: map[string]int{},
 		hold: envRange(t, "SQLDLM_JEPSEN_HOLD", [2]float64{0.2, 3}), gap: envRange(t, "SQLDLM_JEPSEN_GAP", [2]float64{1, 3}),
-		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1"}
+		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1", cl: cl}
+	if cl != nil {
+		r.label, r.ttl, r.duration = "galera-"+cl.name, galeraTTL, cl.duration
+		r.hold = envRange(t, "SQLDLM_JEPSEN_HOLD", galeraHold)
+	}
 	if v := os.Getenv("SQLDLM_JEPSEN_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
 		require.NoError(t, err, "SQLDLM_JEPSEN_TIME")
@@ -160,22 +179,34 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 		r.seed = s
 	}
 	r.rng = rand.New(rand.NewPCG(r.seed, 0x5eed))
-	dedicated := os.Getenv("SQLDLM_JEPSEN_SERVER") != "shared"
+	dedicated := os.Getenv("SQLDLM_JEPSEN_SERVER") != "shared" && cl == nil
 	for _, f := range jepsenFaults {
-		if f.kind != "clock" && (dedicated || !slices.Contains(serverFaults, f.kind)) {
+		if f.kind != "clock" && (dedicated || !slices.Contains(serverFaults, f.kind)) &&
+			(cl != nil || !slices.Contains(clusterFaults, f.kind)) && (cl == nil || !slices.Contains(cl.without, f.kind)) {
 			r.faults = append(r.faults, f.kind)
 		}
 	}
 	if v := os.Getenv("SQLDLM_JEPSEN_FAULTS"); v != "" {
 		r.faults = strings.Split(v, ",")
 	}
+	if cl != nil && cl.faults != nil {
+		r.faults = cl.faults
+	}
 	for _, f := range r.faults {
 		known := slices.ContainsFunc(jepsenFaults, func(k jepsenFault) bool { return k.kind == f })
 		require.True(t, known, "SQLDLM_JEPSEN_FAULTS: unknown fault %q", f)
 	}
 	r.faults = slices.DeleteFunc(r.faults, func(f string) bool {
-		return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres)
+		return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres) ||
+			(cl == nil && slices.Contains(clusterFaults, f))
 	})
+	if cl != nil {
+		for _, i := range r.rng.Perm(len(clusterFaults)) {
+			if slices.Contains(r.faults, clusterFaults[i]) {
+				r.forced = append(r.forced, clusterFaults[i])
+			}
+		}
+	}
 	if dedicated {
 		began := time.Now()
 		r.inst = dbinstance.Start(t, kind, dbinstance.Options{FakeTime: slices.Contains(r.faults, "clock")})
@@ -185,11 +216,11 @@ func newJepsenRun(t *testing.T, kind string) *jepsenRun {
 	if r.out == "" {
 		r.out = t.TempDir()
 	}
-	r.out = filepath.Join(r.out, kind)
+	r.out = filepath.Join(r.out, r.label)
 	require.NoError(t, os.MkdirAll(r.out, 0o755))
 	r.appTag = fmt.Sprintf("sqldlm-jepsen-%d-", rand.Uint32())
-	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, faults %v held U(%g, %g) x TTL every U(%g, %g)s, output in %s",
-		kind, r.seed, r.seed, r.duration, r.faults, r.hold[0], r.hold[1], r.gap[0], r.gap[1], r.out)
+	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, TTL %s, faults %v held U(%g, %g) x TTL every U(%g, %g)s, output in %s",
+		r.label, r.seed, r.seed, r.duration, r.ttl, r.faults, r.hold[0], r.hold[1], r.gap[0], r.gap[1], r.out)
 	return r
 }
 
@@ -219,7 +250,11 @@ func (r *jepsenRun) run() {
 	u, err := url.Parse(r.db.DSN)
 	require.NoError(t, err)
 	for i := range jepsenProcs {
-		p, err := faultproxy.New(u.Host)
+		target := u.Host
+		if r.cl != nil {
+			target = r.cl.slotTarget(i)
+		}
+		p, err := faultproxy.New(target)
 		require.NoError(t, err)
 		t.Cleanup(p.Close)
 		// A lost answer hits an execution, not a MySQL statement's preparation.
@@ -256,15 +291,15 @@ func (r *jepsenRun) run() {
 
 	// Final phase: everything healed, wait 2 x TTL + the reap interval;
 	// then a fresh client must get every name within TTL + 1s.
-	final := newClient(t, r.db, sqldlm.Config{TTL: jepsenTTL, ReapInterval: jepsenReap, Owner: "jepsen-final", Audit: true})
-	time.Sleep(2*jepsenTTL + jepsenReap) // the recovery bound being checked, not synchronisation
+	final := newClient(t, r.db, sqldlm.Config{TTL: r.ttl, ReapInterval: jepsenReap, Owner: "jepsen-final", Audit: true})
+	time.Sleep(2*r.ttl + jepsenReap) // the recovery bound being checked, not synchronisation
 	var liveness []string
 	ctx := context.Background()
 	for i := range jepsenNames {
 		name := jepsenName(i)
 		id := int64(i + 1)
 		r.rec.Record(jepsen.Event{P: 0, W: 0, Op: id, T: jepsen.Invoke, F: jepsen.Acquire, Name: name, Mode: jepsen.Exclusive})
-		lctx, cancel := context.WithTimeout(ctx, jepsenTTL+time.Second)
+		lctx, cancel := context.WithTimeout(ctx, r.ttl+time.Second)
 		l, err := final.Lock(lctx, name, sqldlm.Exclusive)
 		cancel()
 		if err != nil {
@@ -333,11 +368,16 @@ func (r *jepsenRun) setupDB() *testdb.DB {
 	t := r.t
 	ctx := context.Background()
 	var db *testdb.DB
-	if r.inst != nil {
+	switch {
+	case r.cl != nil:
+		db = testdb.Reopen(t, r.kind, r.cl.setupDSN(t))
+		_, err := migrations.Up(ctx, db.DB, db.Dialect)
+		require.NoError(t, err)
+	case r.inst != nil:
 		db = testdb.Reopen(t, r.kind, r.inst.DSN())
 		_, err := migrations.Up(ctx, db.DB, db.Dialect)
 		require.NoError(t, err)
-	} else {
+	default:
 		db = testdb.OpenMigrated(t, r.kind)
 	}
 	for _, stmt := range []string{
@@ -384,7 +424,7 @@ func (r *jepsenRun) startProc(s *jepsenSlot) {
 		jepsenProcEnv+"="+strconv.Itoa(idx),
 		jepsenHistEnv+"="+filepath.Join(r.out, fmt.Sprintf("hist-%d.jsonl", idx)),
 		jepsenSeedEnv+"="+strconv.FormatUint(r.seed+uint64(idx), 10),
-		jepsenUntilEnv+"="+strconv.FormatInt(r.until, 10))
+		jepsenUntilEnv+"="+strconv.FormatInt(r.until, 10), jepsenTTLEnv+"="+r.ttl.String())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the test
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
@@ -424,7 +464,7 @@ func (r *jepsenRun) nemesis() []string {
 	if !wait(2 * time.Second) {
 		return log
 	}
-	for {
+	for pick := 0; ; pick++ {
 		if !wait(time.Duration((r.gap[0] + (r.gap[1]-r.gap[0])*r.rng.Float64()) * float64(time.Second))) {
 			return log
 		}
@@ -438,8 +478,11 @@ func (r *jepsenRun) nemesis() []string {
 				n -= w
 			}
 		}
+		if len(r.forced) > 0 && pick%2 == 0 {
+			kind, r.forced = r.forced[0], r.forced[1:]
+		}
 		s := r.slots[r.rng.IntN(len(r.slots))]
-		hold := time.Duration((r.hold[0] + (r.hold[1]-r.hold[0])*r.rng.Float64()) * float64(jepsenTTL))
+		hold := time.Duration((r.hold[0] + (r.hold[1]-r.hold[0])*r.rng.Float64()) * float64(r.ttl))
 		at := time.Since(r.start).Round(time.Millisecond)
 		desc := r.inject(kind, s, hold)
 		log = append(log, fmt.Sprintf("%s %s", at, desc))
@@ -477,7 +520,7 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 		s.proxy.Resume()
 		return fmt.Sprintf("partitioned p%d for %s", p.idx, hold.Round(time.Millisecond))
 	case "delay":
-		d := time.Duration((0.05 + 0.5*r.rng.Float64()) * float64(jepsenTTL))
+		d := time.Duration((0.05 + 0.5*r.rng.Float64()) * float64(r.ttl))
 		s.proxy.Delay(d)
 		time.Sleep(hold) // the fault's duration
 		s.proxy.Delay(0)
@@ -530,8 +573,10 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 			r.t.Errorf("restarting the server after a crash: %v", err)
 		}
 		return fmt.Sprintf("crashed the server; it was back after %s", time.Since(began).Round(time.Millisecond))
+	case "node-crash", "node-partition", "cluster-crash":
+		return r.cl.inject(r, kind, hold)
 	case "clock":
-		jump := 2 * jepsenTTL
+		jump := 2 * r.ttl
 		if err := r.inst.SetClockOffset(jump); err != nil {
 			r.t.Errorf("clock jump: %v", err)
 		}
@@ -607,8 +652,11 @@ func (r *jepsenRun) killSession(s *jepsenSlot) string {
 	return fmt.Sprintf("killed session %d", id)
 }
 
-// healAll resumes every process, proxy and the server.
+// healAll resumes every process, proxy and the server, or heals the cluster.
 func (r *jepsenRun) healAll() {
+	if r.cl != nil {
+		r.cl.healAll(r)
+	}
 	if r.inst != nil {
 		r.inst.Resume()
 		if slices.Contains(r.faults, "clock") {
@@ -714,7 +762,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	// A hold must end within the longest fault plus a TTL and two reap
 	// intervals of its Release (or of its grant, for a grant no caller
 	// learnt of); leaked and ghost holds last until their client closes.
-	holdBound := time.Duration(r.hold[1]*float64(jepsenTTL)) + jepsenTTL + 2*jepsenReap + 2*time.Second
+	holdBound := time.Duration(r.hold[1]*float64(r.ttl)) + r.ttl + 2*jepsenReap + 2*time.Second
 	checkStart := time.Now()
 	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops, auditRows)
 	verdicts := map[string][]string{
@@ -761,12 +809,12 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		}
 	}
 	t.Logf("%s: seed %d; workload %s with %d processes started, %d faults %v; %d operations:%s",
-		r.kind, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
-	t.Logf("%s: operations run per kind (processes that exited): %v", r.kind, kinds)
+		r.label, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
+	t.Logf("%s: operations run per kind (processes that exited): %v", r.label, kinds)
 	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d handovers of dead holders' locks checked; checking took %s",
-		r.kind, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
+		r.label, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
 	for _, f := range faults {
-		t.Logf("%s: nemesis: %s", r.kind, f)
+		t.Logf("%s: nemesis: %s", r.label, f)
 	}
 
 	if r.mutant {
@@ -775,36 +823,36 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 			summary[k] = len(v)
 			for i, s := range v {
 				if i < 5 {
-					t.Logf("%s: mutant: %s: %s", r.kind, k, s)
+					t.Logf("%s: mutant: %s: %s", r.label, k, s)
 				}
 			}
 		}
 		data, err := json.Marshal(summary)
 		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(filepath.Dir(r.out), "summary-"+r.kind+".json"), data, 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(filepath.Dir(r.out), "summary-"+r.label+".json"), data, 0o644))
 		return
 	}
 	if slices.Contains(r.faults, "clock") {
 		t.Logf("%s: holder knows first: %d violations with server clock jumps (expected: a forward jump expires leases early; fencing must still hold)",
-			r.kind, len(verdicts["holder"]))
+			r.label, len(verdicts["holder"]))
 		delete(verdicts, "holder")
 		// The release and ghost checks place audit rows on the history's
 		// clock through the server's wall clock, which the fault moves.
 		t.Logf("%s: releases, ghosts: %d, %d violations with server clock jumps (not judged: the audit log's times are the server's clock)",
-			r.kind, len(verdicts["releases"]), len(verdicts["ghosts"]))
+			r.label, len(verdicts["releases"]), len(verdicts["ghosts"]))
 		delete(verdicts, "releases")
 		delete(verdicts, "ghosts")
 	}
 	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases", "ghosts"} {
 		for i, s := range verdicts[k] {
 			if i == 20 {
-				t.Errorf("%s: %s: ... %d more", r.kind, k, len(verdicts[k])-20)
+				t.Errorf("%s: %s: ... %d more", r.label, k, len(verdicts[k])-20)
 				break
 			}
-			t.Errorf("%s: %s: %s", r.kind, k, s)
+			t.Errorf("%s: %s: %s", r.label, k, s)
 		}
 	}
 	if t.Failed() {
-		t.Logf("%s: histories, child logs and any porcupine visualisation are in %s (set SQLDLM_JEPSEN_OUT to keep them)", r.kind, r.out)
+		t.Logf("%s: histories, child logs and any porcupine visualisation are in %s (set SQLDLM_JEPSEN_OUT to keep them)", r.label, r.out)
 	}
 }

@@ -86,6 +86,8 @@ type Instance struct {
 	cred   *syscall.Credential // server user, when running as root
 
 	galera *galeraNode // set for a node of a Galera cluster (StartGalera)
+	host   string      // the address it listens on when not 127.0.0.1 (a node in a network namespace)
+	netns  string      // the network namespace it runs in, if any (netns.go)
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd     // the running postmaster or mariadbd, nil when down
@@ -173,8 +175,15 @@ func (i *Instance) Kind() string { return string(i.kind) }
 // DSN returns a sqldlm DSN URL for the database "test" on the instance.
 func (i *Instance) DSN() string { return i.adminDSN("test") }
 
-// Addr returns the instance's TCP address, 127.0.0.1:port.
-func (i *Instance) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(i.port)) }
+// Addr returns the instance's TCP address: 127.0.0.1:port, or its network
+// namespace's address for a Galera node started with GaleraOptions.Netns.
+func (i *Instance) Addr() string {
+	host := i.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(i.port))
+}
 
 // Dir returns the instance's directory (data directory, log, socket).
 func (i *Instance) Dir() string { return i.dir }
@@ -201,7 +210,7 @@ func (i *Instance) Start() error {
 	defer logf.Close()
 	cmd := i.serverCommand()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if err := startIn(i.netns, cmd); err != nil {
 		return err
 	}
 	done := make(chan struct{})

@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,18 +32,23 @@ const galeraProvider = "/usr/lib/galera/libgalera_smm.so"
 //
 // A node can be stopped (Stop), killed (Crash) and started again (Start),
 // which rejoins the cluster by IST or SST as long as another node is up.
-// Restarting a cluster whose nodes are all down is not supported.
+// A cluster whose nodes are all down is brought back by Recover
+// (galera_faults.go).
 type Cluster struct {
 	Nodes []*Instance
 	// Started is how long StartGalera took, from nothing to every node Synced.
 	Started time.Duration
+
+	net *topology // the nodes' network namespaces, with GaleraOptions.Netns
 }
 
 type galeraNode struct {
 	index      int
-	gcomm      int // group communication port
-	ist        int // incremental state transfer receive port
-	sst        int // rsync state snapshot transfer receive port
+	host       string // the address it listens on: 127.0.0.1, or its network namespace's
+	options    string // extra wsrep provider options (GaleraOptions.ProviderOptions)
+	gcomm      int    // group communication port
+	ist        int    // incremental state transfer receive port
+	sst        int    // rsync state snapshot transfer receive port
 	cluster    string
 	bootstrap  bool // start with --wsrep-new-cluster (the first start of node 0 only)
 	socketFile string
@@ -58,10 +64,11 @@ func (g *galeraNode) args() []string {
 		"--wsrep-cluster-name=sqldlm_test",
 		"--wsrep-cluster-address=" + g.cluster,
 		"--wsrep-node-name=n" + strconv.Itoa(g.index),
-		"--wsrep-node-address=127.0.0.1:" + strconv.Itoa(g.gcomm),
+		"--bind-address=" + g.host,
+		"--wsrep-node-address=" + g.host + ":" + strconv.Itoa(g.gcomm),
 		"--wsrep-sst-method=rsync",
-		"--wsrep-sst-receive-address=127.0.0.1:" + strconv.Itoa(g.sst),
-		fmt.Sprintf("--wsrep-provider-options=base_port=%d;ist.recv_addr=127.0.0.1:%d;gcache.size=32M", g.gcomm, g.ist),
+		"--wsrep-sst-receive-address=" + g.host + ":" + strconv.Itoa(g.sst),
+		fmt.Sprintf("--wsrep-provider-options=base_port=%d;ist.recv_addr=%s:%d;gcache.size=32M%s", g.gcomm, g.host, g.ist, g.options),
 	}
 	if g.bootstrap {
 		a = append(a, "--wsrep-new-cluster")
@@ -86,9 +93,13 @@ func (g *galeraNode) ready(ctx context.Context, i *Instance) error {
 	if g.bootstrap {
 		// Once: the account the DSNs use and the test database, which
 		// replicate to the nodes that join.
+		clients := "127.0.0.1"
+		if g.host != clients {
+			clients = netnsClients // the bridge's address, in the host's namespace
+		}
 		for _, stmt := range []string{
-			"CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
-			"GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+			"CREATE USER IF NOT EXISTS 'root'@'" + clients + "'",
+			"GRANT ALL PRIVILEGES ON *.* TO 'root'@'" + clients + "' WITH GRANT OPTION",
 			"CREATE DATABASE IF NOT EXISTS test",
 		} {
 			if _, err := db.ExecContext(ctx, stmt); err != nil {
@@ -106,6 +117,13 @@ func (g *galeraNode) ready(ctx context.Context, i *Instance) error {
 // SQLDLM_TEST_REQUIRE names "galera".
 func StartGalera(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartGaleraWith(t, GaleraOptions{Nodes: n})
+}
+
+// StartGaleraWith starts a Galera cluster as o says (see StartGalera).
+func StartGaleraWith(t testing.TB, o GaleraOptions) *Cluster {
+	t.Helper()
+	n := o.Nodes
 	bins, why := findBinaries(MySQL)
 	if why == "" {
 		if _, err := os.Stat(galeraProvider); err != nil {
@@ -113,6 +131,9 @@ func StartGalera(t testing.TB, n int) *Cluster {
 		} else if _, err := lookPath("rsync", "/usr/bin/rsync"); err != nil {
 			why = "rsync is not installed (state transfers use it; apt-get install rsync)"
 		}
+	}
+	if why == "" && o.Netns {
+		why = netnsUnavailable()
 	}
 	if why != "" {
 		msg := "dbinstance: no throwaway Galera cluster: " + why
@@ -125,6 +146,17 @@ func StartGalera(t testing.TB, n int) *Cluster {
 	began := time.Now()
 
 	c := &Cluster{}
+	hosts := make([]string, n)
+	for k := range hosts {
+		hosts[k] = "127.0.0.1"
+	}
+	if o.Netns {
+		var err error
+		if c.net, err = newTopology(t, n); err != nil {
+			t.Fatalf("dbinstance: %v", err)
+		}
+		hosts = c.net.hosts
+	}
 	var addrs []string
 	for k := range n {
 		i := &Instance{t: t, kind: MySQL, bins: bins}
@@ -154,9 +186,12 @@ func StartGalera(t testing.TB, n int) *Cluster {
 			}
 		}
 		i.port = ports[0]
-		i.galera = &galeraNode{index: k, gcomm: ports[1], ist: ports[2], sst: ports[3],
+		i.galera = &galeraNode{index: k, host: hosts[k], options: o.providerOptions(), gcomm: ports[1], ist: ports[2], sst: ports[3],
 			bootstrap: k == 0, socketFile: filepath.Join(dir, "sock")}
-		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(ports[1]))
+		if o.Netns {
+			i.host, i.netns = hosts[k], c.net.netns[k]
+		}
+		addrs = append(addrs, net.JoinHostPort(hosts[k], strconv.Itoa(ports[1])))
 		c.Nodes = append(c.Nodes, i)
 	}
 	// Killed rather than shut down: nothing in a throwaway cluster needs a

@@ -252,6 +252,11 @@ func New(target string) (*Proxy, error) {
 // Addr is the proxy's host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
+// Retarget sends the connections accepted from now on to target, as a load
+// balancer does when its health check fails over; open connections stay
+// where they are (ResetAll ends them).
+func (p *Proxy) Retarget(target string) { p.set(func() { p.target = target }) }
+
 // Pause stops forwarding in both directions, on open and new connections,
 // until Resume. Nothing is lost: what was sent waits.
 func (p *Proxy) Pause() { p.set(func() { p.paused = true }) }
@@ -408,7 +413,7 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		down := p.down
+		down, target := p.down, p.target
 		if down {
 			p.refused++
 		}
@@ -417,7 +422,7 @@ func (p *Proxy) accept() {
 			reset(client)
 			continue
 		}
-		server, err := net.Dial("tcp", p.target)
+		server, err := net.Dial("tcp", target)
 		if err != nil {
 			client.Close()
 			continue

@@ -434,3 +434,56 @@ func TestShowPreparedText(t *testing.T) {
 	<-trap.Fired()
 	require.Error(t, read(), "its answer is lost")
 }
+
+// nameServer answers each line with its name.
+func nameServer(t *testing.T, name string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					if _, err := r.ReadString('\n'); err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(name + "\n")); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Retarget sends new connections to the new target; an open one stays.
+func TestRetarget(t *testing.T) {
+	p, err := New(nameServer(t, "a"))
+	require.NoError(t, err)
+	defer p.Close()
+	ask := func(c net.Conn) string {
+		_, err := c.Write([]byte("?\n"))
+		require.NoError(t, err)
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		s, err := bufio.NewReader(c).ReadString('\n')
+		require.NoError(t, err)
+		return s
+	}
+	old, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer old.Close()
+	require.Equal(t, "a\n", ask(old))
+	p.Retarget(nameServer(t, "b"))
+	fresh, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer fresh.Close()
+	require.Equal(t, "b\n", ask(fresh), "a new connection")
+	require.Equal(t, "a\n", ask(old), "the open connection")
+}

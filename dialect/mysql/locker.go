@@ -68,7 +68,10 @@ package mysql
 //	             broken_at; [audit: grant or upgrade]; [DELETE upgraded
 //	             hold]; UPDATE lock row; DELETE own waiter; COMMIT. Then the
 //	             status row, with the number of holds taken over. Blocked:
-//	             ROLLBACK, [INSERT waiter ... ON DUPLICATE KEY]. A lease or
+//	             ROLLBACK, [INSERT waiter ... ON DUPLICATE KEY; an upgrade's
+//	             first enqueue writes the lock row (ON DUPLICATE KEY UPDATE
+//	             updated_at) and re-reads the live upgrade waiters first:
+//	             another one, status 5, nothing queued]. A lease or
 //	             hold locked by another transaction (a fence) is not waited
 //	             for: Blocked.
 //	AcquireTx    CALL sqldlm_acquire_tx, in the caller's transaction:
@@ -102,7 +105,9 @@ package mysql
 //	SetPayload   CALL sqldlm_set_payload: SELECT hold FOR UPDATE; SELECT
 //	             lease live (no lock); UPDATE hold SET payload
 //	Fence        CALL sqldlm_fence, in the caller's transaction: SELECT hold
-//	             LOCK IN SHARE MODE; bound idle time (MariaDB
+//	             LOCK IN SHARE MODE (through Galera: UPDATE hold SET
+//	             fences = fences + 1, a write certification sees); bound
+//	             idle time (MariaDB
 //	             idle_transaction_timeout, MySQL wait_timeout). Then CALL
 //	             sqldlm_lease_live through db, outside the transaction:
 //	             SELECT lease live by SYSDATE(6) (no lock, so renewals go on,
@@ -461,7 +466,10 @@ func (d mysqlDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.Hol
 }
 
 // Fence pins the hold inside tx with sqldlm_fence (a shared lock on the hold,
-// read in its latest version; nothing else is read or locked in tx), then
+// read in its latest version; nothing else is read or locked in tx; on a
+// Galera node a write to the hold instead, because Galera certifies writes
+// only: a shared lock would not stop a takeover certified on another node,
+// HA-2026-12 G3), then
 // checks the lease with sqldlm_lease_live through db, outside tx, in a READ
 // COMMITTED transaction of its own: the latest committed state by SYSDATE(6),
 // whatever tx's isolation level or snapshot. The pin comes first, so a lease

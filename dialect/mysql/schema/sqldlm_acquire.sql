@@ -260,14 +260,46 @@ BEGIN
         -- locked for as long as a caller's transaction that acquired the
         -- name in it (sqldlm_acquire_tx), and a blocked request must be able
         -- to queue meanwhile.
+        --
+        -- Except for an upgrade's first enqueue: it queues only if no other
+        -- live upgrade waits for the name, and that check and the insert of
+        -- its waiter row are one step per name. The name's row is written
+        -- first (created if missing), which holds it until the commit and,
+        -- on Galera, makes two such steps on two nodes conflict in
+        -- certification (1213, retried by the client). Otherwise two
+        -- upgraders could both pass sqldlm_acquire_decide's check, both
+        -- queue, and each then refuse on seeing the other's row. The wait
+        -- for the name's row is bounded like every other here (1205, retried
+        -- by the client).
         IF NOT v_bounded THEN
             SET SESSION innodb_lock_wait_timeout = LEAST(saved_lwt, 1);
             SET v_bounded = TRUE;
         END IF;
         SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
         START TRANSACTION;
-        SELECT COUNT(*) > 0 INTO v_live FROM sqldlm_leases
-         WHERE id = p_lease AND broken_at IS NULL AND expires_at > SYSDATE(6) LOCK IN SHARE MODE;
+        -- An upgrade's first enqueue: the name's row written first (created
+        -- if missing), then no other live upgrade waiter, then the insert.
+        IF p_upgrade <> 0 THEN
+            SELECT COUNT(*) INTO v_row FROM sqldlm_waiters FORCE INDEX (sqldlm_waiters_lease)
+             WHERE lease_id = p_lease AND request_id = p_request;
+            IF v_row = 0 THEN
+                INSERT INTO sqldlm_locks (name, token, updated_at) VALUES (p_name, 0, SYSDATE(6))
+                    ON DUPLICATE KEY UPDATE updated_at = SYSDATE(6);
+                SELECT COUNT(*) INTO v_row
+                  FROM sqldlm_waiters w JOIN sqldlm_leases l ON l.id = w.lease_id
+                 WHERE w.name = p_name AND w.upgrade_token IS NOT NULL AND w.upgrade_token <> p_upgrade
+                   AND l.broken_at IS NULL AND l.expires_at > SYSDATE(6);
+                IF v_row > 0 THEN
+                    SET v_status = 5, v_owner = NULL, v_mode = NULL, v_expires_us = NULL, v_ahead = 0;
+                END IF;
+            END IF;
+        END IF;
+        IF v_status = 5 THEN
+            SET v_live = FALSE;
+        ELSE
+            SELECT COUNT(*) > 0 INTO v_live FROM sqldlm_leases
+             WHERE id = p_lease AND broken_at IS NULL AND expires_at > SYSDATE(6) LOCK IN SHARE MODE;
+        END IF;
         IF v_live THEN
             INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, upgrade_token, since)
             VALUES (p_name, p_lease, p_request, p_mode, NULLIF(p_upgrade, 0), SYSDATE(6))
@@ -280,6 +312,8 @@ BEGIN
             ELSE
                 COMMIT;
             END IF;
+        ELSEIF v_status = 5 THEN
+            ROLLBACK;
         ELSE
             ROLLBACK;
             SET v_status = 3, v_owner = NULL, v_mode = NULL, v_expires_us = NULL, v_ahead = 0;

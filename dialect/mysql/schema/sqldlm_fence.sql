@@ -5,8 +5,25 @@
 CREATE PROCEDURE `sqldlm_fence`(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT, IN p_idle_s INT)
 BEGIN
     DECLARE v_n INT;
-    SELECT COUNT(*) INTO v_n FROM sqldlm_holders
-     WHERE token = p_token AND lease_id = p_lease AND name = p_name LOCK IN SHARE MODE;
+    SET @sqldlm_fence_wsrep = 0;
+    IF VERSION() LIKE '%MariaDB%' THEN
+        BEGIN
+            -- A MariaDB built without wsrep has no such variable.
+            DECLARE EXIT HANDLER FOR 1193 SET @sqldlm_fence_wsrep = 0;
+            PREPARE sqldlm_fence_stmt FROM 'SET @sqldlm_fence_wsrep = @@session.wsrep_on';
+            EXECUTE sqldlm_fence_stmt;
+            DEALLOCATE PREPARE sqldlm_fence_stmt;
+        END;
+    END IF;
+    IF @sqldlm_fence_wsrep THEN
+        UPDATE sqldlm_holders SET fences = fences + 1
+         WHERE token = p_token AND lease_id = p_lease AND name = p_name;
+        SET v_n = ROW_COUNT();
+    ELSE
+        SELECT COUNT(*) INTO v_n FROM sqldlm_holders
+         WHERE token = p_token AND lease_id = p_lease AND name = p_name LOCK IN SHARE MODE;
+    END IF;
+    SET @sqldlm_fence_wsrep = NULL;
     IF v_n > 0 AND p_idle_s > 0 THEN
         IF VERSION() LIKE '%MariaDB%' THEN
             SET @sqldlm_fence_sql = CONCAT(

@@ -10,6 +10,7 @@ CREATE TABLE `sqldlm_holders` (
   `mode` char(1) CHARACTER SET ascii COLLATE ascii_general_ci NOT NULL,
   `acquired_at` datetime(6) NOT NULL,
   `payload` varbinary(1024) NOT NULL DEFAULT '',
+  `fences` bigint(20) NOT NULL DEFAULT 0,
   PRIMARY KEY (`token`),
   KEY `sqldlm_holders_name` (`name`),
   KEY `sqldlm_holders_lease` (`lease_id`,`request_id`),

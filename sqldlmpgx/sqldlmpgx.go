@@ -140,8 +140,12 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return sqldlm.Migrate(ctx, db, postgres.Dialect())
 }
 
-// pgxTx adapts a pgx.Tx to dialect.Tx. Two adapters of one pgx.Tx are
-// equal.
+// DialectTx adapts tx to dialect.Tx, as Fence, ReleaseTx and TryLockTx
+// do, for code that calls a dialect.ForeignTxLocker itself (the
+// conformance suite does). Two adapters of one pgx.Tx are equal.
+func DialectTx(tx pgx.Tx) dialect.Tx { return pgxTx{tx} }
+
+// pgxTx adapts a pgx.Tx to dialect.Tx.
 type pgxTx struct{ tx pgx.Tx }
 
 func (t pgxTx) Exec(ctx context.Context, query string, args ...any) error {

@@ -27,9 +27,12 @@ import (
 // TestGaleraCluster runs this package's tests that need a real 3-node
 // Galera cluster (HA-2026-12), all on one cluster: starting one costs
 // about 15 s and 150 MB per node. It skips when galera-4 is not installed,
-// unless SQLDLM_TEST_REQUIRE names galera.
+// unless SQLDLM_TEST_REQUIRE names galera, and with -short.
 func TestGaleraCluster(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("about a minute on a 3-node Galera cluster: skipped with -short")
+	}
 	began := time.Now()
 	g := &galera{c: dbinstance.StartGalera(t, 3)}
 	for k := range g.c.Nodes {

@@ -41,6 +41,7 @@ func TestGaleraCluster(t *testing.T) {
 	t.Logf("3-node cluster Synced after %v", g.c.Started.Round(10*time.Millisecond))
 	t.Run("FenceMultiWriter", func(t *testing.T) { testGaleraFence(t, g) })
 	t.Run("FenceIsolation", func(t *testing.T) { testGaleraFenceIsolation(t, g) })
+	t.Run("AdviseTTL", func(t *testing.T) { testAdviseTTLOnGalera(t, g.admin[0]) })
 	t.Run("UpgradeRace", func(t *testing.T) {
 		// Through one node (single-writer), then from two nodes.
 		database := g.migrated(t)
@@ -55,8 +56,8 @@ func TestGaleraCluster(t *testing.T) {
 		t.Run("Withdraw", func(t *testing.T) { dialecttest.ExerciseWithdraw(t, h) })
 	})
 	t.Run("ConformanceSpread", func(t *testing.T) {
-		// Each database's first pool on one node, every reopened pool (a
-		// second process) on the next: all three nodes write.
+		// Each database's first pool on one node, its reopened pools (second
+		// processes) in turn on the other nodes: all three nodes write.
 		var mu sync.Mutex
 		next := 0
 		h := g.harness(func(k int) int {
@@ -113,7 +114,8 @@ func (g *galera) newDatabase(t testing.TB) string {
 
 // harness is the conformance suite's harness on the cluster: each Open
 // creates a database; its pool is on node node(0), and the n-th pool that
-// reopen returns is on node (node(0)+n) mod 3 when node(n) is n, with query as DSN parameters.
+// reopen returns on node (node(0)+node(n)) mod 3; query holds the pools'
+// DSN parameters.
 func (g *galera) harness(node func(n int) int, query string) dialecttest.Harness {
 	return dialecttest.Harness{
 		Dialect: mysql.Dialect(),
@@ -127,7 +129,13 @@ func (g *galera) harness(node func(n int) int, query string) dialecttest.Harness
 				n++
 				k := (first + node(n)) % 3
 				mu.Unlock()
-				return g.open(t, k, name, query)
+				db := g.open(t, k, name, query)
+				// A read with wsrep_sync_wait waits until node k has applied
+				// every write set committed before it, the migration's
+				// procedures too (a CALL is not a read: it would not wait).
+				var one int
+				require.NoError(t, db.QueryRow(`SELECT 1`).Scan(&one))
+				return db
 			}
 		},
 	}

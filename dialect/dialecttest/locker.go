@@ -139,6 +139,7 @@ func runSorted(t *testing.T, h Harness, tests map[string]func(t *testing.T, b *l
 	sort.Strings(names)
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
+			h.skipListed(t)
 			t.Parallel()
 			tests[name](t, setupLocker(t, h))
 		})

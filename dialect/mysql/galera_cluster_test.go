@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/dialect/dialecttest"
 	"github.com/sqldlm/sqldlm/dialect/mysql"
 	"github.com/sqldlm/sqldlm/internal/dbinstance"
 	"github.com/sqldlm/sqldlm/internal/dsn"
@@ -26,13 +27,21 @@ import (
 // TestGaleraCluster runs this package's tests that need a real 3-node
 // Galera cluster (HA-2026-12), all on one cluster: starting one costs
 // about 15 s and 150 MB per node. It skips when galera-4 is not installed,
-// unless SQLDLM_TEST_REQUIRE names galera.
+// unless SQLDLM_TEST_REQUIRE names galera, and with -short.
 func TestGaleraCluster(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("about a minute on a 3-node Galera cluster: skipped with -short")
+	}
 	began := time.Now()
 	g := &galera{c: dbinstance.StartGalera(t, 3)}
+	for k := range g.c.Nodes {
+		g.admin = append(g.admin, g.open(t, k, "test", ""))
+	}
 	t.Logf("3-node cluster Synced after %v", g.c.Started.Round(10*time.Millisecond))
 	t.Run("FenceMultiWriter", func(t *testing.T) { testGaleraFence(t, g) })
+	t.Run("FenceIsolation", func(t *testing.T) { testGaleraFenceIsolation(t, g) })
+	t.Run("AdviseTTL", func(t *testing.T) { testAdviseTTLOnGalera(t, g.admin[0]) })
 	t.Run("UpgradeRace", func(t *testing.T) {
 		// Through one node (single-writer), then from two nodes.
 		database := g.migrated(t)
@@ -41,33 +50,95 @@ func TestGaleraCluster(t *testing.T) {
 		both += upgradeRace(t, one, g.open(t, 1, database, ""), 30)
 		require.Zero(t, both, "trials in which both upgraders were refused")
 	})
+	t.Run("ConformanceOneNode", func(t *testing.T) {
+		h := g.harness(func(int) int { return 0 }, "")
+		t.Run("Exercise", func(t *testing.T) { dialecttest.Exercise(t, h) })
+		t.Run("Withdraw", func(t *testing.T) { dialecttest.ExerciseWithdraw(t, h) })
+	})
+	t.Run("ConformanceSpread", func(t *testing.T) {
+		// Each database's first pool on one node, its reopened pools (second
+		// processes) in turn on the other nodes: all three nodes write.
+		var mu sync.Mutex
+		next := 0
+		h := g.harness(func(k int) int {
+			if k > 0 {
+				return k % 3
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			next++
+			return next % 3
+		}, "wsrep_sync_wait=1")
+		h.Skip = map[string]string{
+			"Locker/FencePinsTheHold":   "a takeover through another Galera node is granted while the fence is open (nodes do not share row locks); the fenced transaction's COMMIT then fails (HA-2026-12 G3, TestGaleraCluster/FenceMultiWriter)",
+			"ClassifyError/LockTimeout": "row locks are local to a Galera node: a second pool on another node never waits for them (HA-2026-12 §2.2)",
+		}
+		t.Run("Exercise", func(t *testing.T) { dialecttest.Exercise(t, h) })
+		t.Run("Withdraw", func(t *testing.T) { dialecttest.ExerciseWithdraw(t, h) })
+	})
 	t.Cleanup(func() { t.Logf("cluster tests took %v in all", time.Since(began).Round(10*time.Millisecond)) })
 }
 
 // galera is the shared cluster, with a database of its own per test.
 type galera struct {
-	c *dbinstance.Cluster
+	c     *dbinstance.Cluster
+	admin []*sql.DB // a pool on each node's database "test"
 }
 
-// newDatabase creates an empty database on the cluster (through node 0;
-// the DDL replicates to every node before it returns) and returns its
-// name, dropped when t ends.
+// newDatabase creates an empty database on the cluster (through node 0)
+// and returns its name once every node has it; it is dropped when t ends.
 func (g *galera) newDatabase(t testing.TB) string {
 	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := "galera_" + hex.EncodeToString(b[:])
-	admin := g.open(t, 0, "test", "")
 	quoted, err := mysql.Dialect().(dialect.Testable).QuoteIdentifier(name)
 	require.NoError(t, err)
-	_, err = admin.Exec("CREATE DATABASE " + quoted)
+	_, err = g.admin[0].Exec("CREATE DATABASE " + quoted)
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		if _, err := admin.Exec("DROP DATABASE " + quoted); err != nil {
+		if _, err := g.admin[0].Exec("DROP DATABASE " + quoted); err != nil {
 			t.Logf("drop %s: %v", name, err)
 		}
 	})
+	// The other nodes apply the DDL in their own time.
+	for _, admin := range g.admin[1:] {
+		require.Eventually(t, func() bool {
+			var n int
+			err := admin.QueryRow(`SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?`, name).Scan(&n)
+			return err == nil && n == 1
+		}, 30*time.Second, 5*time.Millisecond, "database %s on every node", name)
+	}
 	return name
+}
+
+// harness is the conformance suite's harness on the cluster: each Open
+// creates a database; its pool is on node node(0), and the n-th pool that
+// reopen returns on node (node(0)+node(n)) mod 3; query holds the pools'
+// DSN parameters.
+func (g *galera) harness(node func(n int) int, query string) dialecttest.Harness {
+	return dialecttest.Harness{
+		Dialect: mysql.Dialect(),
+		Open: func(t testing.TB) (*sql.DB, func(testing.TB) *sql.DB) {
+			name := g.newDatabase(t)
+			first := node(0)
+			var mu sync.Mutex
+			n := 0
+			return g.open(t, first, name, query), func(t testing.TB) *sql.DB {
+				mu.Lock()
+				n++
+				k := (first + node(n)) % 3
+				mu.Unlock()
+				db := g.open(t, k, name, query)
+				// A read with wsrep_sync_wait waits until node k has applied
+				// every write set committed before it, the migration's
+				// procedures too (a CALL is not a read: it would not wait).
+				var one int
+				require.NoError(t, db.QueryRow(`SELECT 1`).Scan(&one))
+				return db
+			}
+		},
+	}
 }
 
 // migrated is newDatabase with sqldlm's migrations applied (through node 0).
@@ -278,4 +349,56 @@ func testGaleraFence(t *testing.T, g *galera) {
 	t.Logf("%d trials, W granted while H's fenced transaction was open in all; H's COMMIT ordered after W's grant in %d; H committed in %d; H's fenced commit after W's grant in %d",
 		trials, ordered, committed, late)
 	require.Zero(t, late, "fenced commits after another client's grant")
+}
+
+// testGaleraFenceIsolation: through one Galera node, Fence's write to the
+// hold works at READ COMMITTED, REPEATABLE READ (a snapshot taken before
+// the lease's last renewal) and SERIALIZABLE: it pins the hold (a takeover
+// of the broken lease is blocked until the transaction ends, then
+// granted), and it locks nothing else in the transaction, so the lease's
+// renewals go on at once while it is open (issue 13, defect 4). The
+// hold's fences column shows the write once the transaction committed.
+func testGaleraFenceIsolation(t *testing.T, g *galera) {
+	d := mysql.Dialect()
+	database := g.migrated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := g.open(t, 0, database, "")
+	c := nextID()
+	require.NoError(t, d.CreateLease(ctx, db, &dialect.CreateLeaseParams{ID: c, Owner: "c", TTL: time.Minute}))
+	for _, level := range []sql.IsolationLevel{sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable} {
+		name := "iso/" + level.String()
+		a := nextID()
+		require.NoError(t, d.CreateLease(ctx, db, &dialect.CreateLeaseParams{ID: a, Owner: "a", TTL: time.Minute}))
+		tok, err := grantOn(ctx, db, name, a, dialect.Exclusive)
+		require.NoError(t, err)
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: level})
+		require.NoError(t, err)
+		var one int
+		require.NoError(t, tx.QueryRowContext(ctx, `SELECT 1`).Scan(&one))
+		renewed, err := d.RenewLease(ctx, db, a)
+		require.NoError(t, err)
+		require.True(t, renewed)
+		ok, err := d.Fence(ctx, db, tx, &dialect.HoldRef{Name: name, LeaseID: a, Token: tok}, time.Minute)
+		require.NoError(t, err, level)
+		require.True(t, ok, "%v: fenced", level)
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		renewed, err = d.RenewLease(rctx, db, a)
+		rcancel()
+		require.NoError(t, err, "%v: a renewal waited for the fenced transaction", level)
+		require.True(t, renewed)
+
+		broken, err := d.(dialect.Inspector).Break(ctx, db, name, "a")
+		require.NoError(t, err)
+		require.Len(t, broken, 1)
+		res, err := d.Acquire(ctx, db, &dialect.AcquireParams{Name: name, LeaseID: c, RequestID: nextID(), Mode: dialect.Exclusive})
+		require.NoError(t, err)
+		require.Equal(t, dialect.Blocked, res.Status, "%v: the fenced hold is taken over while the fence is open", level)
+		require.NoError(t, tx.Commit())
+		var fences int
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT fences FROM sqldlm_holders WHERE token = ?`, tok).Scan(&fences))
+		require.Equal(t, 1, fences, "%v: the fence was a write to the hold", level)
+		_, err = grantOn(ctx, db, name, c, dialect.Exclusive)
+		require.NoError(t, err, "%v: taken over once the fenced transaction ended", level)
+	}
 }

@@ -252,6 +252,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 				return 0, nil, nil, ErrLost
 			}
 			enqueuedOn = nil
+			blocked = nil // what it saw was seen under the lost lease
 			continue
 		case dialect.NotHeld:
 			return abandon(ErrLost)

@@ -24,6 +24,28 @@ func stdTx(tx *sql.Tx) callerTx { return callerTx{std: tx} }
 // isSet reports whether there is a transaction at all.
 func (t callerTx) isSet() bool { return t.std != nil || t.other != nil }
 
+// same reports whether t and u are one transaction. An adapter of another
+// driver's transaction may name its transaction by TxKey (sqldlmpgx does:
+// a pgx.Tx of a type == cannot compare would make == panic); otherwise the
+// adapters are compared, and ones == cannot compare are different.
+func (t callerTx) same(u callerTx) (same bool) {
+	if t.std != nil || u.std != nil {
+		return t.std == u.std && t.other == nil && u.other == nil
+	}
+	type keyed interface{ TxKey() any }
+	if kt, ok := t.other.(keyed); ok {
+		if ku, ok := u.other.(keyed); ok {
+			return kt.TxKey() == ku.TxKey()
+		}
+	}
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return t.other == u.other
+}
+
 // foreign returns the dialect's ForeignTxLocker, or an error saying that
 // the dialect takes only a *sql.Tx.
 func (c *Client) foreign() (dialect.ForeignTxLocker, error) {

@@ -11,7 +11,9 @@ import (
 var (
 	// ErrLocked is returned by [Client.TryLock] when the lock conflicts with
 	// a current holder or an earlier waiter. The error is a *LockedError
-	// that says who holds it.
+	// that says who holds it. A [Client.Lock] whose ctx ends while the name
+	// is held returns a *WaitError, which matches both ctx's error and
+	// ErrLocked: test ctx's error first to tell a give-up from a refusal.
 	ErrLocked = errors.New("sqldlm: locked")
 
 	// ErrLost means the lock is no longer held although it was not released:

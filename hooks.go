@@ -15,7 +15,9 @@ type Hooks interface {
 	// AcquireGranted: it was granted after waiting for waited.
 	AcquireGranted(name string, mode Mode, waited time.Duration)
 	// AcquireFailed: it ended without the lock (ErrLocked, a context
-	// error, ErrClosed, a database error) after waited.
+	// error, ErrClosed, a database error) after waited. A Lock that gave
+	// up on its ctx while the name was held matches both the context error
+	// and ErrLocked (a *WaitError).
 	AcquireFailed(name string, mode Mode, waited time.Duration, err error)
 	// TookOver: the grant just reported took the name over from holders
 	// whose leases had died (expired or broken) without releasing it.

@@ -227,7 +227,7 @@ func (l *Lock) settled(ctx context.Context) error {
 // used in tx.
 func (l *Lock) settledOrIn(ctx context.Context, tx callerTx) error {
 	l.mu.Lock()
-	in := l.tx.isSet() && l.tx == tx
+	in := l.tx.isSet() && l.tx.same(tx)
 	l.mu.Unlock()
 	if in {
 		return l.Err()

@@ -19,9 +19,13 @@
 //  3. x = splitmix64(k XOR m), where splitmix64(z) is
 //     z += 0x9e3779b97f4a7c15; z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
 //     z = (z ^ (z >> 27)) * 0x94d049bb133111eb; z ^= z >> 31.
-//  4. u = ((x >> 11) + 0.5) / 2^53, a float64 in (0, 1).
-//  5. The node's score is -weight / ln(u). The owner is the node with the
-//     highest score; equal scores go to the smaller node ID (byte order).
+//  4. u = (float64(x >> 11) + 0.5) / 2^53, in IEEE 754 double precision
+//     with round-to-nearest-even: u lies in (0, 1]. (It rounds to exactly 1
+//     only for x >> 11 = 2^53 - 1, one key in 2^53 per node.)
+//  5. The node's score is -weight / ln(u), a positive number, or -Inf when
+//     u is 1 (that node then ranks last for that key). The owner is the
+//     node with the highest score; equal scores go to the smaller node ID
+//     (byte order).
 //
 // The test vectors in ring_test.go pin it.
 package ring

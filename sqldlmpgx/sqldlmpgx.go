@@ -29,6 +29,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"reflect"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -82,7 +84,8 @@ func New(pool *pgxpool.Pool, cfg sqldlm.Config) (*Client, error) {
 }
 
 // Close closes the sqldlm.Client (releasing what it holds) and the
-// connections it opened. It leaves the pool open.
+// connections it opened. It leaves the pool open. (Closing the embedded
+// sqldlm.Client instead would leave those connections open.)
 func (c *Client) Close() error {
 	err := c.Client.Close()
 	c.db.Close()
@@ -94,7 +97,9 @@ func (c *Client) Close() error {
 
 // TryLockTx is sqldlm.Client.TryLockTx in a pgx transaction: the lock is
 // granted inside tx, pending until tx commits, and gone if tx rolls back.
-// Run tx at READ COMMITTED.
+// Run tx at READ COMMITTED. A pgx.Tx is not safe for concurrent use, and a
+// Release of the lock while it is pending runs a statement in tx: release
+// it from the goroutine that uses tx, or after tx has ended.
 func (c *Client) TryLockTx(ctx context.Context, tx pgx.Tx, name string, mode sqldlm.Mode, opts ...sqldlm.LockOption) (*sqldlm.Lock, error) {
 	if tx == nil {
 		return nil, errors.New("sqldlmpgx: TryLockTx needs a transaction, got nil")
@@ -148,9 +153,19 @@ func DialectTx(tx pgx.Tx) dialect.Tx { return pgxTx{tx} }
 // pgxTx adapts a pgx.Tx to dialect.Tx.
 type pgxTx struct{ tx pgx.Tx }
 
+// TxKey names the transaction for sqldlm's "is this the acquiring
+// transaction" check: the pgx.Tx itself when == can compare it, otherwise
+// its connection (a connection runs one transaction at a time).
+func (t pgxTx) TxKey() any {
+	if reflect.TypeOf(t.tx).Comparable() {
+		return t.tx
+	}
+	return t.tx.Conn()
+}
+
 func (t pgxTx) Exec(ctx context.Context, query string, args ...any) error {
 	_, err := t.tx.Exec(ctx, query, args...)
-	return err
+	return txDone(err)
 }
 
 // Query asks for every result column in text format: the dialect scans
@@ -158,13 +173,26 @@ func (t pgxTx) Exec(ctx context.Context, query string, args ...any) error {
 func (t pgxTx) Query(ctx context.Context, query string, args ...any) (dialect.Rows, error) {
 	rows, err := t.tx.Query(ctx, query, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
-		return nil, err
+		return nil, txDone(err)
 	}
 	return pgxRows{rows}, nil
 }
 
 func (t pgxTx) QueryRow(ctx context.Context, query string, args ...any) dialect.Row {
-	return t.tx.QueryRow(ctx, query, args...)
+	return pgxRow{t.tx.QueryRow(ctx, query, args...)}
+}
+
+type pgxRow struct{ pgx.Row }
+
+func (r pgxRow) Scan(dest ...any) error { return txDone(r.Row.Scan(dest...)) }
+
+// txDone makes pgx's "transaction closed" match sql.ErrTxDone too, which is
+// how sqldlm tells a transaction that has ended.
+func txDone(err error) error {
+	if errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("%w (%w)", err, sql.ErrTxDone)
+	}
+	return err
 }
 
 // pgxRows gives pgx.Rows the Close of database/sql.

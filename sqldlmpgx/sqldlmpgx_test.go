@@ -233,3 +233,21 @@ func TestRenewalsDoNotWaitForThePool(t *testing.T) {
 	}
 	require.NoError(t, l.Err())
 }
+
+// uncomparable is an application's own pgx.Tx wrapper of a type == cannot
+// compare (a slice field): sqldlm must still recognise its transaction.
+type uncomparable struct {
+	pgx.Tx
+	tags []string
+}
+
+func TestTryLockTxInUncomparableTx(t *testing.T) {
+	e := newEnv(t)
+	a := e.client("a")
+	tx := uncomparable{Tx: e.begin(pgx.TxOptions{}), tags: []string{"request-17"}}
+	l, err := a.TryLockTx(e.ctx, tx, "job/9", sqldlm.Exclusive)
+	require.NoError(t, err)
+	require.NoError(t, sqldlmpgx.Fence(e.ctx, l, tx), "the pending lock fences in its own transaction")
+	require.NoError(t, tx.Commit(e.ctx))
+	require.NoError(t, l.Release(e.ctx))
+}

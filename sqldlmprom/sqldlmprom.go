@@ -117,10 +117,12 @@ func (m *Metrics) AcquireGranted(_ string, mode sqldlm.Mode, waited time.Duratio
 func (m *Metrics) AcquireFailed(_ string, mode sqldlm.Mode, waited time.Duration, err error) {
 	reason := "error"
 	switch {
-	case errors.Is(err, sqldlm.ErrLocked):
-		reason = "locked"
+	// A Lock whose ctx ended while the name was held matches both (a
+	// *sqldlm.WaitError): it is a give-up, counted as such.
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		reason = "canceled"
+	case errors.Is(err, sqldlm.ErrLocked):
+		reason = "locked"
 	case errors.Is(err, sqldlm.ErrClosed):
 		reason = "closed"
 	}

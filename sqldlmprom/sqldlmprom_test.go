@@ -37,6 +37,13 @@ func TestMetricsCountLocks(t *testing.T) {
 			require.NoError(t, err)
 			_, err = c.TryLock(ctx, "node/2", sqldlm.Exclusive)
 			require.ErrorIs(t, err, sqldlm.ErrLocked)
+			// A Lock that gives up on its ctx while the name is held is a
+			// give-up, although its error also matches ErrLocked.
+			wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			_, err = c.Lock(wctx, "node/2", sqldlm.Exclusive)
+			cancel()
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("acquire_failures_total", "exclusive", "canceled")))
 
 			require.Equal(t, 3.0, testutil.ToFloat64(m.Collector("grants_total", "exclusive")))
 			require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("grants_total", "shared")))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sqldlm/sqldlm/internal/dsn"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
@@ -60,7 +61,7 @@ func TestBinary(t *testing.T) {
 			}
 			code, _, errOut := run("locks", "--dsn", dsns[len(dsns)-1])
 			require.Equal(t, 1, code, errOut)
-			require.Contains(t, errOut, "not migrated: sqldlm's tables are not in ")
+			require.Contains(t, errOut, dsn.Scrub("not migrated: sqldlm's tables are not in ", db.DSN)) // the password scrubbed wherever it occurs
 			code, _, errOut = run("migrate", "up", "--dsn", dsns[len(dsns)-1])
 			require.Equal(t, 0, code, errOut)
 			for _, d := range dsns {

@@ -19,48 +19,59 @@ import (
 )
 
 func main() {
-	ctx := context.Background()
-	db, err := sql.Open("mysql", os.Args[1]) // no parseTime or other parameter needed
-	if err != nil {
+	if len(os.Args) != 2 {
+		log.Fatalf("usage: %s DSN", os.Args[0])
+	}
+	// run returns its errors, so that its deferred Release and Close run:
+	// log.Fatal inside it would exit with the lock held until the TTL ends.
+	if err := run(context.Background(), os.Args[1]); err != nil {
 		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, dsn string) error {
+	db, err := sql.Open("mysql", dsn) // no parseTime or other parameter needed
+	if err != nil {
+		return err
 	}
 	defer db.Close()
 	if err := sqldlm.Migrate(ctx, db, nil); err != nil { // sqldlm's tables, in the DSN's database
-		log.Fatal(err)
+		return err
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS stacks (id varchar(64) PRIMARY KEY, state text, written_by bigint)`); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
 	c, err := sqldlm.New(db, sqldlm.Config{Owner: "heat-engine-1", TTL: 15 * time.Second})
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer c.Close()
 
 	l, err := c.Lock(ctx, "stack/7f3e", sqldlm.Exclusive)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer l.Release(ctx)
 
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer tx.Rollback()
 	if err := l.Fence(ctx, tx); err != nil { // ErrLost: write nothing
-		log.Fatal(err)
+		return err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO stacks VALUES ('7f3e', 'UPDATE_COMPLETE', ?)
 		ON DUPLICATE KEY UPDATE state = VALUES(state), written_by = VALUES(written_by)`, l.Token()); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	if err := l.ReleaseTx(ctx, tx); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	if err := tx.Commit(); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	fmt.Printf("stack 7f3e UPDATE_COMPLETE, written under lock token %d\n", l.Token())
+	return nil
 }

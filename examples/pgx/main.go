@@ -19,30 +19,40 @@ import (
 )
 
 func main() {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, os.Args[1])
-	if err != nil {
+	if len(os.Args) != 2 {
+		log.Fatalf("usage: %s DSN", os.Args[0])
+	}
+	// run returns its errors, so that its deferred Release and Close run:
+	// log.Fatal inside it would exit with the lock held until the TTL ends.
+	if err := run(context.Background(), os.Args[1]); err != nil {
 		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, dsn string) error {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return err
 	}
 	defer pool.Close()
 	if err := sqldlmpgx.Migrate(ctx, pool); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS nodes (id int PRIMARY KEY, state text, written_by bigint)`); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
 	// Renewals run on connections of the client's own: the application's
 	// load on pool cannot delay them.
 	c, err := sqldlmpgx.New(pool, sqldlm.Config{Owner: "conductor-2", TTL: 15 * time.Second})
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer c.Close()
 
 	l, err := c.Lock(ctx, "node/42", sqldlm.Exclusive)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer l.Release(ctx)
 
@@ -57,7 +67,8 @@ func main() {
 		return sqldlmpgx.ReleaseTx(ctx, l, tx) // released if and only if tx commits
 	})
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	fmt.Printf("node 42 active, written under lock token %d\n", l.Token())
+	return nil
 }

@@ -39,6 +39,7 @@ func FuzzParse(f *testing.F) {
 		"host=db port=5432 dbname=app password=s3cret",
 		"root@db.example:3306/test",
 		"pgsql://u@db/app",
+		"jdbc:mysql://root:s3cretpw@h/db",
 		"://",
 		"postgres://%zz",
 	} {
@@ -47,7 +48,11 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		d, err := Parse(raw)
 		if err != nil {
-			if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+			inner := raw
+			if u, perr := url.Parse(raw); perr == nil && u.Opaque != "" {
+				inner = strings.TrimPrefix(raw, u.Scheme+":") // jdbc:mysql://…: the URL inside
+			}
+			if u, perr := url.Parse(inner); perr == nil && u.User != nil {
 				if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Count(raw, pw) == 1 &&
 					!strings.Contains(redactedParts(u), pw) && strings.Contains(err.Error(), pw) {
 					t.Fatalf("Parse(%q) error shows the password %q: %v", raw, pw, err)
@@ -75,7 +80,11 @@ func FuzzParse(f *testing.F) {
 			if err != nil {
 				t.Fatalf("Parse(%q) made driver DSN %q, which the driver refuses: %v", raw, d.DriverDSN, err)
 			}
-			if rest := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(raw), "mysql://"), "mariadb://"); isDriverForm(rest) {
+			rest := strings.TrimSpace(raw)
+			if scheme, after, ok := strings.Cut(rest, "://"); ok && (strings.EqualFold(scheme, "mysql") || strings.EqualFold(scheme, "mariadb")) {
+				rest = after
+			}
+			if isDriverForm(rest) {
 				// go-sql-driver's form: what the driver reads in it is
 				// what it reads in the driver DSN.
 				in, err := mysql.ParseDSN(rest)

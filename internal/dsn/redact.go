@@ -23,6 +23,12 @@ var passwordSetting = regexp.MustCompile(`(?i)((?:^|[\s?&;])(?:ssl)?(?:password|
 // go-sql-driver's form, user:password@tcp(host)/db. What it cannot parse as
 // a URL keeps only what follows its last "@".
 func Redact(raw string) string {
+	// A URL inside a scheme prefix (jdbc:mysql://…) parses as an opaque
+	// part without user information: redact the inner URL.
+	if scheme, rest, ok := strings.Cut(raw, ":"); ok && !strings.HasPrefix(rest, "//") && strings.Contains(rest, "://") &&
+		!strings.ContainsAny(scheme, "/@ =") {
+		return scheme + ":" + Redact(rest)
+	}
 	if strings.Contains(raw, "://") {
 		if u, err := url.Parse(raw); err == nil {
 			if u.RawQuery != "" {

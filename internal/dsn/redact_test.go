@@ -23,6 +23,8 @@ func TestRedact(t *testing.T) {
 		{"root:Hunter2pw@tcp(127.0.0.1:3306)/test", "root:xxxxx@tcp(127.0.0.1:3306)/test"},
 		{"root:Hun@ter2pw@tcp(127.0.0.1:3306)/test", "root:xxxxx@tcp(127.0.0.1:3306)/test"},
 		{"root@tcp(127.0.0.1:3306)/test", "root@tcp(127.0.0.1:3306)/test"},
+		{"jdbc:mysql://root:Hunter2pw@h:3306/db", "jdbc:mysql://root:xxxxx@h:3306/db"},
+		{"jdbc:postgresql://u:Hunter2pw@h/db?password=Hunter2pw", "jdbc:postgresql://u:xxxxx@h/db?password=xxxxx"},
 		{"sqlite:///tmp/x.db", "sqlite:///tmp/x.db"},
 	}
 	for _, tt := range tests {
@@ -39,7 +41,7 @@ func TestRedact(t *testing.T) {
 	// A refused DSN's error, and the translations it suggests, do not
 	// repeat the password either.
 	for _, raw := range []string{"host=db password=Hunter2pw port=many", "root:Hunter2pw@tcp(127.0.0.1:3306)/",
-		"root:Hunter2pw@dbhost:3306/test", "pgsql://root:Hunter2pw@dbhost/test", "mysql://root:Hunter2pw@tcp(h:3306)/"} {
+		"root:Hunter2pw@dbhost:3306/test", "pgsql://root:Hunter2pw@dbhost/test", "jdbc:mysql://root:Hunter2pw@h/db", "mysql://root:Hunter2pw@tcp(h:3306)/"} {
 		_, err := Parse(raw)
 		require.Error(t, err, raw)
 		require.NotContains(t, err.Error(), "Hunter2pw", raw)

@@ -101,11 +101,15 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	if *shared {
 		mode = sqldlm.Shared
 	}
-	// Try once; if the lock is held, say by whom, then wait (--wait).
+	// Try once; if that fails and --wait allows, say by whom the lock is
+	// held (when it is), then wait: Lock also waits through a database that
+	// does not answer yet.
 	l, err := c.TryLock(ctx, *name, mode)
 	var locked *sqldlm.LockedError
-	if errors.As(err, &locked) && *wait != 0 {
-		fmt.Fprintf(s.err, "sqldlm run: waiting for lock %q: %s\n", *name, heldBy(ctx, db, locked))
+	if err != nil && *wait != 0 && ctx.Err() == nil {
+		if errors.As(err, &locked) {
+			fmt.Fprintf(s.err, "sqldlm run: waiting for lock %q: %s\n", *name, heldBy(ctx, db, locked))
+		}
 		wctx, cancel := ctx, context.CancelFunc(func() {})
 		if *wait > 0 {
 			wctx, cancel = context.WithTimeout(ctx, *wait)

@@ -3,9 +3,13 @@ package bench
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // A family is what the benchmark needs to know of one dialect: the SQL of
@@ -85,12 +89,17 @@ func (w *twoCommitWorker) lock(ctx context.Context) error {
 	w.nextGap = floorPollMin
 	for {
 		res, err := w.acquire.ExecContext(ctx, w.name, w.owner)
-		if err != nil {
+		var n int64
+		switch {
+		case conflict(err):
+			// A certification conflict (Galera, two nodes inserting one
+			// name) or a deadlock: not granted, ask again, as sqldlm does.
+		case err != nil:
 			return fmt.Errorf("insert lock row: %w", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return err
+		default:
+			if n, err = res.RowsAffected(); err != nil {
+				return err
+			}
 		}
 		if n > 0 {
 			return nil
@@ -110,6 +119,9 @@ func (w *twoCommitWorker) lock(ctx context.Context) error {
 
 func (w *twoCommitWorker) unlock(ctx context.Context) error {
 	res, err := w.release.ExecContext(ctx, w.name, w.owner)
+	for attempt := 0; conflict(err) && attempt < 10; attempt++ {
+		res, err = w.release.ExecContext(ctx, w.name, w.owner) // a conflict rolled the delete back: again
+	}
 	if err != nil {
 		return fmt.Errorf("delete lock row: %w", err)
 	}
@@ -145,4 +157,21 @@ func (w *advisoryWorker) unlock(ctx context.Context) error {
 		return fmt.Errorf("advisory unlock: the lock was not held")
 	}
 	return nil
+}
+
+// conflict reports whether err is a deadlock or a Galera certification
+// conflict (MySQL 1213, lock wait timeout 1205; PostgreSQL 40001, 40P01),
+// after which the statement was rolled back and may be sent again.
+func conflict(err error) bool {
+	var my *mysql.MySQLError
+	var pg *pgconn.PgError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &my):
+		return my.Number == 1213 || my.Number == 1205
+	case errors.As(err, &pg):
+		return pg.Code == "40001" || pg.Code == "40P01"
+	}
+	return false
 }

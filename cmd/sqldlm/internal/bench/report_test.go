@@ -3,12 +3,16 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"image/png"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/vg"
@@ -168,4 +172,16 @@ func TestTitleLines(t *testing.T) {
 	}
 	require.Equal(t, title, strings.Join(lines, " "), "nothing is lost")
 	require.Equal(t, []string{title}, titleLines(sty, title, 3*narrow))
+}
+
+// The two-commit floor asks again after a deadlock or a certification
+// conflict (Galera, two nodes inserting one name), as sqldlm does, instead
+// of failing the cell; other errors still fail it.
+func TestFloorConflictIsRetried(t *testing.T) {
+	require.True(t, conflict(fmt.Errorf("insert: %w", &mysql.MySQLError{Number: 1213})))
+	require.True(t, conflict(&mysql.MySQLError{Number: 1205}))
+	require.True(t, conflict(&pgconn.PgError{Code: "40P01"}))
+	require.False(t, conflict(&mysql.MySQLError{Number: 1062}))
+	require.False(t, conflict(errors.New("connection refused")))
+	require.False(t, conflict(nil))
 }

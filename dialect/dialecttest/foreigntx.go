@@ -64,18 +64,7 @@ func ExerciseForeignTx(t *testing.T, h Harness, begin BeginForeign) {
 			require.NoError(t, err)
 			require.True(t, ok)
 			b.expire(2 * short)
-			other := b.reopen(t)
-			ctx, cancel := context.WithTimeout(b.ctx, 4*short)
-			res, err := b.d.Acquire(ctx, other, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
-			cancel()
-			if err == nil {
-				require.NotEqual(t, dialect.Granted, res.Status, "a takeover committed while the fenced transaction was open")
-			}
-			require.NoError(t, tx.Commit(b.ctx))
-			require.Eventually(t, func() bool {
-				res, err := b.d.Acquire(b.ctx, other, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
-				return err == nil && res.Status == dialect.Granted
-			}, 10*time.Second, 10*time.Millisecond)
+			takeoverWaitsFor(t, b, "n", c, func() error { return tx.Commit(b.ctx) })
 		},
 		"ReleaseTx": func(t *testing.T, b *lockerBundle) {
 			a, c := b.lease("a", time.Minute), b.lease("c", time.Minute)

@@ -436,17 +436,24 @@ func testFencePins(t *testing.T, b *lockerBundle) {
 	require.NoError(t, err)
 	require.True(t, fence(b, tx, "n", a, tok))
 	b.expire(2 * short)
+	takeoverWaitsFor(t, b, "n", c, tx.Commit)
+}
 
+// takeoverWaitsFor checks that lease c, through another pool, cannot take
+// name over while a fenced transaction is open, and can once end (its
+// commit) has ended it.
+func takeoverWaitsFor(t *testing.T, b *lockerBundle, name string, c int64, end func() error) {
+	t.Helper()
 	other := b.reopen(t)
 	ctx, cancel := context.WithTimeout(b.ctx, 4*short)
-	res, err := b.d.Acquire(ctx, other, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+	res, err := b.d.Acquire(ctx, other, &dialect.AcquireParams{Name: name, LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
 	cancel()
 	if err == nil {
 		require.NotEqual(t, dialect.Granted, res.Status, "a takeover committed while the fenced transaction was open")
 	}
-	require.NoError(t, tx.Commit())
+	require.NoError(t, end())
 	require.Eventually(t, func() bool {
-		res, err := b.d.Acquire(b.ctx, other, &dialect.AcquireParams{Name: "n", LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+		res, err := b.d.Acquire(b.ctx, other, &dialect.AcquireParams{Name: name, LeaseID: c, RequestID: rand.Int64(), Mode: dialect.Exclusive})
 		return err == nil && res.Status == dialect.Granted
 	}, 10*time.Second, 10*time.Millisecond)
 }

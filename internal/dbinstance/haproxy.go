@@ -102,6 +102,7 @@ listen db
 			t.Fatal(err)
 		}
 		logf.Close()
+		watchdog(cmd.Process.Pid, path) // should Pdeathsig not kill it with the test
 		h := &HAProxy{addr: addr, cmd: cmd, done: make(chan struct{}), dir: dir}
 		go func() { _ = cmd.Wait(); close(h.done) }()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -52,6 +52,18 @@ func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx con
 	if err != nil {
 		return err
 	}
+	// Deferred, so that it runs when fn panics too.
+	defer func() {
+		if relErr := l.Release(context.WithoutCancel(ctx)); errors.Is(relErr, ErrLost) {
+			err = errors.Join(err, fmt.Errorf("sqldlm: %q was lost while fn ran: %w", name, ErrLost))
+		}
+	}()
+	return l.whileHeld(ctx, fn)
+}
+
+// whileHeld calls fn with a child of ctx that is cancelled when l ends:
+// its cause is ErrLost, or ErrClosed when the client closed.
+func (l *Lock) whileHeld(ctx context.Context, fn func(ctx context.Context) error) error {
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	watched := make(chan struct{})
 	go func() {
@@ -66,13 +78,9 @@ func (c *Client) Do(ctx context.Context, name string, mode Mode, fn func(ctx con
 		case <-fnCtx.Done():
 		}
 	}()
-	// Deferred, so that it runs when fn panics too.
 	defer func() {
 		cancel(nil)
 		<-watched
-		if relErr := l.Release(context.WithoutCancel(ctx)); errors.Is(relErr, ErrLost) {
-			err = errors.Join(err, fmt.Errorf("sqldlm: %q was lost while fn ran: %w", name, ErrLost))
-		}
 	}()
 	return fn(fnCtx)
 }

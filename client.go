@@ -310,15 +310,26 @@ func (c *Client) dropLease(l *lease) {
 // promptly), then by the janitor for as long as the lease lives (the
 // lease's deletion covers it after that).
 func (c *Client) abandon(l *lease, name string, id int64) {
-	if !l.live() {
-		return // the lease's deletion covers it
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.withdrawBound())
-	err := c.withdraw(ctx, l, name, id)
-	cancel()
-	if err != nil {
+	c.withdrawNow(l, func(ctx context.Context) error { return c.withdraw(ctx, l, name, id) }, func(err error) {
 		c.logger.Debug("sqldlm: withdrawing a request failed, retrying in the background", "lock_name", name, "error", err)
 		c.janitor.abandon(l, name, id)
+	})
+}
+
+// withdrawNow runs withdraw, bounded by withdrawBound, before the operation
+// whose outcome is unknown returns, so that the caller trying again at once
+// does not meet its own abandoned request; if it fails, later hands it to
+// the janitor. A lease that has ended needs nothing: its deletion covers
+// every request of it.
+func (c *Client) withdrawNow(l *lease, withdraw func(context.Context) error, later func(error)) {
+	if !l.live() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.withdrawBound())
+	err := withdraw(ctx)
+	cancel()
+	if err != nil {
+		later(err)
 	}
 }
 

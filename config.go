@@ -28,6 +28,9 @@ const (
 	// AuditRetentionDefault is how long audit rows are kept when
 	// Config.AuditRetention is zero.
 	AuditRetentionDefault = 7 * 24 * time.Hour
+	// WatchIntervalDefault is how often watchers and leader observers read
+	// the database when Config.WatchInterval is zero.
+	WatchIntervalDefault = time.Second
 	// ReapDisabled as Config.ReapInterval turns the client's reaper off.
 	ReapDisabled time.Duration = -1
 )
@@ -94,6 +97,14 @@ type Config struct {
 	// client never closes it.
 	HeartbeatDB *sql.DB
 
+	// WatchInterval is how often [Client.ObserveLeader] and [Client.Watch]
+	// read the database when nothing woke them earlier (a release in this
+	// process, a notification on PostgreSQL): the longest a change, or the
+	// expiry of a crashed member or leader, goes unreported. A semaphore's
+	// first waiter reads its permits at least this often, and at least
+	// every 200ms. At least 10ms; defaults to WatchIntervalDefault (1s).
+	WatchInterval time.Duration
+
 	// Hooks receives the client's events for metrics (see package
 	// sqldlmprom). Defaults to none.
 	Hooks Hooks
@@ -124,6 +135,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && c.AuditRetention < time.Second) {
 		return c, fmt.Errorf("sqldlm: Config.AuditRetention %s: use at least 1s, or 0 for the default %s", c.AuditRetention, AuditRetentionDefault)
 	}
+	if c.WatchInterval < 0 || (c.WatchInterval > 0 && c.WatchInterval < 10*time.Millisecond) {
+		return c, fmt.Errorf("sqldlm: Config.WatchInterval %s: use at least 10ms, or 0 for the default %s", c.WatchInterval, WatchIntervalDefault)
+	}
+	c.WatchInterval = cmp.Or(c.WatchInterval, WatchIntervalDefault)
 	c.AuditRetention = cmp.Or(c.AuditRetention, AuditRetentionDefault)
 	c.TTL = cmp.Or(c.TTL, TTLDefault)
 	c.ReapInterval = cmp.Or(c.ReapInterval, c.TTL)

@@ -62,6 +62,13 @@ var (
 	// not valid UTF-8 or containing a NUL byte.
 	ErrInvalidPayload = errors.New("sqldlm: invalid payload")
 
+	// ErrLimitMismatch is returned by [Semaphore.Acquire] and
+	// [Semaphore.TryAcquire] when permits of the semaphore are held with
+	// another limit: every client must use the same limit for a name. The
+	// new limit is accepted once no permit of the old one is held by a live
+	// lease.
+	ErrLimitMismatch = errors.New("sqldlm: semaphore limit differs from the limit in force")
+
 	// ErrInvalidOwner is returned by [New] for a Config.Owner longer than
 	// 255 bytes, not valid UTF-8 or containing a NUL byte.
 	ErrInvalidOwner = errors.New("sqldlm: invalid owner")

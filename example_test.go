@@ -223,3 +223,40 @@ func ExampleClient_TryLockTx() {
 	fmt.Println(locks[0].Name, locks[0].Holders[0].Owner, locks[0].Holders[0].Payload)
 	// Output: job/17 api-1 created
 }
+
+// A semaphore lets at most 2 clients drive BMCs at once; a third is
+// refused by TryAcquire (Acquire would wait its turn).
+func ExampleSemaphore() {
+	db, cleanup := openExampleDB()
+	defer cleanup()
+	ctx := context.Background()
+	c, err := sqldlm.New(db, sqldlm.Config{Owner: "conductor-3"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	s := c.Semaphore("ipmi-slots", 2)
+	p1, err := s.Acquire(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	p2, err := s.Acquire(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("permits on slots", p1.Slot(), p2.Slot())
+	_, err = s.TryAcquire(ctx)
+	var locked *sqldlm.LockedError
+	if errors.As(err, &locked) {
+		fmt.Println("full: a permit is held by", locked.Owner)
+	}
+	_, err = c.Semaphore("ipmi-slots", 4).TryAcquire(ctx)
+	fmt.Println("another limit:", errors.Is(err, sqldlm.ErrLimitMismatch))
+	p1.Release(ctx)
+	p2.Release(ctx)
+	// Output:
+	// permits on slots 0 1
+	// full: a permit is held by conductor-3
+	// another limit: true
+}

@@ -34,6 +34,15 @@ type Hooks interface {
 	// ReaperPass: the client's reaper deleted dead leases, their holds and
 	// waiters, and idle lock rows.
 	ReaperPass(leases, holds, waiters, idleLocks int)
+	// MemberJoined: the client joined group.
+	MemberJoined(group string)
+	// MemberLeft: a membership of group ended, with err ErrLeft (Leave),
+	// ErrLost (the lease was lost) or ErrClosed (Client.Close).
+	MemberLeft(group string, err error)
+	// Elected: the client was elected leader of election (Campaign, Lead)
+	// with term. The leadership's end is reported as the release or loss
+	// of its lock (ElectionPrefix + election).
+	Elected(election string, term int64)
 }
 
 // NopHooks implements Hooks by doing nothing.
@@ -48,5 +57,8 @@ func (NopHooks) LockLost(string, Mode, time.Duration)             {}
 func (NopHooks) LeaseRenewed(time.Duration)                       {}
 func (NopHooks) LeaseLost(int)                                    {}
 func (NopHooks) ReaperPass(int, int, int, int)                    {}
+func (NopHooks) MemberJoined(string)                              {}
+func (NopHooks) MemberLeft(string, error)                         {}
+func (NopHooks) Elected(string, int64)                            {}
 
 var _ Hooks = NopHooks{}

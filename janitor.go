@@ -85,6 +85,19 @@ func (j *janitor) abandon(l *lease, name string, requestID int64) {
 	})
 }
 
+// leave deletes a membership (and withdraws its request) while its lease
+// lives: once the lease has ended, the membership is gone with it.
+func (j *janitor) leave(l *lease, ref dialect.MemberRef) {
+	j.add(&task{
+		what: "leave group",
+		run: func(ctx context.Context) error {
+			_, err := j.c.dialect.Leave(ctx, j.c.db, &ref)
+			return err
+		},
+		until: l.live,
+	})
+}
+
 // abandonUpgrade cleans up after an upgrade whose outcome stayed unknown
 // because its withdrawal failed (the handle has already been ended with
 // ErrLost): it withdraws the upgrade request, deleting the exclusive hold

@@ -14,17 +14,34 @@ import (
 //     them of every lease of its as it ends, and lets them read the lease a
 //     handle belongs to.
 //   - Per build: the sqldlm_mutant build tag (mutant.go, nomutant.go) breaks
-//     two safety mechanisms on purpose, for the randomized fault test's
-//     self-check. Its constants are read only here.
+//     safety mechanisms on purpose, for the randomized fault test's
+//     self-check. Its switches are read only here.
 
-// knobsOf returns the knobs hooks carries, with LeaseOf filled in, or nil.
+// knobsOf returns the knobs hooks carries, with LeaseOf and LockOf filled
+// in, or nil.
 func knobsOf(hooks Hooks) *testknobs.Knobs {
 	carrier, ok := hooks.(testknobs.Carrier)
 	if !ok {
 		return nil
 	}
 	k := carrier.Knobs()
-	k.LeaseOf = func(lk any) int64 { return lk.(*Lock).lease.id }
+	k.LeaseOf = func(h any) int64 {
+		switch h := h.(type) {
+		case *Leadership:
+			return h.l.lease.id
+		case *Permit:
+			return h.l.lease.id
+		case *Membership:
+			return h.l.id
+		}
+		return h.(*Lock).lease.id
+	}
+	k.LockOf = func(h any) any {
+		if ld, ok := h.(*Leadership); ok {
+			return ld.l
+		}
+		return h.(*Permit).l
+	}
 	return k
 }
 
@@ -49,4 +66,24 @@ func mutantMargin(margin time.Duration) time.Duration {
 		return -time.Second
 	}
 	return margin
+}
+
+// electionMode returns the mode Campaign takes an election's lock in:
+// Exclusive, except in builds with the sqldlm_mutant tag and its
+// election-shared bug.
+func electionMode() Mode {
+	if mutantElectionShared {
+		return Shared
+	}
+	return Exclusive
+}
+
+// semaphoreSlots returns how many slots a semaphore of limit picks among:
+// limit, except in builds with the sqldlm_mutant tag and its
+// semaphore-extra-slot bug (limit + 1).
+func semaphoreSlots(limit int) int {
+	if mutantSemaphoreExtraSlot {
+		return limit + 1
+	}
+	return limit
 }

@@ -29,6 +29,7 @@ type lease struct {
 	mu       sync.Mutex
 	deadline time.Time // local monotonic trust deadline
 	locks    map[*Lock]struct{}
+	members  map[*Membership]struct{}
 	err      error // why the lease ended: ErrLost or ErrClosed; nil while live
 	ended    chan struct{}
 	expiry   *time.Timer // fires at deadline
@@ -51,11 +52,12 @@ func transientLeaseError(err error) bool {
 // starts it (start) once it is the client's lease.
 func (c *Client) newLease(ctx context.Context) (*lease, error) {
 	l := &lease{
-		c:     c,
-		id:    rand.Int64(),
-		locks: map[*Lock]struct{}{},
-		ended: make(chan struct{}),
-		kick:  make(chan struct{}, 1),
+		c:       c,
+		id:      rand.Int64(),
+		locks:   map[*Lock]struct{}{},
+		members: map[*Membership]struct{}{},
+		ended:   make(chan struct{}),
+		kick:    make(chan struct{}, 1),
 	}
 	// A serialization failure or deadlock (an application's
 	// default_transaction_isolation of SERIALIZABLE makes them possible)
@@ -89,6 +91,20 @@ func (l *lease) start() {
 	l.mu.Unlock()
 	l.c.logger.Debug("sqldlm: lease created", "lease_id", l.id)
 	l.c.goLocked(l.heartbeat)
+}
+
+// endIfOverdue ends the lease (as its expiry timer would) if it has not
+// ended but its local deadline has passed: the timer has not run yet (the
+// process was paused, or the timer's goroutine is late). It reports
+// whether it did.
+func (l *lease) endIfOverdue() bool {
+	l.mu.Lock()
+	overdue := l.err == nil && !time.Now().Before(l.deadline)
+	l.mu.Unlock()
+	if overdue {
+		l.checkDeadline()
+	}
+	return overdue
 }
 
 // checkDeadline runs when the local deadline may have passed.
@@ -126,11 +142,32 @@ func (l *lease) extend(sent time.Time) bool {
 func (l *lease) add(lk *Lock) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err != nil || !time.Now().Before(l.deadline) {
+	if !l.trustedLocked() {
 		return false
 	}
 	l.locks[lk] = struct{}{}
 	return true
+}
+
+// addMember attaches a membership to the lease, as add does a lock.
+func (l *lease) addMember(m *Membership) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.trustedLocked() {
+		return false
+	}
+	l.members[m] = struct{}{}
+	return true
+}
+
+// trustedLocked reports whether the lease has not ended and its deadline
+// has not passed; the caller holds l.mu.
+func (l *lease) trustedLocked() bool { return l.err == nil && time.Now().Before(l.deadline) }
+
+func (l *lease) removeMember(m *Membership) {
+	l.mu.Lock()
+	delete(l.members, m)
+	l.mu.Unlock()
 }
 
 func (l *lease) remove(lk *Lock) {
@@ -172,6 +209,11 @@ func (l *lease) end(err error, why string) {
 		locks = append(locks, lk)
 	}
 	clear(l.locks)
+	members := make([]*Membership, 0, len(l.members))
+	for m := range l.members {
+		members = append(members, m)
+	}
+	clear(l.members)
 	close(l.ended)
 	l.mu.Unlock()
 
@@ -188,6 +230,17 @@ func (l *lease) end(err error, why string) {
 			lost = append(lost, lk)
 		}
 	}
+	var ended []*Membership
+	for _, m := range members {
+		if m.finish(err) { // ErrLost or ErrClosed
+			ended = append(ended, m)
+		}
+	}
+	defer func() {
+		for _, m := range ended {
+			l.c.hooks.MemberLeft(m.ref.Group, err)
+		}
+	}()
 	l.c.leaseEnded(l.id, deadline, err)
 	if err == ErrLost {
 		l.c.logger.Info("sqldlm: lease lost", "lease_id", l.id, "locks", len(locks), "reason", why)

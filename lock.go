@@ -110,11 +110,19 @@ func (l *Lock) Token() int64 {
 func (l *Lock) Done() <-chan struct{} { return l.done }
 
 // Err returns nil while the lock is held, ErrLost once it was lost and
-// ErrReleased once it was released.
+// ErrReleased once it was released. It checks the lease's trust deadline
+// itself: right after the process resumes from a pause past the deadline,
+// Err reports ErrLost even before the expiry timer has closed Done.
 func (l *Lock) Err() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
+	err := l.err
+	l.mu.Unlock()
+	if err == nil && l.lease != nil && l.lease.endIfOverdue() {
+		l.mu.Lock()
+		err = l.err
+		l.mu.Unlock()
+	}
+	return err
 }
 
 // finish ends the lock with err (ErrLost or ErrReleased) once.

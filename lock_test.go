@@ -182,7 +182,9 @@ func TestLockTimeoutReportsHolder(t *testing.T) {
 		c := b.client(t, Config{Owner: "conductor-2"})
 		l, err := a.Lock(ctx, "node/43", Shared)
 		require.NoError(t, err)
-		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		// Long enough for the first attempt to come back, whose answer
+		// names the holder, even on a loaded machine (200ms was not, once).
+		wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 		defer cancel()
 		_, err = c.Lock(wctx, "node/43", Exclusive)
 		require.ErrorIs(t, err, context.DeadlineExceeded)

@@ -10,6 +10,9 @@ import "sync"
 type waiters struct {
 	mu     sync.Mutex
 	byName map[string][]*waiter // per name, in order of registration
+	// observers of a name (ObserveLeader, a semaphore's head) are pinged by every wake-up of
+	// the name but never take one from a waiter.
+	observers map[string]map[chan struct{}]struct{}
 }
 
 // waiter is one request waiting for a name.
@@ -29,7 +32,44 @@ type wakeup struct {
 // under an earlier lease of the same request is void with that lease.)
 func (v wakeup) grants(l *lease) bool { return v.token != 0 && v.lease == l.id }
 
-func newWaiters() *waiters { return &waiters{byName: map[string][]*waiter{}} }
+func newWaiters() *waiters {
+	return &waiters{byName: map[string][]*waiter{}, observers: map[string]map[chan struct{}]struct{}{}}
+}
+
+// observe returns a channel that receives a value whenever a waiter of
+// one of names is woken (a release, a notification), and a function to
+// stop.
+func (w *waiters) observe(names ...string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	w.mu.Lock()
+	for _, name := range names {
+		if w.observers[name] == nil {
+			w.observers[name] = map[chan struct{}]struct{}{}
+		}
+		w.observers[name][ch] = struct{}{}
+	}
+	w.mu.Unlock()
+	return ch, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, name := range names {
+			delete(w.observers[name], ch)
+			if len(w.observers[name]) == 0 {
+				delete(w.observers, name)
+			}
+		}
+	}
+}
+
+// ping wakes name's observers; the caller holds w.mu.
+func (w *waiters) ping(name string) {
+	for ch := range w.observers[name] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // register returns a channel that receives a value when request id may be
 // granted name, and a function to stop listening.
@@ -81,6 +121,7 @@ func (x *waiter) wake(v wakeup) {
 func (w *waiters) wake(name string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.ping(name)
 	for _, x := range w.byName[name] {
 		x.wake(wakeup{})
 	}
@@ -92,6 +133,7 @@ func (w *waiters) wake(name string) {
 func (w *waiters) wakeHead(name string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.ping(name)
 	if list := w.byName[name]; len(list) > 0 {
 		list[0].wake(wakeup{})
 	}
@@ -102,6 +144,7 @@ func (w *waiters) wakeHead(name string) {
 func (w *waiters) wakeRequest(name string, id int64, v wakeup) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.ping(name)
 	for _, x := range w.byName[name] {
 		if x.id == id {
 			x.wake(v)
@@ -113,6 +156,9 @@ func (w *waiters) wakeRequest(name string, id int64, v wakeup) {
 func (w *waiters) wakeAll() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for name := range w.observers {
+		w.ping(name)
+	}
 	for _, list := range w.byName {
 		for _, x := range list {
 			x.wake(wakeup{})

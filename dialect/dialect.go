@@ -53,6 +53,7 @@ type Dialect interface {
 	Locker
 	Inspector
 	Auditor
+	Grouper
 }
 
 // PoolMigrationLocker is a [Dialect] whose migration lock is better kept

@@ -177,7 +177,18 @@ const (
 	AuditTakeover  AuditEvent = "takeover"
 	AuditExpire    AuditEvent = "expire"
 	AuditBreak     AuditEvent = "break"
+	// Group membership (see Grouper), named MemberAuditName(group, id),
+	// with the incarnation as the token, mode X and the meta as payload:
+	// a join; a leave; a meta update; and AuditExpire with detail "member"
+	// for a member a sweep found dead.
+	AuditJoin   AuditEvent = "join"
+	AuditLeave  AuditEvent = "leave"
+	AuditUpdate AuditEvent = "update"
 )
+
+// MemberAuditName is the name under which the audit log records the
+// membership of id in group: "sqldlm:group:<group>:<id>".
+func MemberAuditName(group, id string) string { return "sqldlm:group:" + group + ":" + id }
 
 // AuditSettings is the schema-wide audit setting (one row of
 // sqldlm_settings; the migration creates it disabled, retention 7 days).

@@ -27,7 +27,8 @@ const (
 	childTTLEnv   = "SQLDLM_TEST_CHILD_TTL"
 	childRoundEnv = "SQLDLM_TEST_CHILD_ROUNDS"
 	childOwnerEnv = "SQLDLM_TEST_CHILD_OWNER"
-	childModeEnv  = "SQLDLM_TEST_CHILD_MODE" // "shared" for a shared holder
+	childModeEnv  = "SQLDLM_TEST_CHILD_MODE"  // "shared" for a shared holder
+	childLimitEnv = "SQLDLM_TEST_CHILD_LIMIT" // the permit role's semaphore limit
 	// childPayload is the payload the holder role sets on its lock.
 	childPayload = "resize volume-1, step 2 of 3"
 )
@@ -59,6 +60,11 @@ func childMain(role string) int {
 	case "contend":
 		rounds, _ := strconv.Atoi(os.Getenv(childRoundEnv))
 		return contend(ctx, c, db, kind, rounds)
+	case "member":
+		return member(ctx, c, name)
+	case "permit":
+		limit, _ := strconv.Atoi(os.Getenv(childLimitEnv))
+		return permit(ctx, c, name, limit)
 	}
 	fmt.Println("error unknown role", role)
 	return 2
@@ -126,6 +132,51 @@ func holder(ctx context.Context, c *sqldlm.Client, db *sql.DB, kind, name string
 		case "exit":
 			_ = l.Release(ctx)
 			return 0
+		}
+	}
+	return 0
+}
+
+// member joins the group name as its owner, says "joined INCARNATION", and
+// stays until stdin ends ("status" answers "member" or "out ERR").
+func member(ctx context.Context, c *sqldlm.Client, group string) int {
+	m, err := c.Join(ctx, group, os.Getenv(childOwnerEnv))
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("joined", m.Incarnation())
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if strings.TrimSpace(in.Text()) == "status" {
+			if err := m.Err(); err != nil {
+				fmt.Println("out", err)
+			} else {
+				fmt.Println("member")
+			}
+		}
+	}
+	return 0
+}
+
+// permit acquires a permit of the semaphore name with limit, says "permit
+// TOKEN SLOT", and keeps it until stdin ends ("status" answers "held" or
+// "lost ERR").
+func permit(ctx context.Context, c *sqldlm.Client, name string, limit int) int {
+	p, err := c.Semaphore(name, limit).Acquire(ctx)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("permit", p.Token(), p.Slot())
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if strings.TrimSpace(in.Text()) == "status" {
+			if err := p.Err(); err != nil {
+				fmt.Println("lost", err)
+			} else {
+				fmt.Println("held")
+			}
 		}
 	}
 	return 0

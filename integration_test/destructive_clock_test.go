@@ -211,7 +211,8 @@ func clockBackward(t *testing.T, kind string, inst *dbinstance.Instance, db *tes
 	require.NoError(t, err)
 	child := startChild(t, db, "holder", "k/dead", "dead", ttl, 0)
 	child.expect("granted", 30*time.Second)
-	other := instClient(t, db, sqldlm.Config{Owner: "other"})
+	losses := newHookRecorder()
+	other := instClient(t, db, sqldlm.Config{Owner: "other", Hooks: losses})
 	// A round trip now, so that other's lease exists before the jump.
 	_, err = other.TryLock(ctx, "k/dead", sqldlm.Exclusive)
 	require.ErrorIs(t, err, sqldlm.ErrLocked)
@@ -252,6 +253,7 @@ func clockBackward(t *testing.T, kind string, inst *dbinstance.Instance, db *tes
 
 	// Heal: the dead holder's lease now expires by the server's clock, and
 	// the name is granted within the TTL plus slack.
+	lostBefore := losses.lossCount()
 	require.NoError(t, inst.SetClockOffset(0))
 	healedAt := time.Now()
 	var got *sqldlm.Lock
@@ -266,9 +268,21 @@ func clockBackward(t *testing.T, kind string, inst *dbinstance.Instance, db *tes
 		}
 	}
 	require.NotNil(t, got, "k/dead granted within TTL + slack of the heal")
+	// The takeover of the dead holder's lock is reported, unless other's
+	// own lease was lost in the heal: a grant made under it (which took
+	// the name over) goes with it, and the Lock, failing or asking again
+	// under a new lease, finds the name free, or takes it over from
+	// other's old lease if that expired before its deletion (seen twice in
+	// clean-clone runs, once with the Lock failing, once with it asking
+	// again itself).
 	tk := got.Takeover()
-	require.NotNil(t, tk)
-	require.Equal(t, "dead", tk.Owner)
+	switch lost := losses.lossCount() - lostBefore; {
+	case lost == 0:
+		require.NotNil(t, tk, "the takeover of the dead holder's lock is reported")
+		require.Equal(t, "dead", tk.Owner)
+	case tk != nil:
+		require.Contains(t, []string{"dead", "other"}, tk.Owner, "taken over after other lost %d leases in the heal", lost)
+	}
 	require.NoError(t, got.Release(ctx))
 	t.Logf("%s: backward jump of 1h: %d fenced writes by the live holder, no grant for %s; after the heal, the dead holder's name granted in %s",
 		kind, writes, fmt.Sprint(3*ttl), time.Since(healedAt).Round(time.Millisecond))

@@ -97,7 +97,11 @@ func TestDestructiveServerPause(t *testing.T) {
 			for _, h := range locks {
 				stall := resumedAt.Sub(recs[h.client].lastBefore(pausedAt))
 				if err := h.lock.Err(); err != nil {
-					require.GreaterOrEqual(t, stall, window-200*time.Millisecond,
+					// 500ms: the stall is measured from the renewal's answer,
+					// the trust window from its sending, and the renewal in
+					// flight at the resume answers only after it (under the
+					// suite's load, 300ms and more between the two).
+					require.GreaterOrEqual(t, stall, window-500*time.Millisecond,
 						"%s of holder %d lost (%v) over a stall of %s, shorter than its trust window %s", h.lock.Name(), h.client, err, stall, window)
 					t.Logf("%s: (a) %s of holder %d lost over a stall of %s (its renewal phase; allowed)", kind, h.lock.Name(), h.client, stall)
 					continue

@@ -38,7 +38,7 @@ func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
 // for about evs.suspect_timeout + 1 s, and with a TTL under about twice that
 // every lease in the cluster was lost. New warns, once, through the
 // client's logger; a long enough TTL gets no warning.
-func TestNewWarnsOfTTLShorterThanGaleraStall(t *testing.T) {
+func TestGaleraNewWarnsOfTTLShorterThanStall(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,57 @@ const (
 	jepsenReleaseLimit = time.Second
 )
 
+// The workload's election and semaphore (issue 16): instead of a lock, a
+// worker's turn campaigns in the election with one share, or takes a
+// permit of the semaphore with the other (jepsenMix), and fences 1-3
+// transactions with it as with a lock. Each such transaction adds one to
+// the group's coord_cells row and journals itself in coord_journal, which
+// jepsen.CheckElections and CheckSemaphores judge.
+const (
+	jepsenElection       = "leader"
+	jepsenSemaphore      = "slots"
+	jepsenSemaphoreLimit = 2
+)
+
+// jepsenMixEnv sets the shares of the workers' turns that campaign and
+// that take a permit, "campaign,permit" (default 0.1,0.1).
+const jepsenMixEnv = "SQLDLM_JEPSEN_MIX"
+
+// jepsenMix returns the shares SQLDLM_JEPSEN_MIX sets.
+func jepsenMix() (campaign, permit float64, err error) {
+	v := os.Getenv(jepsenMixEnv)
+	if v == "" {
+		return 0.1, 0.1, nil
+	}
+	a, b, _ := strings.Cut(v, ",")
+	campaign, err1 := strconv.ParseFloat(a, 64)
+	permit, err2 := strconv.ParseFloat(b, 64)
+	if err1 != nil || err2 != nil || campaign < 0 || permit < 0 || campaign+permit > 1 {
+		return 0, 0, fmt.Errorf("%s=%q: want two shares adding up to at most 1, campaign,permit", jepsenMixEnv, v)
+	}
+	return campaign, permit, nil
+}
+
+// openRetrying opens rawDSN, asking again for up to timeout: a process
+// may start during a fault that ends its first connections (a promotion
+// resets every connection of the proxies; under load a child can take
+// longer to start than the nemesis waits).
+func openRetrying(ctx context.Context, rawDSN string, timeout time.Duration) (*sql.DB, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		db, _, err := dsn.Open(ctx, rawDSN)
+		if err == nil {
+			return db, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 func jepsenName(i int) string { return "cell-" + strconv.Itoa(i) }
 
 // The jepsen-client role is dispatched here, before TestMain (which this
@@ -68,6 +120,11 @@ func jepsenChild() int {
 		}
 	}
 	kind := os.Getenv(childKindEnv)
+	campaignShare, permitShare, err := jepsenMix()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen child:", err)
+		return 1
+	}
 	f, err := os.OpenFile(os.Getenv(jepsenHistEnv), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen child:", err)
@@ -89,9 +146,7 @@ func jepsenChild() int {
 	var clients []*sqldlm.Client
 	counts := &opCounts{n: map[string]int{}}
 	for ci := range jepsenClients {
-		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		db, _, err := dsn.Open(octx, os.Getenv(childDSNEnv))
-		cancel()
+		db, err := openRetrying(ctx, os.Getenv(childDSNEnv), 30*time.Second)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "jepsen child:", err)
 			return 1
@@ -109,6 +164,7 @@ func jepsenChild() int {
 			w := &jepsenWorker{
 				proc: proc, w: ci*jepsenWorkers + wi, kind: kind, ttl: ttl, c: c, knobs: knobs, db: db, rec: rec, ids: &opID, until: until,
 				rng: rand.New(rand.NewPCG(seed, uint64(ci*jepsenWorkers+wi))), counts: counts,
+				campaignShare: campaignShare, permitShare: permitShare,
 			}
 			w.zipf = rand.NewZipf(w.rng, 1.2, 1, jepsenNames-1)
 			wg.Add(1)
@@ -147,6 +203,8 @@ type jepsenWorker struct {
 	rng     *rand.Rand
 	zipf    *rand.Zipf
 	counts  *opCounts
+	// The shares of turns that campaign and that take a permit (jepsenMix).
+	campaignShare, permitShare float64
 }
 
 // opCounts counts the operations a process ran, by kind (written to its
@@ -177,18 +235,39 @@ func (w *jepsenWorker) event(t, f string, l *sqldlm.Lock, id int64) jepsen.Event
 
 func (w *jepsenWorker) run(ctx context.Context) {
 	for jepsen.Mono() < w.until {
-		name := jepsenName(int(w.zipf.Uint64()))
-		mode := sqldlm.Exclusive
-		if w.rng.Float64() < 0.3 {
-			mode = sqldlm.Shared
+		var h *coordHold
+		switch x := w.rng.Float64(); {
+		case x < w.campaignShare:
+			h = w.campaign(ctx)
+		case x < w.campaignShare+w.permitShare:
+			h = w.takePermit(ctx)
+		default:
+			if w.lockTurn(ctx) {
+				continue
+			}
 		}
-		l := w.acquire(ctx, name, mode)
-		if l == nil {
+		if h == nil {
 			time.Sleep(w.between(0, 0.1)) // think time: the workload, not synchronisation
 			continue
 		}
-		w.criticalSection(ctx, l)
+		w.coordSection(ctx, h)
 	}
+}
+
+// lockTurn takes a lock and runs a critical section under it. It returns
+// false if it got no lock.
+func (w *jepsenWorker) lockTurn(ctx context.Context) bool {
+	name := jepsenName(int(w.zipf.Uint64()))
+	mode := sqldlm.Exclusive
+	if w.rng.Float64() < 0.3 {
+		mode = sqldlm.Shared
+	}
+	l := w.acquire(ctx, name, mode)
+	if l == nil {
+		return false
+	}
+	w.criticalSection(ctx, l)
+	return true
 }
 
 // acquire runs Lock (with a timeout of U(0.1, 2) x TTL) or, 20% of the
@@ -247,18 +326,21 @@ func (w *jepsenWorker) acquire(ctx context.Context, name string, mode sqldlm.Mod
 		e.TookLease, e.TookToken = tk.LeaseID, tk.Token
 	}
 	w.rec.Record(e)
-	w.watchLost(l, e.Lease)
+	w.watchLost(l.Done(), l.Err, func() jepsen.Event {
+		ev := w.event(jepsen.Lost, "", l, 0) // its token and mode as it was lost
+		ev.Lease = e.Lease
+		return ev
+	})
 	return l
 }
 
-// watchLost records the loss of l when its Done channel closes with ErrLost.
-func (w *jepsenWorker) watchLost(l *sqldlm.Lock, lease int64) {
+// watchLost records the Lost event lost returns when done closes with
+// ErrLost: a lock's, a leadership's or a permit's.
+func (w *jepsenWorker) watchLost(done <-chan struct{}, errOf func() error, lost func() jepsen.Event) {
 	go func() {
-		<-l.Done()
-		if errors.Is(l.Err(), sqldlm.ErrLost) {
-			ev := w.event(jepsen.Lost, "", l, 0)
-			ev.Lease = lease
-			w.rec.Record(ev)
+		<-done
+		if errors.Is(errOf(), sqldlm.ErrLost) {
+			w.rec.Record(lost())
 		}
 	}()
 }
@@ -298,24 +380,37 @@ func (w *jepsenWorker) criticalSection(ctx context.Context, l *sqldlm.Lock) {
 		}
 		w.fencedTx(ctx, l, lease, cs, seq)
 		if seq < k {
-			d := w.between(0, 0.6)
-			if w.rng.Float64() < 0.05 {
-				d = w.between(1, 2)
-			}
-			time.Sleep(d) // the workload's pause inside a critical section
+			w.pause()
 		}
 	}
 	if l.Mode() == sqldlm.Exclusive && w.rng.Float64() < 0.15 {
 		w.counts.Add("downgrade")
-		w.simple(ctx, l, lease, jepsen.Downgrade, l.Downgrade)
+		w.simple(ctx, w.lockInvoke(jepsen.Downgrade, l, lease), l.Downgrade)
 	}
 	if w.rng.Float64() < 0.2 {
 		w.counts.Add("releasetx")
-		w.simple(ctx, l, lease, jepsen.Release, func(ctx context.Context) error { return w.releaseTx(ctx, l) })
+		w.simple(ctx, w.lockInvoke(jepsen.Release, l, lease), func(ctx context.Context) error { return w.releaseTx(ctx, l) })
 		return
 	}
 	w.counts.Add("release")
-	w.simple(ctx, l, lease, jepsen.Release, l.Release)
+	w.simple(ctx, w.lockInvoke(jepsen.Release, l, lease), l.Release)
+}
+
+// lockInvoke returns the invoke of operation f on l (its id not yet set).
+func (w *jepsenWorker) lockInvoke(f string, l *sqldlm.Lock, lease int64) jepsen.Event {
+	e := w.event(jepsen.Invoke, f, l, 0)
+	e.Lease = lease
+	return e
+}
+
+// pause sleeps between two fenced transactions of a critical section: up
+// to 0.6 x TTL, sometimes longer than the TTL.
+func (w *jepsenWorker) pause() {
+	d := w.between(0, 0.6)
+	if w.rng.Float64() < 0.05 {
+		d = w.between(1, 2)
+	}
+	time.Sleep(d) // the workload's pause inside a critical section
 }
 
 // releaseTx releases l with ReleaseTx in a transaction that commits, then
@@ -359,11 +454,12 @@ func (w *jepsenWorker) upgrade(ctx context.Context, l *sqldlm.Lock, lease int64)
 	}
 }
 
-// simple records a Downgrade or Release.
-func (w *jepsenWorker) simple(ctx context.Context, l *sqldlm.Lock, lease int64, f string, call func(context.Context) error) {
+// simple runs and records a Downgrade or Release (of a lock, or of a
+// leadership or permit), whose invoke is inv.
+func (w *jepsenWorker) simple(ctx context.Context, inv jepsen.Event, call func(context.Context) error) {
 	id := w.ids.Add(1)
-	inv := w.event(jepsen.Invoke, f, l, id)
-	inv.Lease = lease
+	inv.Op = id
+	f := inv.F
 	w.rec.Record(inv)
 	cctx, cancel := context.WithTimeout(ctx, jepsenReleaseLimit)
 	err := call(cctx)
@@ -378,15 +474,37 @@ func (w *jepsenWorker) simple(ctx context.Context, l *sqldlm.Lock, lease int64, 
 	}
 }
 
-// fencedTx is one fenced transaction: an exclusive holder reads the
-// name's cell and writes counter+1 and its token; every holder appends a
-// journal row. It is recorded as one Fence operation, from Fence to COMMIT:
-// an error before COMMIT rolled it back (Fail), an error from COMMIT leaves
-// it unknown (Info).
+// fencedTx is one fenced transaction under l: an exclusive holder reads
+// the name's cell and writes counter+1 and its token; every holder appends
+// a journal row.
 func (w *jepsenWorker) fencedTx(ctx context.Context, l *sqldlm.Lock, lease int64, cs int64, seq int) {
+	inv := w.lockInvoke(jepsen.Fence, l, lease)
+	inv.CS, inv.Seq = cs, seq
+	w.fenced(ctx, inv, l.Fence, func(ctx context.Context, tx *sql.Tx) error {
+		token, mode := l.Token(), l.Mode()
+		var counter int64
+		if err := tx.QueryRowContext(ctx, q(w.kind, `SELECT counter FROM cells WHERE name = ?`), l.Name()).Scan(&counter); err != nil {
+			return err
+		}
+		if mode == sqldlm.Exclusive {
+			counter++
+			if _, err := tx.ExecContext(ctx, q(w.kind, `UPDATE cells SET counter = ?, last_token = ? WHERE name = ?`), counter, token, l.Name()); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, q(w.kind, `INSERT INTO journal (op_id, seq, name, token, lease_id, client, counter, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+			cs, seq, l.Name(), token, lease, fmt.Sprintf("p%d.w%d", w.proc, w.w), counter, mode.String())
+		return err
+	})
+}
+
+// fenced runs one fenced transaction, whose invoke is inv: fence, then
+// write. It is recorded as one Fence operation, from Fence to COMMIT: an
+// error before COMMIT rolled it back (Fail), an error from COMMIT leaves it
+// unknown (Info).
+func (w *jepsenWorker) fenced(ctx context.Context, inv jepsen.Event, fence, write func(context.Context, *sql.Tx) error) {
 	id := w.ids.Add(1)
-	inv := w.event(jepsen.Invoke, jepsen.Fence, l, id)
-	inv.Lease, inv.CS, inv.Seq = lease, cs, seq
+	inv.Op = id
 	w.rec.Record(inv)
 	fail := func(err error) {
 		w.rec.Record(jepsen.Event{P: w.proc, W: w.w, Op: id, T: jepsen.Fail, F: jepsen.Fence, Err: err.Error()})
@@ -415,25 +533,11 @@ func (w *jepsenWorker) fencedTx(ctx context.Context, l *sqldlm.Lock, lease int64
 			time.Sleep(w.between(0.3, 0.8)) // the snapshot ages past a renewal: the workload, not synchronisation
 		}
 	}
-	if err := l.Fence(tctx, tx); err != nil {
+	if err := fence(tctx, tx); err != nil {
 		fail(err)
 		return
 	}
-	token, mode := l.Token(), l.Mode()
-	var counter int64
-	if err := tx.QueryRowContext(tctx, q(w.kind, `SELECT counter FROM cells WHERE name = ?`), l.Name()).Scan(&counter); err != nil {
-		fail(err)
-		return
-	}
-	if mode == sqldlm.Exclusive {
-		counter++
-		if _, err := tx.ExecContext(tctx, q(w.kind, `UPDATE cells SET counter = ?, last_token = ? WHERE name = ?`), counter, token, l.Name()); err != nil {
-			fail(err)
-			return
-		}
-	}
-	if _, err := tx.ExecContext(tctx, q(w.kind, `INSERT INTO journal (op_id, seq, name, token, lease_id, client, counter, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		cs, seq, l.Name(), token, lease, fmt.Sprintf("p%d.w%d", w.proc, w.w), counter, mode.String()); err != nil {
+	if err := write(tctx, tx); err != nil {
 		fail(err)
 		return
 	}

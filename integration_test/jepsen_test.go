@@ -41,11 +41,15 @@ import (
 //
 // Environment:
 //
-//	SQLDLM_JEPSEN_TIME    how long the workload runs per dialect (default 60s)
+//	SQLDLM_JEPSEN_TIME    how long the workload runs per dialect (default 45s: the suite's
+//	                      time; nightly or before a release, run 10m)
 //	SQLDLM_JEPSEN_SEED    replay a run (the seed is printed)
 //	SQLDLM_JEPSEN_FAULTS  comma-separated fault kinds (default all; see jepsenFaults)
 //	SQLDLM_JEPSEN_HOLD    how long a fault lasts, "lo,hi" in TTLs (default 0.2,3)
 //	SQLDLM_JEPSEN_GAP     the time between faults, "lo,hi" in seconds (default 1,3)
+//	SQLDLM_JEPSEN_MIX     the shares of the workers' turns that campaign in the
+//	                      election and that take a permit of the semaphore,
+//	                      "campaign,permit" (default 0.1,0.1; the rest lock)
 //	SQLDLM_JEPSEN_SERVER  "dedicated" (default): a throwaway server of the
 //	                      test's own (internal/dbinstance), with the server
 //	                      faults; "shared": the shared server through
@@ -59,7 +63,7 @@ import (
 // It does not run with -short.
 func TestJepsen(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the randomized fault test takes about 90s per dialect; it runs without -short")
+		t.Skip("the randomized fault test takes about 75s per dialect; it runs without -short")
 	}
 	for _, kind := range []string{testdb.Postgres, testdb.MySQL} {
 		t.Run(kind, func(t *testing.T) {
@@ -91,10 +95,14 @@ var jepsenFaults = []jepsenFault{
 	// Dedicated server only:
 	{"server-pause", 10}, // SIGSTOP the database server, SIGCONT after the hold
 	{"server-crash", 5},  // kill -9 the server, restart it (crash recovery)
-	// On a Galera cluster only (TestJepsenGalera, jepsen_galera_test.go):
+	// On a Galera cluster only (TestGaleraJepsen, jepsen_galera_test.go):
 	{"node-crash", 10},     // kill -9 a node, restart it after the hold (it rejoins by IST)
 	{"node-partition", 10}, // cut a node off from the other two for the hold (a minority)
 	{"cluster-crash", 3},   // kill -9 every node, one first; recover from the highest seqno
+	// On a PostgreSQL primary + standby only (TestFailoverJepsenPostgres,
+	// jepsen_pgfailover_test.go):
+	{"promote", 20},     // kill -9 the primary, promote the standby, rebuild a standby
+	{"promote-lag", 20}, // the same after the replication stream was cut for the hold
 	// Only when named in SQLDLM_JEPSEN_FAULTS (the "clock" profile), and on
 	// PostgreSQL: the server's clock jumps 2 x TTL ahead for the hold. The
 	// holder-knows-first checker then counts its violations instead of
@@ -102,11 +110,39 @@ var jepsenFaults = []jepsenFault{
 	{"clock", 5},
 }
 
-// serverFaults need a dedicated server, clusterFaults a Galera cluster.
+// serverFaults need a dedicated server; clusterFaults a cluster, each
+// only its own topology's (jepsenProfile.kinds).
 var (
 	serverFaults  = []string{"server-pause", "server-crash", "clock"}
-	clusterFaults = []string{"node-crash", "node-partition", "cluster-crash"}
+	clusterFaults = []string{"node-crash", "node-partition", "cluster-crash", "promote", "promote-lag"}
 )
+
+// jepsenTopology is a run on a cluster instead of one server: a Galera
+// cluster (jepsen_galera_test.go) or a PostgreSQL primary with a standby
+// (jepsen_pgfailover_test.go).
+type jepsenTopology interface {
+	profile() jepsenProfile
+	// setupDSN creates the run's database and returns a DSN for it
+	// through the parent's own proxy, which follows the writer.
+	setupDSN(t *testing.T) string
+	// slotTarget is the address client slot i's proxy starts with.
+	slotTarget(i int) string
+	// inject applies one of the topology's faults and heals it.
+	inject(r *jepsenRun, kind string, hold time.Duration) string
+	// healAll ends every fault of the topology's.
+	healAll(r *jepsenRun)
+}
+
+// jepsenProfile is what a topology changes of a run.
+type jepsenProfile struct {
+	label    string
+	ttl      time.Duration
+	duration time.Duration
+	hold     [2]float64 // the default of SQLDLM_JEPSEN_HOLD
+	kinds    []string   // its faults of clusterFaults, each injected first (in a seeded order, every other fault)
+	without  []string   // default faults it leaves out
+	faults   []string   // if not nil, the faults instead of the defaults
+}
 
 const jepsenProcs = 4
 
@@ -130,10 +166,18 @@ type jepsenRun struct {
 	until    int64
 
 	inst *dbinstance.Instance // nil on the shared server and on a cluster
-	cl   *jepsenCluster       // a Galera cluster's run, or nil
+	topo jepsenTopology       // a cluster's run, or nil
 	// forced are cluster faults the nemesis injects first (in a seeded
 	// order, every other fault), so that each happens in every run.
 	forced []string
+	// lossWindows are the spans in which a promotion of an asynchronous
+	// standby may undo what the old primary acknowledged (see
+	// jepsen.ForgiveFailoverLoss); nil everywhere else.
+	lossWindows []jepsen.Window
+	// outage is the longest span a cluster fault left the database
+	// unreachable (a whole-cluster crash until every node was Synced
+	// again): a release cannot take effect in it.
+	outage time.Duration
 
 	mu        sync.Mutex
 	slots     []*jepsenSlot
@@ -158,14 +202,16 @@ type jepsenProc struct {
 }
 
 // newJepsenRun prepares a run on kind's dedicated or shared server, or, with
-// cl, on a Galera cluster (kind is then MySQL).
-func newJepsenRun(t *testing.T, kind string, cl *jepsenCluster) *jepsenRun {
-	r := &jepsenRun{t: t, kind: kind, label: kind, ttl: jepsenTTL, duration: 60 * time.Second, applied: map[string]int{},
+// topo, on a cluster.
+func newJepsenRun(t *testing.T, kind string, topo jepsenTopology) *jepsenRun {
+	r := &jepsenRun{t: t, kind: kind, label: kind, ttl: jepsenTTL, duration: 45 * time.Second, applied: map[string]int{},
 		hold: envRange(t, "SQLDLM_JEPSEN_HOLD", [2]float64{0.2, 3}), gap: envRange(t, "SQLDLM_JEPSEN_GAP", [2]float64{1, 3}),
-		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1", cl: cl}
-	if cl != nil {
-		r.label, r.ttl, r.duration = "galera-"+cl.name, galeraTTL, cl.duration
-		r.hold = envRange(t, "SQLDLM_JEPSEN_HOLD", galeraHold)
+		mutant: os.Getenv("SQLDLM_ALLOW_MUTANT") == "1", topo: topo}
+	var pr jepsenProfile
+	if topo != nil {
+		pr = topo.profile()
+		r.label, r.ttl, r.duration = pr.label, pr.ttl, pr.duration
+		r.hold = envRange(t, "SQLDLM_JEPSEN_HOLD", pr.hold)
 	}
 	if v := os.Getenv("SQLDLM_JEPSEN_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -179,31 +225,32 @@ func newJepsenRun(t *testing.T, kind string, cl *jepsenCluster) *jepsenRun {
 		r.seed = s
 	}
 	r.rng = rand.New(rand.NewPCG(r.seed, 0x5eed))
-	dedicated := os.Getenv("SQLDLM_JEPSEN_SERVER") != "shared" && cl == nil
+	dedicated := os.Getenv("SQLDLM_JEPSEN_SERVER") != "shared" && topo == nil
+	// A cluster fault is only its own topology's.
+	foreign := func(f string) bool { return slices.Contains(clusterFaults, f) && !slices.Contains(pr.kinds, f) }
 	for _, f := range jepsenFaults {
 		if f.kind != "clock" && (dedicated || !slices.Contains(serverFaults, f.kind)) &&
-			(cl != nil || !slices.Contains(clusterFaults, f.kind)) && (cl == nil || !slices.Contains(cl.without, f.kind)) {
+			!foreign(f.kind) && !slices.Contains(pr.without, f.kind) {
 			r.faults = append(r.faults, f.kind)
 		}
 	}
 	if v := os.Getenv("SQLDLM_JEPSEN_FAULTS"); v != "" {
 		r.faults = strings.Split(v, ",")
 	}
-	if cl != nil && cl.faults != nil {
-		r.faults = cl.faults
+	if pr.faults != nil {
+		r.faults = pr.faults
 	}
 	for _, f := range r.faults {
 		known := slices.ContainsFunc(jepsenFaults, func(k jepsenFault) bool { return k.kind == f })
 		require.True(t, known, "SQLDLM_JEPSEN_FAULTS: unknown fault %q", f)
 	}
 	r.faults = slices.DeleteFunc(r.faults, func(f string) bool {
-		return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres) ||
-			(cl == nil && slices.Contains(clusterFaults, f))
+		return (!dedicated && slices.Contains(serverFaults, f)) || (f == "clock" && kind != testdb.Postgres) || foreign(f)
 	})
-	if cl != nil {
-		for _, i := range r.rng.Perm(len(clusterFaults)) {
-			if slices.Contains(r.faults, clusterFaults[i]) {
-				r.forced = append(r.forced, clusterFaults[i])
+	if topo != nil {
+		for _, i := range r.rng.Perm(len(pr.kinds)) {
+			if slices.Contains(r.faults, pr.kinds[i]) {
+				r.forced = append(r.forced, pr.kinds[i])
 			}
 		}
 	}
@@ -219,8 +266,10 @@ func newJepsenRun(t *testing.T, kind string, cl *jepsenCluster) *jepsenRun {
 	r.out = filepath.Join(r.out, r.label)
 	require.NoError(t, os.MkdirAll(r.out, 0o755))
 	r.appTag = fmt.Sprintf("sqldlm-jepsen-%d-", rand.Uint32())
-	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, TTL %s, faults %v held U(%g, %g) x TTL every U(%g, %g)s, output in %s",
-		r.label, r.seed, r.seed, r.duration, r.ttl, r.faults, r.hold[0], r.hold[1], r.gap[0], r.gap[1], r.out)
+	campaign, permit, err := jepsenMix()
+	require.NoError(t, err)
+	t.Logf("%s: seed %d (SQLDLM_JEPSEN_SEED=%d replays it), %s of workload, TTL %s, faults %v held U(%g, %g) x TTL every U(%g, %g)s, %g of turns campaign and %g take a permit, output in %s",
+		r.label, r.seed, r.seed, r.duration, r.ttl, r.faults, r.hold[0], r.hold[1], r.gap[0], r.gap[1], campaign, permit, r.out)
 	return r
 }
 
@@ -251,8 +300,8 @@ func (r *jepsenRun) run() {
 	require.NoError(t, err)
 	for i := range jepsenProcs {
 		target := u.Host
-		if r.cl != nil {
-			target = r.cl.slotTarget(i)
+		if r.topo != nil {
+			target = r.topo.slotTarget(i)
 		}
 		p, err := faultproxy.New(target)
 		require.NoError(t, err)
@@ -314,6 +363,7 @@ func (r *jepsenRun) run() {
 		r.rec.Record(e)
 		defer l.Release(ctx)
 	}
+	liveness = append(liveness, r.finalCoord(ctx, final, jepsenNames+1)...)
 	for _, c := range []struct{ what, query string }{
 		{"waiter rows", `SELECT COUNT(*) FROM sqldlm_waiters w WHERE EXISTS (SELECT 1 FROM sqldlm_leases l WHERE l.id = w.lease_id)`},
 		{"leases of dead client processes", `SELECT COUNT(*) FROM sqldlm_leases WHERE owner <> 'jepsen-final'`},
@@ -339,6 +389,62 @@ func (r *jepsenRun) run() {
 	require.NoError(t, r.rec.Err())
 
 	r.check(final, faults, workload, liveness)
+}
+
+// finalCoord is the final phase's election and semaphore: the fresh client
+// must be elected, and then get every permit, each within TTL + 1s. It
+// records them as process 0's operations from id on, resigns and releases
+// them, and returns the liveness violations.
+func (r *jepsenRun) finalCoord(ctx context.Context, final *sqldlm.Client, id int) []string {
+	var liveness []string
+	// take records one grant; get returns the lock name, token and release.
+	take := func(coord, group, what string, get func(context.Context) (string, int64, func(context.Context) error, error)) {
+		inv := jepsen.Event{P: 0, W: 0, Op: int64(id), T: jepsen.Invoke, F: jepsen.Acquire, Mode: jepsen.Exclusive, Coord: coord, Group: group}
+		id++
+		if coord == jepsen.Election {
+			inv.Name = sqldlm.ElectionPrefix + group
+		}
+		r.rec.Record(inv)
+		cctx, cancel := context.WithTimeout(ctx, r.ttl+time.Second)
+		name, token, release, err := get(cctx)
+		cancel()
+		if err != nil {
+			r.rec.Record(jepsen.Event{P: 0, W: 0, Op: inv.Op, T: jepsen.Fail, F: jepsen.Acquire, Err: err.Error()})
+			liveness = append(liveness, fmt.Sprintf("liveness: a fresh client did not get %s %q's %s within TTL+1s: %v", coord, group, what, err))
+			return
+		}
+		r.rec.Record(jepsen.Event{P: 0, W: 0, Op: inv.Op, T: jepsen.OK, F: jepsen.Acquire, Name: name, Token: token, Mode: jepsen.Exclusive})
+		r.t.Cleanup(func() { _ = release(context.Background()) })
+	}
+	take(jepsen.Election, jepsenElection, "leadership", func(ctx context.Context) (string, int64, func(context.Context) error, error) {
+		ld, err := final.Campaign(ctx, jepsenElection, "jepsen-final")
+		if err != nil {
+			return "", 0, nil, err
+		}
+		return sqldlm.ElectionPrefix + jepsenElection, ld.Term(), ld.Resign, nil
+	})
+	sem := final.Semaphore(jepsenSemaphore, jepsenSemaphoreLimit)
+	for k := range jepsenSemaphoreLimit {
+		take(jepsen.Semaphore, jepsenSemaphore, fmt.Sprintf("permit %d of %d", k+1, jepsenSemaphoreLimit),
+			func(ctx context.Context) (string, int64, func(context.Context) error, error) {
+				p, err := sem.Acquire(ctx)
+				if err != nil {
+					return "", 0, nil, err
+				}
+				return sqldlm.SemaphorePrefix + jepsenSemaphore + "#" + strconv.Itoa(p.Slot()), p.Token(), p.Release, nil
+			})
+	}
+	return liveness
+}
+
+// mutantSummary returns the violations per checker a run with mutant set
+// wrote.
+func (r *jepsenRun) mutantSummary() map[string]int {
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(r.out), "summary-"+r.label+".json"))
+	require.NoError(r.t, err)
+	var summary map[string]int
+	require.NoError(r.t, json.Unmarshal(data, &summary))
+	return summary
 }
 
 // dumpLeftovers logs the waiter rows and leases left after the final
@@ -369,8 +475,8 @@ func (r *jepsenRun) setupDB() *testdb.DB {
 	ctx := context.Background()
 	var db *testdb.DB
 	switch {
-	case r.cl != nil:
-		db = testdb.Reopen(t, r.kind, r.cl.setupDSN(t))
+	case r.topo != nil:
+		db = testdb.Reopen(t, r.kind, r.topo.setupDSN(t))
 		_, err := migrations.Up(ctx, db.DB, db.Dialect)
 		require.NoError(t, err)
 	case r.inst != nil:
@@ -384,12 +490,20 @@ func (r *jepsenRun) setupDB() *testdb.DB {
 		`CREATE TABLE cells (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL, last_token BIGINT NOT NULL)`,
 		`CREATE TABLE journal (op_id BIGINT NOT NULL, seq INT NOT NULL, name VARCHAR(64) NOT NULL, token BIGINT NOT NULL,
 			lease_id BIGINT NOT NULL, client VARCHAR(64) NOT NULL, counter BIGINT NOT NULL, mode VARCHAR(16) NOT NULL)`,
+		// The election's and the semaphore's (jepsen_coord_child_test.go).
+		`CREATE TABLE coord_cells (grp VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL)`,
+		`CREATE TABLE coord_journal (op_id BIGINT NOT NULL, seq INT NOT NULL, coord VARCHAR(16) NOT NULL, grp VARCHAR(64) NOT NULL,
+			name VARCHAR(128) NOT NULL, token BIGINT NOT NULL, lease_id BIGINT NOT NULL, client VARCHAR(64) NOT NULL, counter BIGINT NOT NULL)`,
 	} {
 		_, err := db.ExecContext(ctx, stmt)
 		require.NoError(t, err)
 	}
 	for i := range jepsenNames {
 		_, err := db.ExecContext(ctx, q(r.kind, `INSERT INTO cells (name, counter, last_token) VALUES (?, 0, 0)`), jepsenName(i))
+		require.NoError(t, err)
+	}
+	for _, g := range []string{jepsenElection, jepsenSemaphore} {
+		_, err := db.ExecContext(ctx, q(r.kind, `INSERT INTO coord_cells (grp, counter) VALUES (?, 0)`), g)
 		require.NoError(t, err)
 	}
 	if r.kind == testdb.MySQL {
@@ -573,8 +687,8 @@ func (r *jepsenRun) inject(kind string, s *jepsenSlot, hold time.Duration) strin
 			r.t.Errorf("restarting the server after a crash: %v", err)
 		}
 		return fmt.Sprintf("crashed the server; it was back after %s", time.Since(began).Round(time.Millisecond))
-	case "node-crash", "node-partition", "cluster-crash":
-		return r.cl.inject(r, kind, hold)
+	case "node-crash", "node-partition", "cluster-crash", "promote", "promote-lag":
+		return r.topo.inject(r, kind, hold)
 	case "clock":
 		jump := 2 * r.ttl
 		if err := r.inst.SetClockOffset(jump); err != nil {
@@ -654,8 +768,8 @@ func (r *jepsenRun) killSession(s *jepsenSlot) string {
 
 // healAll resumes every process, proxy and the server, or heals the cluster.
 func (r *jepsenRun) healAll() {
-	if r.cl != nil {
-		r.cl.healAll(r)
+	if r.topo != nil {
+		r.topo.healAll(r)
 	}
 	if r.inst != nil {
 		r.inst.Resume()
@@ -694,7 +808,7 @@ func (r *jepsenRun) waitChildren() {
 		select {
 		case <-p.exited:
 			if p.err != nil && !p.killed {
-				r.t.Errorf("client process p%d: %v (log in %s)", p.idx, p.err, r.out)
+				r.t.Errorf("client process p%d: %v (log in %s), its last lines:\n%s", p.idx, p.err, r.out, r.childLogTail(p.idx))
 			}
 		case <-deadline:
 			r.t.Errorf("client process p%d did not exit within 60s of the workload's end", p.idx)
@@ -702,6 +816,17 @@ func (r *jepsenRun) waitChildren() {
 			<-p.exited
 		}
 	}
+}
+
+// childLogTail returns the last lines of client process idx's log, which
+// the test's temporary directory takes with it.
+func (r *jepsenRun) childLogTail(idx int) string {
+	data, err := os.ReadFile(filepath.Join(r.out, fmt.Sprintf("child-%d.log", idx)))
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }
 
 // ownerProc returns the process of a client owner "p<proc>.c<client>", or 0.
@@ -747,39 +872,47 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	}
 	require.NoError(t, jr.Err())
 	jr.Close()
-	cells := map[string]int64{}
-	cr, err := r.db.QueryContext(ctx, `SELECT name, counter FROM cells`)
-	require.NoError(t, err)
-	for cr.Next() {
-		var n string
-		var c int64
-		require.NoError(t, cr.Scan(&n, &c))
-		cells[n] = c
-	}
-	require.NoError(t, cr.Err())
-	cr.Close()
+	cells := r.readCells(ctx, `SELECT name, counter FROM cells`)
+	coordRows := r.readCoord(ctx)
+	coordCells := r.readCells(ctx, `SELECT grp, counter FROM coord_cells`)
 
 	// A hold must end within the longest fault plus a TTL and two reap
 	// intervals of its Release (or of its grant, for a grant no caller
-	// learnt of); leaked and ghost holds last until their client closes.
-	holdBound := time.Duration(r.hold[1]*float64(r.ttl)) + r.ttl + 2*jepsenReap + 2*time.Second
+	// learnt of), plus the longest outage of the whole cluster; leaked and
+	// ghost holds last until their client closes.
+	r.mu.Lock()
+	outage := r.outage
+	r.mu.Unlock()
+	holdBound := time.Duration(r.hold[1]*float64(r.ttl)) + r.ttl + 2*jepsenReap + 2*time.Second + outage
 	checkStart := time.Now()
 	holder, takeovers := jepsen.CheckHolderKnowsFirst(events, ops, auditRows)
+	// After promotions of an asynchronous standby: what the old primary
+	// acknowledged after the standby last had everything, and lost, is
+	// not judged as lost (linearizability and the holder check still see
+	// it).
+	judged, undone := jepsen.ForgiveFailoverLoss(ops, rows, coordRows, auditRows, r.lossWindows)
 	verdicts := map[string][]string{
 		"linearizable": jepsen.CheckLinearizable(ops, 30*time.Second, filepath.Join(r.out, "porcupine.html")),
-		"journal":      jepsen.CheckJournal(ops, rows, cells),
-		"tokens":       jepsen.CheckTokens(auditRows, ops),
-		"holder":       holder,
-		"liveness":     liveness,
-		"releases":     jepsen.CheckReleases(ops, auditRows, r.until-int64(15*time.Second), holdBound),
-		"ghosts":       jepsen.CheckGhosts(ops, auditRows, r.until-int64(15*time.Second), holdBound),
+		"journal":      jepsen.CheckJournal(judged, rows, cells),
+		"elections":    jepsen.CheckElections(judged, coordRows, map[string]int64{jepsenElection: coordCells[jepsenElection]}),
+		"semaphores": jepsen.CheckSemaphores(judged, coordRows, map[string]int64{jepsenSemaphore: coordCells[jepsenSemaphore]},
+			map[string]int{jepsenSemaphore: jepsenSemaphoreLimit}),
+		"tokens":   jepsen.CheckTokens(auditRows, judged),
+		"holder":   holder,
+		"liveness": liveness,
+		"releases": jepsen.CheckReleases(judged, auditRows, r.until-int64(15*time.Second), holdBound),
+		"ghosts":   jepsen.CheckGhosts(ops, auditRows, r.until-int64(15*time.Second), holdBound),
 	}
 	checking := time.Since(checkStart)
 
 	// Report.
 	counts := map[string]int{}
 	for _, o := range ops {
-		counts[o.F+" "+o.Status]++
+		k := o.F + " " + o.Status
+		if o.Coord != "" {
+			k = o.Coord + " " + k
+		}
+		counts[k]++
 	}
 	var keys []string
 	for k := range counts {
@@ -812,9 +945,20 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		r.label, r.seed, workload.Round(time.Millisecond), r.nextProc, len(faults), r.applied, len(ops), b.String())
 	t.Logf("%s: operations run per kind (processes that exited): %v", r.label, kinds)
 	t.Logf("%s: %d journal rows (%d exclusive), %d audit grants, %d locks lost, %d leases ended, %d handovers of dead holders' locks checked; checking took %s",
-		r.label, len(rows), rowsExcl, grants, lost, ended, takeovers, checking.Round(time.Millisecond))
+		r.label, len(rows), rowsExcl, grants, lost, ended, takeovers.Total(), checking.Round(time.Millisecond))
+	coordKinds := map[string]int{}
+	for _, x := range coordRows {
+		coordKinds[x.Coord]++
+	}
+	t.Logf("%s: election %q and semaphore %q (limit %d): %d and %d coordination journal rows, at most %v held at once; handovers checked: %+v",
+		r.label, jepsenElection, jepsenSemaphore, jepsenSemaphoreLimit, coordKinds[jepsen.Election], coordKinds[jepsen.Semaphore],
+		jepsen.MostHeld(coordRows), takeovers)
 	for _, f := range faults {
 		t.Logf("%s: nemesis: %s", r.label, f)
+	}
+	if r.lossWindows != nil {
+		t.Logf("%s: lost in the asynchronous failovers (acknowledged by the old primary after the standby last had everything): %d fenced transactions, %d grants (and %d releases of them)",
+			r.label, undone.Fences, undone.Grants, undone.Releases)
 	}
 
 	if r.mutant {
@@ -843,7 +987,7 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 		delete(verdicts, "releases")
 		delete(verdicts, "ghosts")
 	}
-	for _, k := range []string{"linearizable", "journal", "tokens", "holder", "liveness", "releases", "ghosts"} {
+	for _, k := range []string{"linearizable", "journal", "elections", "semaphores", "tokens", "holder", "liveness", "releases", "ghosts"} {
 		for i, s := range verdicts[k] {
 			if i == 20 {
 				t.Errorf("%s: %s: ... %d more", r.label, k, len(verdicts[k])-20)
@@ -855,4 +999,46 @@ func (r *jepsenRun) check(final *sqldlm.Client, faults []string, workload time.D
 	if t.Failed() {
 		t.Logf("%s: histories, child logs and any porcupine visualisation are in %s (set SQLDLM_JEPSEN_OUT to keep them)", r.label, r.out)
 	}
+}
+
+// readCoord reads the coordination journal (jepsen_coord_child_test.go).
+func (r *jepsenRun) readCoord(ctx context.Context) []jepsen.CoordRow {
+	t := r.t
+	var rows []jepsen.CoordRow
+	jr, err := r.db.QueryContext(ctx, `SELECT op_id, seq, coord, grp, name, token, lease_id, client, counter FROM coord_journal`)
+	require.NoError(t, err)
+	defer jr.Close()
+	for jr.Next() {
+		var x jepsen.CoordRow
+		require.NoError(t, jr.Scan(&x.OpID, &x.Seq, &x.Coord, &x.Group, &x.Name, &x.Token, &x.Lease, &x.Client, &x.Counter))
+		rows = append(rows, x)
+	}
+	require.NoError(t, jr.Err())
+	return rows
+}
+
+// readCells reads the final counters of cells or coord_cells: query
+// selects a name and a counter.
+func (r *jepsenRun) readCells(ctx context.Context, query string) map[string]int64 {
+	t := r.t
+	cells := map[string]int64{}
+	cr, err := r.db.QueryContext(ctx, query)
+	require.NoError(t, err)
+	defer cr.Close()
+	for cr.Next() {
+		var n string
+		var c int64
+		require.NoError(t, cr.Scan(&n, &c))
+		cells[n] = c
+	}
+	require.NoError(t, cr.Err())
+	return cells
+}
+
+// noteOutage records a span in which a cluster fault left the database
+// unreachable.
+func (r *jepsenRun) noteOutage(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.outage = max(r.outage, d)
 }

@@ -316,6 +316,16 @@ func exerciseEveryOperation(t *testing.T, kind, rawDSN string) {
 	for _, e := range []string{"grant", "release", "upgrade", "downgrade", "break"} {
 		require.Positive(t, events[e], "audit event %s in %v", e, events)
 	}
+
+	// Group membership.
+	m, err := a.Join(ctx, "priv/group", "a", sqldlm.WithMeta("m1"))
+	require.NoError(t, err)
+	require.NoError(t, m.SetMeta(ctx, "m2"))
+	view, err := b.Members(ctx, "priv/group")
+	require.NoError(t, err)
+	require.Len(t, view.Members, 1)
+	require.Equal(t, "m2", view.Members[0].Meta)
+	require.NoError(t, m.Leave(ctx))
 	require.NoError(t, a.Close())
 	require.NoError(t, b.Close())
 }

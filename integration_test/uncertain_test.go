@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +37,13 @@ import (
 //	    has healed, and the name is free within TTL + 1s (the client under
 //	    test stays open, so a hold or waiter row a late statement left
 //	    under its live lease would keep it locked).
+//
+// Campaign and Resign, and a semaphore's Acquire and Release, are checked
+// on the locks they stand on (an election's lock; a semaphore's queue and
+// its slot, which the fault hits), with P1 to P3. Join, Leave and SetMeta
+// have their own properties, M1 and M2 (see checkMembership): the client
+// and the database agree on whether the client is a member, and with
+// which incarnation.
 //
 // Faults:
 //
@@ -78,7 +86,11 @@ func TestUncertainOutcomes(t *testing.T) {
 			t.Parallel()
 			db := testdb.OpenMigrated(t, kind)
 			for _, op := range ucOps {
-				for _, fault := range append(ucFaults[:len(ucFaults):len(ucFaults)], op.extra...) {
+				faults := ucFaults
+				if op.faults != nil {
+					faults = op.faults
+				}
+				for _, fault := range append(faults[:len(faults):len(faults)], op.extra...) {
 					t.Run(op.name+"/"+fault, func(t *testing.T) {
 						t.Parallel()
 						e := newUCEnv(t, db, op, fault)
@@ -118,6 +130,17 @@ type ucOp struct {
 	names []string
 	// extra are faults only this operation gets.
 	extra []string
+	// faults replaces ucFaults when set.
+	faults []string
+	// prefix starts every lock name of the case (an election's or a
+	// semaphore's: see e.name).
+	prefix string
+	// A membership operation has these instead of setup and do: the
+	// membership it works on (a join of the case's group), and the
+	// operation, which returns the membership the caller now believes it
+	// has (nil: none).
+	setupMember func(e *ucEnv) *sqldlm.Membership
+	doMember    func(ctx context.Context, e *ucEnv, prep *sqldlm.Membership) (*sqldlm.Membership, error)
 }
 
 var ucOps = []ucOp{
@@ -209,7 +232,118 @@ var ucOps = []ucOp{
 			}
 			return ls, nil, err
 		}},
+	// Coordination: an election is the lock ElectionPrefix+NAME, a
+	// semaphore NAME of limit 1 the locks SemaphorePrefix+NAME (its queue)
+	// and SemaphorePrefix+NAME#0 (its slot, which the fault hits); the
+	// checks above apply to the locks they stand on (testknobs LockOf).
+	{name: "Campaign", faults: ucLost, prefix: sqldlm.ElectionPrefix, stmt: "sqldlm_acquire(", method: "Acquire",
+		do: func(ctx context.Context, e *ucEnv, _ []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
+			ld, err := e.a.Campaign(ctx, e.base, "under-test")
+			if ld == nil {
+				return nil, nil, err
+			}
+			return []*sqldlm.Lock{e.lockOf(ld)}, nil, err
+		}},
+	{name: "Resign", faults: ucLost, prefix: sqldlm.ElectionPrefix, stmt: "sqldlm_release", method: "Release",
+		setup: func(e *ucEnv) []*sqldlm.Lock {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ld, err := e.a.Campaign(ctx, e.base, "under-test")
+			require.NoError(e.t, err)
+			e.leadership = ld
+			return []*sqldlm.Lock{e.lockOf(ld)}
+		},
+		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
+			return nil, prep, e.leadership.Resign(ctx)
+		}},
+	{name: "Acquire", faults: ucLost, prefix: sqldlm.SemaphorePrefix, names: []string{"", "#0"}, stmt: "sqldlm_acquire(", method: "Acquire",
+		do: func(ctx context.Context, e *ucEnv, _ []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
+			p, err := e.a.Semaphore(e.base, 1).Acquire(ctx)
+			if p == nil {
+				return nil, nil, err
+			}
+			return []*sqldlm.Lock{e.lockOf(p)}, nil, err
+		}},
+	{name: "PermitRelease", faults: ucLost, prefix: sqldlm.SemaphorePrefix, names: []string{"", "#0"}, stmt: "sqldlm_release", method: "Release",
+		setup: func(e *ucEnv) []*sqldlm.Lock {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			p, err := e.a.Semaphore(e.base, 1).Acquire(ctx)
+			require.NoError(e.t, err)
+			e.permit = p
+			return []*sqldlm.Lock{e.lockOf(p)}
+		},
+		do: func(ctx context.Context, e *ucEnv, prep []*sqldlm.Lock) ([]*sqldlm.Lock, []*sqldlm.Lock, error) {
+			return nil, prep, e.permit.Release(ctx)
+		}},
+	// Membership: the case's group is e.base, the member id ucMember.
+	{name: "Join", stmt: "sqldlm_group_join(", method: "Join",
+		doMember: func(ctx context.Context, e *ucEnv, _ *sqldlm.Membership) (*sqldlm.Membership, error) {
+			m, err := e.a.Join(ctx, e.base, ucMember, sqldlm.WithMeta("before"))
+			if err == nil || e.fault != "lost" {
+				return m, err
+			}
+			// The database answers again (only the one answer was lost):
+			// the failed Join withdrew what its statement did before it
+			// returned, so a Join tried again at once is not refused by the
+			// client's own abandoned request. (Unless that withdrawal
+			// overran its bound, which the client logs, and left it to the
+			// background: under load a new connection through the proxy
+			// can take longer.)
+			rows := e.members()
+			again, aerr := e.a.Join(context.Background(), e.base, ucMember, sqldlm.WithMeta("before"))
+			select {
+			case <-e.withdrawSlow.seen:
+				e.t.Logf("the failed Join's withdrawal was left to the background; at the return: %+v; a Join again: %v", rows, aerr)
+			default:
+				if len(rows) > 0 {
+					e.t.Errorf("Join returned %v, but the group still has the member rows %+v", err, rows)
+				}
+				if aerr != nil {
+					e.t.Errorf("a Join tried again at once after %v: %v", err, aerr)
+				}
+			}
+			// The membership the caller gets is checked (M1) after the
+			// first request's delayed withdrawals too.
+			return again, err
+		}},
+	{name: "Leave", faults: ucLost, stmt: "sqldlm_group_leave(", method: "Leave", setupMember: (*ucEnv).join,
+		doMember: func(ctx context.Context, e *ucEnv, prep *sqldlm.Membership) (*sqldlm.Membership, error) {
+			err := prep.Leave(ctx)
+			if got := prep.Err(); !errors.Is(got, sqldlm.ErrLeft) {
+				e.t.Errorf("after Leave (which returned %v) the membership's Err is %v, not ErrLeft", err, got)
+			}
+			return nil, err
+		}},
+	{name: "SetMeta", faults: ucLost, stmt: "sqldlm_group_set_meta(", method: "SetMeta", setupMember: (*ucEnv).join,
+		doMember: func(ctx context.Context, e *ucEnv, prep *sqldlm.Membership) (*sqldlm.Membership, error) {
+			return prep, prep.SetMeta(ctx, "after")
+		}},
 }
+
+// ucLost: the coordination operations are checked under a lost answer;
+// their late statements are the lock cases' (Campaign and Acquire are a
+// Lock and a TryLock, Resign and a permit's Release a Release), or change
+// nothing a caller relies on (SetMeta; Leave, which waits for its
+// statement), except Join's: a Join that runs after the caller gave up must
+// find its request withdrawn.
+var ucLost = []string{"lost"}
+
+// ucMember is the member id of the membership operations.
+const ucMember = "m"
+
+// join joins the case's group as ucMember, with the meta "before".
+func (e *ucEnv) join() *sqldlm.Membership {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := e.a.Join(ctx, e.base, ucMember, sqldlm.WithMeta("before"))
+	require.NoError(e.t, err)
+	return m
+}
+
+// lockOf returns the lock a leadership or permit of the client under test
+// stands on.
+func (e *ucEnv) lockOf(h any) *sqldlm.Lock { return e.knobs.LockOf(h).(*sqldlm.Lock) }
 
 // lockUnlessOldSnapshot takes the case's name exclusive, except under the
 // old-snapshot fault, where the operation takes it after its transaction's
@@ -275,12 +409,18 @@ type ucEnv struct {
 	inject *injectDialect
 	base   string
 	start  time.Time
+	// The handles of Resign and PermitRelease, taken by their setup.
+	leadership *sqldlm.Leadership
+	permit     *sqldlm.Permit
+	// withdrawSlow: a's withdrawal of a failed Join overran its bound.
+	withdrawSlow *signalHandler
 }
 
 func newUCEnv(t *testing.T, db *testdb.DB, op ucOp, fault string) *ucEnv {
 	e := &ucEnv{t: t, kind: db.Kind, op: op, fault: fault, db: db, other: newClient(t, db, sqldlm.Config{TTL: ucTTL, Owner: "other"}),
 		base: fmt.Sprintf("uc/%s/%s", strings.ToLower(op.name), fault)}
-	cfg := sqldlm.Config{TTL: ucTTL, Owner: "under-test"}
+	e.withdrawSlow = &signalHandler{msg: "sqldlm: withdrawing a join failed, retrying in the background", seen: make(chan struct{})}
+	cfg := sqldlm.Config{TTL: ucTTL, Owner: "under-test", Logger: slog.New(e.withdrawSlow)}
 	switch db.Kind {
 	case testdb.SQLite:
 		e.inject = &injectDialect{Dialect: db.Dialect}
@@ -311,16 +451,18 @@ func newUCEnv(t *testing.T, db *testdb.DB, op ucOp, fault string) *ucEnv {
 	return e
 }
 
+// name returns the case's i-th lock name (the group's name for a
+// membership operation).
 func (e *ucEnv) name(i int) string {
 	if len(e.op.names) == 0 {
-		return e.base
+		return e.op.prefix + e.base
 	}
-	return e.base + e.op.names[i]
+	return e.op.prefix + e.base + e.op.names[i]
 }
 
 func (e *ucEnv) names() []string {
 	if len(e.op.names) == 0 {
-		return []string{e.base}
+		return []string{e.name(0)}
 	}
 	var out []string
 	for i := range e.op.names {
@@ -342,14 +484,34 @@ func (e *ucEnv) lock(name string, mode sqldlm.Mode) *sqldlm.Lock {
 
 func (e *ucEnv) run() {
 	t := e.t
-	// Every name has its row in sqldlm_locks (a blocking session locks it).
-	for _, n := range e.names() {
-		require.True(t, isFree(context.Background(), t, e.other, n))
+	member := e.op.doMember != nil
+	// Every name has its row in sqldlm_locks, and the group its row in
+	// sqldlm_groups (a blocking session locks it).
+	if member {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		seed, err := e.other.Join(ctx, e.base, "seed")
+		require.NoError(t, err)
+		require.NoError(t, seed.Leave(ctx))
+		cancel()
+	} else {
+		for _, n := range e.names() {
+			require.True(t, isFree(context.Background(), t, e.other, n))
+		}
 	}
 	var prep []*sqldlm.Lock
 	if e.op.setup != nil {
 		prep = e.op.setup(e)
 	}
+	var prepM *sqldlm.Membership
+	if e.op.setupMember != nil {
+		prepM = e.op.setupMember(e)
+	}
+	// The client under test has its lease before the fault, so that the
+	// caller's give-up bounds the operation's statement, not the lease's
+	// creation as well (under the whole suite's load the two took over
+	// 300ms together, and a late fault was never injected).
+	warm := e.lock(e.base+"#warm", sqldlm.Exclusive)
+	require.NoError(t, warm.Release(context.Background()))
 	e.start = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -397,10 +559,23 @@ func (e *ucEnv) run() {
 			freed = e.inject.arm(e.op.method, e.faulted(), "late", at, nil)
 		}
 	}
-	held, released, err := e.op.do(ctx, e, prep)
+	var (
+		held, released []*sqldlm.Lock
+		m              *sqldlm.Membership
+		err            error
+	)
+	if member {
+		m, err = e.op.doMember(ctx, e, prepM)
+	} else {
+		held, released, err = e.op.do(ctx, e, prep)
+	}
 	returned := time.Now()
 	t.Logf("%s under %s: %v (returned after %s)", e.op.name, e.fault, err, time.Since(e.start).Round(time.Millisecond))
-	<-freed
+	select {
+	case <-freed:
+	case <-time.After(time.Until(e.start.Add(ucLongFree + 10*time.Second))):
+		t.Fatalf("the fault was not injected: the statement of %q it waits for never ran", e.faulted())
+	}
 	e.quiesce()
 	if trap != nil {
 		// The proxy resets the client's side before it closes Fired, so the
@@ -421,6 +596,10 @@ func (e *ucEnv) run() {
 		t.Errorf("the fault was not injected: %s of %q was never called", e.op.method, e.faulted())
 	}
 
+	if member {
+		e.checkMembership(m, prepM, err, returned)
+		return
+	}
 	e.checkHeld(held, "once the fault healed")
 	if err != nil {
 		// The client withdraws an uncertain request again after 1s and
@@ -438,8 +617,9 @@ func closed() <-chan struct{} {
 	return c
 }
 
-// block locks name's row and its holds' rows in another session until at,
-// so that every statement of the client under test on name waits in the
+// block locks name's row and its holds' rows (for a membership
+// operation, the row of its group name) in another session until at, so
+// that every statement of the client under test on name waits in the
 // server. The returned channel closes once the rows are free.
 func (e *ucEnv) block(name string, at time.Time) <-chan struct{} {
 	t := e.t
@@ -448,7 +628,12 @@ func (e *ucEnv) block(name string, at time.Time) <-chan struct{} {
 	// other cases' names.
 	tx, err := e.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	require.NoError(t, err)
-	for _, stmt := range []string{`SELECT name FROM sqldlm_locks WHERE name = ? FOR UPDATE`, `SELECT token FROM sqldlm_holders WHERE name = ? FOR UPDATE`} {
+	stmts := []string{`SELECT name FROM sqldlm_locks WHERE name = ? FOR UPDATE`, `SELECT token FROM sqldlm_holders WHERE name = ? FOR UPDATE`}
+	if e.op.doMember != nil {
+		// Every membership statement locks its group's row first.
+		stmts = []string{`SELECT name FROM sqldlm_groups WHERE name = ? FOR UPDATE`}
+	}
+	for _, stmt := range stmts {
 		rows, err := tx.QueryContext(ctx, q(e.kind, stmt), name)
 		require.NoError(t, err)
 		for rows.Next() {
@@ -599,6 +784,129 @@ func (e *ucEnv) releaseAndCheckFree(held, released []*sqldlm.Lock) {
 	}
 }
 
+// dbMember is a member row as the database has it.
+type dbMember struct {
+	id                 string
+	lease, incarnation int64
+	meta               string
+}
+
+// members returns the member rows of the case's group, live or not.
+func (e *ucEnv) members() []dbMember {
+	rows, err := e.db.QueryContext(context.Background(),
+		q(e.kind, `SELECT member_id, lease_id, incarnation, meta FROM sqldlm_members WHERE group_name = ? ORDER BY member_id`), e.base)
+	require.NoError(e.t, err)
+	defer rows.Close()
+	var out []dbMember
+	for rows.Next() {
+		var m dbMember
+		require.NoError(e.t, rows.Scan(&m.id, &m.lease, &m.incarnation, &m.meta))
+		out = append(out, m)
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
+// checkMembership asserts, for a membership operation, that the client
+// and the database agree: M1 while the membership the caller believes it
+// has (m) reports no error, checked when the fault has healed and again
+// after the client's delayed withdrawals (when the operation failed),
+// and M2 once it has left.
+//
+//	M1  the group has exactly one member row, m's: its lease, its
+//	    incarnation, a meta the caller may have set ("before", or "after"
+//	    when a SetMeta's outcome is unknown), and another client sees it
+//	    live and cannot join as its id; a SetMeta of m then succeeds and
+//	    shows. When the caller believes it has no membership, the group
+//	    has no member row after the delayed withdrawals.
+//	M2  after Leave returns (whatever it returns; once the fault has
+//	    healed), m's row is gone, and the id is free for another client
+//	    within TTL + 1s (the client under test stays open).
+func (e *ucEnv) checkMembership(m, prep *sqldlm.Membership, err error, returned time.Time) {
+	t := e.t
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e.checkMember(ctx, m, "once the fault healed", false)
+	if err != nil {
+		time.Sleep(time.Until(returned.Add(ucTTL + 300*time.Millisecond))) // waiting out the client's own schedule
+		e.checkMember(ctx, m, "after the delayed withdrawals", true)
+	}
+	if m != nil && m.Err() == nil {
+		require.NoError(t, m.SetMeta(ctx, "final"), "M1: a SetMeta of the membership the caller holds")
+		v, err := e.other.Members(ctx, e.base)
+		require.NoError(t, err)
+		if got, ok := v.Member(ucMember); !ok || got.Meta != "final" {
+			t.Errorf("M1: after SetMeta(\"final\") another client reads %+v", v.Members)
+		}
+	}
+	if m != nil {
+		lease := e.knobs.LeaseOf(m)
+		t.Logf("final Leave of incarnation %d (Err %v): %v", m.Incarnation(), m.Err(), m.Leave(ctx))
+		for _, r := range e.members() {
+			if r.lease == lease && r.incarnation == m.Incarnation() {
+				t.Errorf("M2: the member row %+v is still in the database after its Leave returned", r)
+			}
+		}
+	}
+	if prep != nil && prep != m {
+		t.Logf("Leave again of incarnation %d: %v", prep.Incarnation(), prep.Leave(ctx)) // idempotent
+	}
+	began := time.Now()
+	deadline := began.Add(ucTTL + time.Second)
+	for {
+		got, err := e.other.Join(ctx, e.base, ucMember)
+		if err == nil {
+			require.NoError(t, got.Leave(ctx))
+			break
+		}
+		require.ErrorIs(t, err, sqldlm.ErrMemberExists)
+		if time.Now().After(deadline) {
+			t.Errorf("M2: %q is still a member of %q %s after the client under test left: database has %+v",
+				ucMember, e.base, time.Since(began).Round(time.Millisecond), e.members())
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the leave, with a deadline
+	}
+}
+
+// checkMember asserts M1 for the membership m the caller believes it has
+// (none when m is nil or has ended). settled: the client's withdrawals are
+// done, so a caller without a membership must have no member row left.
+func (e *ucEnv) checkMember(ctx context.Context, m *sqldlm.Membership, when string, settled bool) {
+	t := e.t
+	rows := e.members()
+	if m == nil || m.Err() != nil {
+		if m != nil {
+			t.Logf("membership incarnation %d ended: %v", m.Incarnation(), m.Err())
+		}
+		if settled && len(rows) > 0 {
+			t.Errorf("M1 (%s): the caller has no membership, but the group has member rows %+v", when, rows)
+		}
+		return
+	}
+	want := dbMember{id: ucMember, lease: e.knobs.LeaseOf(m), incarnation: m.Incarnation()}
+	metas := map[string]bool{"before": true, "after": e.op.name == "SetMeta"}
+	if len(rows) != 1 || rows[0].id != want.id || rows[0].lease != want.lease || rows[0].incarnation != want.incarnation || !metas[rows[0].meta] {
+		if m.Err() == nil {
+			t.Errorf("M1 (%s): the membership reports %q incarnation %d on lease %d, Err() nil, but the group's member rows are %+v",
+				when, want.id, want.incarnation, want.lease, rows)
+		}
+		return
+	}
+	v, err := e.other.Members(ctx, e.base)
+	require.NoError(t, err)
+	if got, ok := v.Member(ucMember); !ok || got.Incarnation != want.incarnation {
+		t.Errorf("M1 (%s): another client reads the group as %+v, without incarnation %d", when, v.Members, want.incarnation)
+	}
+	if got, err := e.other.Join(ctx, e.base, ucMember); err == nil {
+		t.Errorf("M1 (%s): another client joined as %q (incarnation %d) while the membership (incarnation %d) reports it held",
+			when, ucMember, got.Incarnation(), want.incarnation)
+		require.NoError(t, got.Leave(ctx))
+	} else if !errors.Is(err, sqldlm.ErrMemberExists) {
+		t.Errorf("M1 (%s): Join of %q by another client: %v", when, ucMember, err)
+	}
+}
+
 // otherTryLock tries to take name exclusive with the other client. A
 // TryLock that fails with ErrLost (the other client's lease ended as it was
 // granted) is tried again, logged: that is not the property checked here.
@@ -721,5 +1029,23 @@ func (d *injectDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.H
 func (d *injectDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *dialect.HoldRef, idle time.Duration) (bool, error) {
 	return do(d, ctx, "Fence", p.Name, func(ctx context.Context) (bool, error) {
 		return d.Dialect.Fence(ctx, db, tx, p, idle)
+	})
+}
+
+func (d *injectDialect) Join(ctx context.Context, db *sql.DB, p *dialect.JoinParams) (*dialect.JoinResult, error) {
+	return do(d, ctx, "Join", p.Group, func(ctx context.Context) (*dialect.JoinResult, error) {
+		return d.Dialect.Join(ctx, db, p)
+	})
+}
+
+func (d *injectDialect) Leave(ctx context.Context, db *sql.DB, m *dialect.MemberRef) (bool, error) {
+	return do(d, ctx, "Leave", m.Group, func(ctx context.Context) (bool, error) {
+		return d.Dialect.Leave(ctx, db, m)
+	})
+}
+
+func (d *injectDialect) SetMeta(ctx context.Context, db *sql.DB, m *dialect.MemberRef, meta string) (bool, error) {
+	return do(d, ctx, "SetMeta", m.Group, func(ctx context.Context) (bool, error) {
+		return d.Dialect.SetMeta(ctx, db, m, meta)
 	})
 }

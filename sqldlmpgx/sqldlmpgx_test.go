@@ -173,11 +173,15 @@ func TestTryLockTx(t *testing.T) {
 	l, err = a.TryLockTx(e.ctx, tx, "job/3", sqldlm.Exclusive)
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(e.ctx))
-	to := l.Takeover()
-	require.NotNil(t, to)
-	require.Equal(t, "b", to.Owner)
-	require.Equal(t, held.Token(), to.Token)
-	require.Equal(t, "step 1", to.Payload)
+	// Unless b's client learned of the break first (a renewal refused)
+	// and deleted its lease, hold and all: then there was nothing to take
+	// over (seen once under the suite's load).
+	if to := l.Takeover(); to != nil || !bGone(t, e, "b") {
+		require.NotNil(t, to)
+		require.Equal(t, "b", to.Owner)
+		require.Equal(t, held.Token(), to.Token)
+		require.Equal(t, "step 1", to.Payload)
+	}
 
 	tx = e.begin(pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 	_, err = a.TryLockTx(e.ctx, tx, "job/4", sqldlm.Exclusive)
@@ -250,4 +254,12 @@ func TestTryLockTxInUncomparableTx(t *testing.T) {
 	require.NoError(t, sqldlmpgx.Fence(e.ctx, l, tx), "the pending lock fences in its own transaction")
 	require.NoError(t, tx.Commit(e.ctx))
 	require.NoError(t, l.Release(e.ctx))
+}
+
+// bGone reports whether no lease of owner is left.
+func bGone(t *testing.T, e *env, owner string) bool {
+	t.Helper()
+	var n int
+	require.NoError(t, e.db.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM sqldlm_leases WHERE owner = $1`, owner).Scan(&n))
+	return n == 0
 }

@@ -18,8 +18,12 @@
 //	sqldlm_lease_renewal_seconds               histogram: heartbeat round trips
 //	sqldlm_leases_lost_total                   counter: leases lost
 //	sqldlm_reaped_total{what}                  counter: leases, holds, waiters, idle_locks deleted by the reaper
+//	sqldlm_member_joins_total                  counter: group memberships joined
+//	sqldlm_member_leaves_total{reason}         counter: memberships ended: left, lost, closed
+//	sqldlm_memberships                         gauge: memberships held now
+//	sqldlm_elections_won_total                 counter: leaderships won (Campaign, Lead)
 //
-// Lock names are not labels: they are unbounded.
+// Lock names, groups and elections are not labels: they are unbounded.
 package sqldlmprom
 
 import (
@@ -54,6 +58,10 @@ type Metrics struct {
 	renewal   prometheus.Histogram
 	leaseLost prometheus.Counter
 	reaped    *prometheus.CounterVec
+	joins     prometheus.Counter
+	leaves    *prometheus.CounterVec
+	members   prometheus.Gauge
+	elected   prometheus.Counter
 }
 
 var _ sqldlm.Hooks = (*Metrics)(nil)
@@ -85,11 +93,17 @@ func New(o Options) *Metrics {
 			prometheus.ExponentialBuckets(0.0005, 3, 10))),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts(opts("leases_lost_total", "Client leases lost (every lock on them was lost)."))),
 		reaped:    prometheus.NewCounterVec(prometheus.CounterOpts(opts("reaped_total", "Rows deleted by the reaper.")), []string{"what"}),
+		joins:     prometheus.NewCounter(prometheus.CounterOpts(opts("member_joins_total", "Group memberships joined."))),
+		leaves: prometheus.NewCounterVec(prometheus.CounterOpts(opts("member_leaves_total",
+			"Group memberships ended: left (Leave), lost (the lease was lost), closed (Client.Close).")), []string{"reason"}),
+		members: prometheus.NewGauge(prometheus.GaugeOpts(opts("memberships", "Group memberships held now."))),
+		elected: prometheus.NewCounter(prometheus.CounterOpts(opts("elections_won_total", "Leaderships won (Campaign, Lead)."))),
 	}
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.wait, m.grants, m.failures, m.releases, m.takeovers, m.lost, m.held, m.renewal, m.leaseLost, m.reaped}
+	return []prometheus.Collector{m.wait, m.grants, m.failures, m.releases, m.takeovers, m.lost, m.held, m.renewal, m.leaseLost, m.reaped,
+		m.joins, m.leaves, m.members, m.elected}
 }
 
 // Describe implements prometheus.Collector.
@@ -155,6 +169,25 @@ func (m *Metrics) ReaperPass(leases, holds, waiters, idleLocks int) {
 	m.reaped.WithLabelValues("idle_locks").Add(float64(idleLocks))
 }
 
+func (m *Metrics) MemberJoined(string) {
+	m.joins.Inc()
+	m.members.Inc()
+}
+
+func (m *Metrics) MemberLeft(_ string, err error) {
+	reason := "left"
+	switch {
+	case errors.Is(err, sqldlm.ErrLost):
+		reason = "lost"
+	case errors.Is(err, sqldlm.ErrClosed):
+		reason = "closed"
+	}
+	m.leaves.WithLabelValues(reason).Inc()
+	m.members.Dec()
+}
+
+func (m *Metrics) Elected(string, int64) { m.elected.Inc() }
+
 // Collector returns the child metric of the named family (without the
 // namespace, e.g. "grants_total") for the label values given, for tests and
 // for custom exporters. It panics for an unknown name or label count.
@@ -176,6 +209,14 @@ func (m *Metrics) Collector(name string, labels ...string) prometheus.Collector 
 		return m.leaseLost
 	case "reaped_total":
 		return m.reaped.WithLabelValues(labels...)
+	case "member_joins_total":
+		return m.joins
+	case "member_leaves_total":
+		return m.leaves.WithLabelValues(labels...)
+	case "memberships":
+		return m.members
+	case "elections_won_total":
+		return m.elected
 	}
 	panic("sqldlmprom: unknown metric " + name)
 }

@@ -73,3 +73,32 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 	}
 	return 0
 }
+
+func TestMetricsCountMembershipsAndElections(t *testing.T) {
+	t.Parallel()
+	db := testdb.OpenMigrated(t, "sqlite")
+	m := sqldlmprom.New(sqldlmprom.Options{})
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(m))
+	c, err := sqldlm.New(db.DB, sqldlm.Config{Hooks: m, TTL: time.Second})
+	require.NoError(t, err)
+	ctx := context.Background()
+	a, err := c.Join(ctx, "g", "a")
+	require.NoError(t, err)
+	_, err = c.Join(ctx, "g", "b")
+	require.NoError(t, err)
+	require.Equal(t, 2.0, testutil.ToFloat64(m.Collector("member_joins_total")))
+	require.Equal(t, 2.0, testutil.ToFloat64(m.Collector("memberships")))
+	require.NoError(t, a.Leave(ctx))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("member_leaves_total", "left")))
+	ld, err := c.Campaign(ctx, "scheduler", "")
+	require.NoError(t, err)
+	require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("elections_won_total")))
+	require.NoError(t, ld.Resign(ctx))
+	require.NoError(t, c.Close())
+	require.Equal(t, 1.0, testutil.ToFloat64(m.Collector("member_leaves_total", "closed")))
+	require.Equal(t, 0.0, testutil.ToFloat64(m.Collector("memberships")))
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+}

@@ -81,3 +81,62 @@ func testRenewTakeoverRace(t *testing.T, b *lockerBundle) {
 		require.False(t, b.release(name, holder, tok), "round %d: the old hold survived the takeover", round)
 	}
 }
+
+// A takeover and the reaper decide that a lease has expired: both must
+// lose to a renewal that ran before the expiry but commits after it (they
+// wait for the lease row, or pass it over, and find it live). The same
+// class as the membership sweep's case (Grouper/RenewalInFlightWins), and
+// as MySQL version 8's fix.
+func testRenewalInFlightWinsOverTakeover(t *testing.T, b *lockerBundle) {
+	const ttl = 3 * time.Second
+	holder := b.lease("holder", ttl)
+	taker := b.lease("taker", time.Minute)
+	tok := b.grant("n", holder, dialect.Exclusive)
+	commit := renewalInFlight(t, b.ctx, b.d, b.db, b.reopen, holder, ttl, b.expire)
+	type outcome struct {
+		res *dialect.AcquireResult
+		err error
+	}
+	acquired := make(chan outcome, 1)
+	reaped := make(chan error, 1)
+	go func() {
+		res, err := b.d.Acquire(b.ctx, b.reopen(t), &dialect.AcquireParams{Name: "n", LeaseID: taker, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+		acquired <- outcome{res, err}
+	}()
+	go func() {
+		_, err := b.d.Reap(b.ctx, b.reopen(t), 100, time.Hour)
+		reaped <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let both run into the open renewal (they may also pass it over at once)
+	renewed := commit()
+	select {
+	case o := <-acquired:
+		if o.err != nil {
+			require.True(t, dialect.IsRetryable(o.err), "acquire: %v", o.err)
+		} else if renewed {
+			require.NotEqual(t, dialect.Granted, o.res.Status, "granted beside a hold whose renewal committed: took over %+v", o.res.TookOver)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the takeover never ended")
+	}
+	select {
+	case err := <-reaped:
+		if err != nil {
+			require.True(t, dialect.IsRetryable(err), "reap: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reaper never ended")
+	}
+	if !renewed {
+		// A takeover or the reaper on another Galera node ended the lease
+		// first, and certification failed the renewal: it stays ended.
+		ok, err := b.d.RenewLease(b.ctx, b.db, holder)
+		require.NoError(t, err)
+		require.False(t, ok)
+		return
+	}
+	ok, err := b.d.RenewLease(b.ctx, b.db, holder)
+	require.NoError(t, err)
+	require.True(t, ok, "the renewed lease is live")
+	require.True(t, b.release("n", holder, tok), "and so is its hold")
+}

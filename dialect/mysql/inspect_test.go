@@ -35,19 +35,7 @@ func (e *env) lockNames(db *sql.DB, f dialect.LocksFilter) []string {
 // back and leaves no transaction open.
 func TestInspectIgnoresSessionSettings(t *testing.T) {
 	e := newEnv(t)
-	poisoned := e.pool(url.Values{
-		"timestamp":  {"1000000000"},
-		"autocommit": {"0"},
-		"time_zone":  {"'-07:00'"},
-		"sql_mode":   {"'ANSI_QUOTES,PIPES_AS_CONCAT,NO_BACKSLASH_ESCAPES'"},
-	})
-	poisoned.SetMaxOpenConns(1)
-	check := func(step string) {
-		t.Helper()
-		tz, inTx := e.session(poisoned)
-		require.Equal(t, "-07:00", tz, "%s: time zone restored", step)
-		require.False(t, inTx, "%s: no transaction left open", step)
-	}
+	poisoned, check := e.poisoned()
 	a, w := e.lease(e.db.DB, "a", time.Minute), e.lease(e.db.DB, "w", time.Minute)
 	tok := e.grant(e.db.DB, "n", a, dialect.Exclusive)
 	require.Equal(t, dialect.Blocked, e.acquire(e.db.DB, dialect.AcquireParams{Name: "n", LeaseID: w, Mode: dialect.Shared, Enqueue: true}).Status)

@@ -124,25 +124,34 @@ func (e *env) session(db *sql.DB) (tz string, inTx bool) {
 	return tz, false
 }
 
+// poisoned opens a pool of one connection with a frozen SET timestamp
+// (NOW() in 2001), autocommit off, an odd time zone and an odd sql_mode,
+// and a check that a procedure left that connection's time zone as it was
+// and no transaction open.
+func (e *env) poisoned() (*sql.DB, func(step string)) {
+	e.t.Helper()
+	db := e.pool(url.Values{
+		"timestamp":  {"1000000000"},
+		"autocommit": {"0"},
+		"time_zone":  {"'-07:00'"},
+		"sql_mode":   {"'ANSI_QUOTES,PIPES_AS_CONCAT,NO_BACKSLASH_ESCAPES'"},
+	})
+	db.SetMaxOpenConns(1)
+	return db, func(step string) {
+		e.t.Helper()
+		tz, inTx := e.session(db)
+		require.Equal(e.t, "-07:00", tz, "%s: time zone restored", step)
+		require.False(e.t, inTx, "%s: no transaction left open", step)
+	}
+}
+
 // TestSessionSettingsDoNotMatter: a pooled connection poisoned with a frozen
 // SET timestamp (NOW() in 2001), autocommit off and an odd time zone still
 // gets expiry by the real clock; every procedure puts the time zone back and
 // leaves no transaction open.
 func TestSessionSettingsDoNotMatter(t *testing.T) {
 	e := newEnv(t)
-	poisoned := e.pool(url.Values{
-		"timestamp":  {"1000000000"},
-		"autocommit": {"0"},
-		"time_zone":  {"'-07:00'"},
-		"sql_mode":   {"'ANSI_QUOTES,PIPES_AS_CONCAT,NO_BACKSLASH_ESCAPES'"},
-	})
-	poisoned.SetMaxOpenConns(1)
-	check := func(step string) {
-		t.Helper()
-		tz, inTx := e.session(poisoned)
-		require.Equal(t, "-07:00", tz, "%s: time zone restored", step)
-		require.False(t, inTx, "%s: no transaction left open", step)
-	}
+	poisoned, check := e.poisoned()
 
 	a := e.lease(poisoned, "a", time.Minute) // by NOW() it would have expired in 2001
 	check("create lease")

@@ -340,7 +340,9 @@ func TestTakeoverOfFencedHoldDoesNotWait(t *testing.T) {
 	db := testdb.OpenMigrated(t, testdb.Postgres)
 	other := testdb.Reopen(t, db.Kind, db.DSN).DB
 	a, c := rand.Int64(), rand.Int64()
-	require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: a, Owner: "a", TTL: 100 * time.Millisecond}))
+	// a's lease lives 1s, long enough for its grant and fence under the
+	// suite's load (at 100ms its grant once found it expired), then expires.
+	require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: a, Owner: "a", TTL: time.Second}))
 	require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: c, Owner: "c", TTL: time.Minute}))
 	res, err := d.Acquire(ctx, db.DB, &dialect.AcquireParams{Name: "n", LeaseID: a, RequestID: rand.Int64(), Mode: dialect.Exclusive})
 	require.NoError(t, err)

@@ -45,10 +45,17 @@ func (d *sqliteDialect) writeTx(ctx context.Context, db *sql.DB, fn func(conn *s
 
 // writeTxWaiting is writeTx waiting at most wait for the write lock (an
 // error matching ErrLockTimeout after that). The connection goes back to
-// the pool with the usual busy timeout.
+// the pool with the usual busy timeout. With wait 0 it does not wait for
+// the gate either: a write of this process in the gate may be waiting for
+// the very transaction whose end the caller asks about (PendingOutcome).
 func (d *sqliteDialect) writeTxWaiting(ctx context.Context, db *sql.DB, wait time.Duration, fn func(conn *sql.Conn, now int64) error) (err error) {
-	leave, err := d.enter(ctx, db)
-	if err != nil {
+	var leave func()
+	if wait == 0 {
+		var ok bool
+		if leave, ok = d.tryEnter(db); !ok {
+			return dialect.NewError(dialect.ErrLockTimeout, "", errGateBusy)
+		}
+	} else if leave, err = d.enter(ctx, db); err != nil {
 		return err
 	}
 	defer leave()
@@ -162,6 +169,9 @@ type hold struct {
 
 // errNeedsWrite is returned by a read-only acquire that would have to write.
 var errNeedsWrite = errors.New("needs the write lock")
+
+// errGateBusy: another write of this process holds the database's gate.
+var errGateBusy = errors.New("another write of this process is in progress")
 
 // Acquire first looks in a read-only transaction, which never takes SQLite's
 // write lock (WAL readers do not block the writer): a blocked attempt that
@@ -634,8 +644,9 @@ func (d *sqliteDialect) AcquireTx(ctx context.Context, tx *sql.Tx, p *dialect.Ac
 func (d *sqliteDialect) CreatePending(context.Context, *sql.DB, int64, int64) error { return nil }
 
 // PendingOutcome: while the write lock cannot be had at once, the
-// transaction may be open (TxOpen: a write lock held by anyone else reads
-// the same; ask again later). Once it can, the transaction has ended, and
+// transaction may be open (TxOpen: a write lock held by anyone else, or
+// this process's gate held by another write, reads the same; ask again
+// later). Once it can, the transaction has ended, and
 // committed if and only if the request's hold exists (a hold released
 // since reads as not committed, which is as good: nothing is left to undo).
 // It writes nothing, so it never breaks other transactions' snapshots.

@@ -41,10 +41,15 @@ type sqliteDialect struct {
 
 var _ dialect.Testable = (*sqliteDialect)(nil)
 
+// gate returns db's write gate.
+func (d *sqliteDialect) gate(db *sql.DB) chan struct{} {
+	g, _ := d.gates.LoadOrStore(db, make(chan struct{}, 1))
+	return g.(chan struct{})
+}
+
 // enter waits for db's write gate and returns the function that leaves it.
 func (d *sqliteDialect) enter(ctx context.Context, db *sql.DB) (func(), error) {
-	g, _ := d.gates.LoadOrStore(db, make(chan struct{}, 1))
-	gate := g.(chan struct{})
+	gate := d.gate(db)
 	select {
 	case gate <- struct{}{}:
 		return func() { <-gate }, nil
@@ -54,6 +59,18 @@ func (d *sqliteDialect) enter(ctx context.Context, db *sql.DB) (func(), error) {
 }
 
 func (*sqliteDialect) Name() string { return "sqlite" }
+
+// tryEnter is enter without waiting: ok is false when another write of
+// this process holds db's gate.
+func (d *sqliteDialect) tryEnter(db *sql.DB) (leave func(), ok bool) {
+	gate := d.gate(db)
+	select {
+	case gate <- struct{}{}:
+		return func() { <-gate }, true
+	default:
+		return nil, false
+	}
+}
 
 // String returns the dialect's name, so that a Dialect prints as one.
 func (d *sqliteDialect) String() string { return d.Name() }

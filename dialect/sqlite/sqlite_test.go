@@ -147,3 +147,56 @@ func TestStaleSnapshotIsASerializationFailure(t *testing.T) {
 		require.NoError(t, tx.Rollback())
 	}
 }
+
+// PendingOutcome is asked while the caller's transaction may still be open
+// and holding SQLite's write lock, possibly by the caller's own goroutine
+// (Upgrade, SetPayload or Fence on a lock pending in that transaction). It
+// must answer at once, not wait behind a write of the same pool that itself
+// waits for that transaction: the caller would wait for the renewal, the
+// renewal for the caller's commit, until the busy timeout (10 s), long
+// enough for the lease to expire. Seen as TestTryLockTxCommit/sqlite
+// timing out under load.
+func TestPendingOutcomeDoesNotWaitBehindTheCallersTransaction(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := sqlite.Dialect()
+	db := testdb.OpenMigrated(t, testdb.SQLite)
+	client := testdb.Reopen(t, db.Kind, db.DSN).DB // the sqldlm client's own pool
+	lease := rand.Int64()
+	require.NoError(t, d.CreateLease(ctx, client, &dialect.CreateLeaseParams{ID: lease, Owner: "o", TTL: time.Hour}))
+
+	// The caller's transaction, in the caller's pool, takes the write lock.
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx, `UPDATE sqldlm_settings SET audit = audit WHERE id = 1`)
+	require.NoError(t, err)
+
+	// A renewal in the client's pool waits for it, inside the pool's gate.
+	renewed := make(chan error, 1)
+	go func() {
+		_, err := d.RenewLease(ctx, client, lease)
+		renewed <- err
+	}()
+	// The renewal has passed the gate once its connection is out of the pool.
+	require.Eventually(t, func() bool { return client.Stats().InUse > 0 }, 10*time.Second, time.Millisecond,
+		"the renewal never started")
+
+	askCtx, askCancel := context.WithTimeout(ctx, 3*time.Second)
+	defer askCancel()
+	out, err := d.PendingOutcome(askCtx, client, lease, 1)
+	require.NoError(t, err, "PendingOutcome waited behind the renewal that waits for the caller's transaction")
+	require.Equal(t, dialect.TxOpen, out)
+	select {
+	case err := <-renewed:
+		t.Fatalf("the renewal ended (%v) while the caller's transaction held the write lock", err)
+	default:
+	}
+
+	require.NoError(t, tx.Commit())
+	require.NoError(t, <-renewed)
+	out, err = d.PendingOutcome(ctx, client, lease, 1)
+	require.NoError(t, err)
+	require.Equal(t, dialect.TxNotCommitted, out, "no hold of request 1 exists")
+}

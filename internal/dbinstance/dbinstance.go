@@ -701,15 +701,6 @@ func required(kind string) bool {
 	return slices.Contains(strings.Split(os.Getenv("SQLDLM_TEST_REQUIRE"), ","), kind)
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // childrenOf lists the processes whose parent is pid, from /proc.
 func childrenOf(pid int) []int {
 	entries, _ := os.ReadDir("/proc")

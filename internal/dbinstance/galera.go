@@ -123,6 +123,7 @@ func StartGalera(t testing.TB, n int) *Cluster {
 // StartGaleraWith starts a Galera cluster as o says (see StartGalera).
 func StartGaleraWith(t testing.TB, o GaleraOptions) *Cluster {
 	t.Helper()
+	clusterStage(t)
 	n := o.Nodes
 	bins, why := findBinaries(MySQL)
 	if why == "" {

@@ -5,6 +5,7 @@ package dbinstance
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -35,6 +36,13 @@ type HAProxyOptions struct {
 	// backend is marked down after two failed checks and up after two good
 	// ones.
 	CheckInterval time.Duration
+	// HTTPCheck, if set, is the path of an HTTP health check (GET) on
+	// CheckPorts[k] of backend k's host, as deployments put HAProxy in
+	// front of Patroni ("/primary" answers 200 on the leader only): every
+	// backend is then active, and the one whose check passes takes the
+	// connections.
+	HTTPCheck  string
+	CheckPorts []int
 }
 
 // StartHAProxy starts HAProxy on a free loopback port in front of
@@ -54,6 +62,9 @@ func StartHAProxy(t testing.TB, backends []string, o HAProxyOptions) *HAProxy {
 	if len(backends) == 0 {
 		t.Fatal("dbinstance: StartHAProxy needs at least one backend")
 	}
+	if o.HTTPCheck != "" && len(o.CheckPorts) != len(backends) {
+		t.Fatal("dbinstance: StartHAProxy with HTTPCheck needs one check port per backend")
+	}
 	inter := o.CheckInterval
 	if inter <= 0 {
 		inter = 500 * time.Millisecond
@@ -68,6 +79,7 @@ func StartHAProxy(t testing.TB, backends []string, o HAProxyOptions) *HAProxy {
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, `global
   maxconn 1024
+  stats socket %s
 defaults
   mode tcp
   timeout connect 1s
@@ -77,13 +89,19 @@ listen db
   bind %s
   option tcpka
   default-server inter %dms rise 2 fall 2 on-marked-down shutdown-sessions
-`, addr, inter.Milliseconds())
+`, filepath.Join(dir, "admin.sock"), addr, inter.Milliseconds())
+		if o.HTTPCheck != "" {
+			fmt.Fprintf(&cfg, "  option httpchk GET %s\n  http-check expect status 200\n", o.HTTPCheck)
+		}
 		for k, b := range backends {
-			backup := ""
-			if k > 0 {
-				backup = " backup"
+			check := " check"
+			switch {
+			case o.HTTPCheck != "":
+				check += " port " + strconv.Itoa(o.CheckPorts[k])
+			case k > 0:
+				check += " backup"
 			}
-			fmt.Fprintf(&cfg, "  server node%d %s check%s\n", k, b, backup)
+			fmt.Fprintf(&cfg, "  server node%d %s%s\n", k, b, check)
 		}
 		path := filepath.Join(dir, "haproxy.cfg")
 		if err := os.WriteFile(path, []byte(cfg.String()), 0o644); err != nil {
@@ -122,6 +140,59 @@ listen db
 
 // Addr is the proxy's host:port.
 func (h *HAProxy) Addr() string { return h.addr }
+
+// Up reports which backends HAProxy has marked up (its stats socket's
+// "show stat"), in the order StartHAProxy was given them.
+func (h *HAProxy) Up() ([]bool, error) {
+	c, err := net.DialTimeout("unix", filepath.Join(h.dir, "admin.sock"), time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("show stat\n")); err != nil {
+		return nil, err
+	}
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return nil, err
+	}
+	// CSV: pxname,svname,...; status is the 18th column.
+	var up []bool
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) > 17 && f[0] == "db" && strings.HasPrefix(f[1], "node") {
+			up = append(up, strings.HasPrefix(f[17], "UP"))
+		}
+	}
+	return up, nil
+}
+
+// WaitOnlyUp waits until HAProxy has marked backend k up and every other
+// one down: with an HTTP check that passes on one backend only (Patroni's
+// GET /primary), HAProxy takes every backend for up until its checks have
+// failed, and until then sends connections to all of them.
+func (h *HAProxy) WaitOnlyUp(ctx context.Context, k int) error {
+	var last []bool
+	for {
+		up, err := h.Up()
+		if err == nil {
+			last = up
+			only := len(up) > k
+			for j, u := range up {
+				only = only && u == (j == k)
+			}
+			if only {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("HAProxy does not mark only backend %d up (up: %v, %v): %w", k, last, err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
 
 func (h *HAProxy) stop() {
 	if h.cmd.Process != nil {

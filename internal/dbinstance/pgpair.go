@@ -51,28 +51,97 @@ const standbyName = "standby1"
 // names "pgstandby" or "postgres".
 func StartPGPair(t testing.TB, o PGPairOptions) *PGPair {
 	t.Helper()
+	clusterStage(t)
 	if _, why := findBinaries(Postgres); why != "" && required(PGPairKind) {
 		t.Fatalf("dbinstance: no PostgreSQL pair: %s (SQLDLM_TEST_REQUIRE=%s makes this a failure)", why, os.Getenv("SQLDLM_TEST_REQUIRE"))
 	}
-	primary := Start(t, string(Postgres), Options{PGSettings: []string{
-		"wal_level=replica",
-		"max_wal_senders=5",
-		"hot_standby=on",
-		"wal_sender_timeout=5s",
-	}})
+	primary := Start(t, string(Postgres), Options{PGSettings: pgPairSettings})
 	p := &PGPair{Primary: primary, opts: o}
 	p.Standby = p.startStandby(t)
 	p.waitStreaming(t)
 	if o.Sync {
-		if err := primary.exec(primary.adminDSN("postgres"), "ALTER SYSTEM SET synchronous_standby_names = '"+standbyName+"'"); err != nil {
-			t.Fatalf("dbinstance: %v", err)
-		}
-		if err := primary.exec(primary.adminDSN("postgres"), "SELECT pg_reload_conf()"); err != nil {
-			t.Fatalf("dbinstance: %v", err)
-		}
-		p.waitReplication(t, "sync")
+		p.makeSync(t)
 	}
 	return p
+}
+
+// makeSync names the standby in the primary's synchronous_standby_names and
+// waits until it is synchronous.
+func (p *PGPair) makeSync(t testing.TB) {
+	t.Helper()
+	pr := p.Primary
+	if err := pr.exec(pr.adminDSN("postgres"), "ALTER SYSTEM SET synchronous_standby_names = '"+standbyName+"'"); err != nil {
+		t.Fatalf("dbinstance: %v", err)
+	}
+	if err := pr.exec(pr.adminDSN("postgres"), "SELECT pg_reload_conf()"); err != nil {
+		t.Fatalf("dbinstance: %v", err)
+	}
+	p.waitReplication(t, "sync")
+}
+
+// Rebuild makes the standby, once promoted, the pair's primary and starts a
+// new standby streaming from it, from a fresh base backup, as an operator
+// does after a failover; the old primary is left as it is (crashed, say)
+// and removed when the test ends. With Sync the new primary runs without a
+// synchronous standby until the new one streams (it has no
+// synchronous_standby_names: the base backup it came from was taken before
+// they were set), then names it and waits until it is synchronous: commits
+// on the new primary do not wait for a standby in between, as with
+// Patroni's synchronous_mode when it is not strict. A standby is
+// synchronous again before Rebuild returns, so the next promotion loses
+// nothing acknowledged.
+func (p *PGPair) Rebuild(t testing.TB) {
+	t.Helper()
+	p.Primary = p.Standby
+	p.Standby = p.startStandby(t)
+	p.waitStreaming(t)
+	if p.opts.Sync {
+		p.makeSync(t)
+	}
+}
+
+// CaughtUp waits until the standby has replayed everything the primary had
+// written when CaughtUp began (so every commit acknowledged before then),
+// or timeout passes.
+func (p *PGPair) CaughtUp(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	primary, _, err := dsn.Open(ctx, p.Primary.adminDSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer primary.Close()
+	var lsn string
+	if err := primary.QueryRowContext(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return fmt.Errorf("the primary's WAL position: %w", err)
+	}
+	standby, _, err := dsn.Open(ctx, p.Standby.adminDSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer standby.Close()
+	for {
+		var ok bool
+		err := standby.QueryRowContext(ctx, `SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn`, lsn).Scan(&ok)
+		if err == nil && ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the standby did not replay up to the primary's %s within %s (last error: %v)", lsn, timeout, err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// pgPairSettings are the settings of both servers of a pair, so that a
+// promoted standby streams to a standby of its own as the first primary did.
+var pgPairSettings = []string{
+	"wal_level=replica",
+	"max_wal_senders=5",
+	"hot_standby=on",
+	"wal_sender_timeout=5s",
+	"wal_receiver_timeout=5s",
 }
 
 // startStandby creates the standby's data directory with pg_basebackup
@@ -80,10 +149,7 @@ func StartPGPair(t testing.TB, o PGPairOptions) *PGPair {
 func (p *PGPair) startStandby(t testing.TB) *Instance {
 	t.Helper()
 	pr := p.Primary
-	s := &Instance{t: t, kind: Postgres, bins: pr.bins, cred: pr.cred, opts: Options{PGSettings: []string{
-		"hot_standby=on",
-		"wal_receiver_timeout=5s",
-	}}}
+	s := &Instance{t: t, kind: Postgres, bins: pr.bins, cred: pr.cred, opts: Options{PGSettings: pgPairSettings}}
 	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		t.Fatalf("dbinstance: %v", err)

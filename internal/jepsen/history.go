@@ -9,8 +9,17 @@
 //     may vanish (expire) at any moment;
 //   - CheckJournal: the rows fenced transactions wrote, in commit order;
 //   - CheckTokens: fencing tokens from the audit log strictly increase;
-//   - CheckHolderKnowsFirst: a holder learns it lost a lock before anyone
-//     else is granted it.
+//   - CheckHolderKnowsFirst: a holder (of a lock, a leadership or a
+//     permit) learns it lost it before anyone else is granted it;
+//   - CheckElections and CheckSemaphores: the rows the fenced transactions
+//     of leaders and permit holders wrote, in commit order: at most one
+//     leader per election, at most limit permits per semaphore, at any
+//     instant of the database.
+//
+// Leader elections and semaphores are built on exclusive locks (an
+// election's lock, a semaphore's slots), and their operations are recorded
+// as lock operations on those names, marked with Event.Coord: every lock
+// checker judges them too.
 //
 // Each returns a list of violations (empty when the history is legal).
 package jepsen
@@ -54,6 +63,18 @@ const (
 	Release    = "release"
 )
 
+// Coordination kinds (Event.Coord): what an operation's lock stands for.
+// Lock operations have none.
+const (
+	// Election: Client.Campaign (an Acquire), Leadership.Fence and Resign
+	// (a Release), on the election's lock name; the token is the term.
+	Election = "election"
+	// Semaphore: Semaphore.Acquire and TryAcquire, Permit.Fence and
+	// Release, on the lock name of the permit's slot (an acquire's invoke
+	// has none: the slot is known once it is granted).
+	Semaphore = "semaphore"
+)
+
 // Modes (Event.Mode).
 const (
 	Shared    = "shared"
@@ -69,6 +90,10 @@ type Event struct {
 	F    string `json:"f,omitempty"`  // the operation
 	Name string `json:"name,omitempty"`
 	Mode string `json:"mode,omitempty"`
+	// Coord and Group: for an election's or a semaphore's operation, the
+	// kind (Election, Semaphore) and the election's or semaphore's name.
+	Coord string `json:"coord,omitempty"`
+	Group string `json:"group,omitempty"`
 	// Token: on an acquire's or upgrade's OK, the new token; on other
 	// operations (and an upgrade's invoke), the lock's token.
 	Token int64 `json:"token,omitempty"`
@@ -176,6 +201,8 @@ type Op struct {
 	F         string
 	Name      string
 	Mode      string
+	Coord     string // Election, Semaphore, or "" (a lock)
+	Group     string // the election or semaphore
 	Lease     int64
 	Token     int64 // the lock's token as the operation began (0 for acquires)
 	NewToken  int64 // acquires and upgrades that succeeded: the granted token
@@ -203,7 +230,7 @@ func Ops(events []Event) []Op {
 		switch e.T {
 		case Invoke:
 			open[key{e.P, e.Op}] = len(ops)
-			ops = append(ops, Op{P: e.P, W: e.W, ID: e.Op, F: e.F, Name: e.Name, Mode: e.Mode, Lease: e.Lease,
+			ops = append(ops, Op{P: e.P, W: e.W, ID: e.Op, F: e.F, Name: e.Name, Mode: e.Mode, Coord: e.Coord, Group: e.Group, Lease: e.Lease,
 				Token: e.Token, CS: e.CS, Seq: e.Seq, Status: Info, Call: e.Mono, Return: math.MaxInt64})
 		case OK, Fail, Info:
 			i, ok := open[key{e.P, e.Op}]
@@ -220,6 +247,9 @@ func Ops(events []Event) []Op {
 				}
 				if e.Mode != "" {
 					o.Mode = e.Mode
+				}
+				if o.Name == "" {
+					o.Name = e.Name // a permit's slot
 				}
 			}
 		}

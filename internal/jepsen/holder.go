@@ -14,9 +14,14 @@ import (
 // its local trust deadline and the moment its client ended the lease
 // (LeaseEnd events), or when its process was killed (Killed events).
 //
+// Leaderships and permits are holds of exclusive locks (the election's,
+// the permit's slot), in the audit log like any other: a deposed leader
+// must know before the next leader is elected, and the holder of a lost
+// permit before its slot is granted again.
+//
 // It returns the violations and how many such handovers it checked (those
 // whose next grant the history acknowledged).
-func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string, int) {
+func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string, Handovers) {
 	knew := map[int64]int64{} // lease -> when its holder knew it was gone
 	killed := map[int]int64{}
 	for _, e := range events {
@@ -56,7 +61,7 @@ func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string
 		}
 	}
 	var v []string
-	n := 0
+	var n Handovers
 	for i, dead := range audit {
 		if dead.Event != "takeover" && dead.Event != "expire" {
 			continue
@@ -77,7 +82,7 @@ func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string
 		if !ok {
 			continue // its outcome is unknown to the history
 		}
-		n++
+		n.add(b.Coord)
 		k, ok := knew[dead.Lease]
 		if !ok {
 			p, known := leaseProc[dead.Lease]
@@ -100,3 +105,25 @@ func CheckHolderKnowsFirst(events []Event, ops []Op, audit []AuditRow) ([]string
 	}
 	return v, n
 }
+
+// Handovers counts the handovers CheckHolderKnowsFirst checked, by what was
+// handed over.
+type Handovers struct {
+	Locks       int
+	Leaderships int // elections
+	Permits     int // semaphore slots
+}
+
+func (n *Handovers) add(coord string) {
+	switch coord {
+	case Election:
+		n.Leaderships++
+	case Semaphore:
+		n.Permits++
+	default:
+		n.Locks++
+	}
+}
+
+// Total returns the number of handovers checked.
+func (n Handovers) Total() int { return n.Locks + n.Leaderships + n.Permits }

@@ -334,7 +334,7 @@ func TestHolderKnowsFirst(t *testing.T) {
 	legal := []Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 120}}
 	v, n := CheckHolderKnowsFirst(legal, ops, audit)
 	require.Empty(t, v)
-	require.Equal(t, 2, n)
+	require.Equal(t, Handovers{Locks: 2}, n)
 	// The client ended the lease before its deadline: that is when it knew.
 	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 900, Mono: 180}, {T: Killed, P: 2, Mono: 120}}, ops, audit)
 	require.Empty(t, v)
@@ -354,7 +354,7 @@ func TestHolderKnowsFirst(t *testing.T) {
 	owned[1].P, owned[4].P = 2, 2
 	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 120}}, unnamed, owned)
 	require.Empty(t, v)
-	require.Equal(t, 1, n)
+	require.Equal(t, Handovers{Locks: 1}, n)
 
 	late := []Event{{T: LeaseEnd, Lease: 1, Deadline: 250, Mono: 300}, {T: Killed, P: 2, Mono: 120}}
 	v, _ = CheckHolderKnowsFirst(late, ops, audit)
@@ -365,6 +365,44 @@ func TestHolderKnowsFirst(t *testing.T) {
 	require.Contains(t, v[0], "never learned")
 	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 300}, {T: Killed, P: 2, Mono: 250}}, ops, audit)
 	require.Len(t, v, 1, "killed after the reaped hold's successor returned")
+}
+
+// A deposed leader, and the holder of a lost permit, must know before the
+// election's next leader, or the slot's next permit, is granted: the
+// holder checker judges them as the exclusive locks they are.
+func TestHolderKnowsFirstCoordination(t *testing.T) {
+	const e, slot = "sqldlm:election:e", "sqldlm:semaphore:s#1"
+	coord := func(o Op, kind, group string) Op {
+		o.Coord, o.Group = kind, group
+		return o
+	}
+	// Lease 1 led e (term 1) and held s's slot 1 (token 2); lease 2 was
+	// elected (term 3) and took the slot (token 4) once both had expired.
+	ops := []Op{
+		coord(grant(0, e, Exclusive, 1, 1, 0, 10), Election, "e"),
+		coord(grant(1, slot, Exclusive, 1, 2, 0, 10), Semaphore, "s"),
+		coord(grant(2, e, Exclusive, 2, 3, 100, 200), Election, "e"),
+		coord(grant(3, slot, Exclusive, 2, 4, 100, 300), Semaphore, "s"),
+	}
+	audit := []AuditRow{
+		{ID: 1, Event: "grant", Name: e, Token: 1, Lease: 1, Mode: Exclusive},
+		{ID: 2, Event: "grant", Name: slot, Token: 2, Lease: 1, Mode: Exclusive},
+		{ID: 3, Event: "takeover", Name: e, Token: 1, Lease: 1, Mode: Exclusive},
+		{ID: 4, Event: "grant", Name: e, Token: 3, Lease: 2, Mode: Exclusive},
+		{ID: 5, Event: "expire", Name: slot, Token: 2, Lease: 1, Mode: Exclusive},
+		{ID: 6, Event: "grant", Name: slot, Token: 4, Lease: 2, Mode: Exclusive},
+	}
+	v, n := CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 150, Mono: 400}}, ops, audit)
+	require.Empty(t, v)
+	require.Equal(t, Handovers{Leaderships: 1, Permits: 1}, n)
+	// Lease 1 trusted itself until 250: the new leader was elected (at
+	// 200) while the deposed one still believed it led; the permit's slot
+	// was granted again (at 300) after it knew.
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 250, Mono: 400}}, ops, audit)
+	require.Len(t, v, 1)
+	require.Contains(t, v[0], `holder knows first "sqldlm:election:e": grant 3 (p1) returned 50ns before the holder of lease 1`)
+	v, _ = CheckHolderKnowsFirst([]Event{{T: LeaseEnd, Lease: 1, Deadline: 350, Mono: 400}}, ops, audit)
+	require.Len(t, v, 2, "the permit's holder too")
 }
 
 // A check that cannot finish in time is a violation (inconclusive), not a

@@ -33,40 +33,23 @@ type JournalRow struct {
 //   - the exclusive rows of one critical section are contiguous, in order;
 //   - every fenced transaction the history acknowledged (OK) has its row,
 //     none that failed has one, and no row lacks an operation.
+//
+// The fenced transactions of leaders and permit holders (Op.Coord) write
+// to another table, judged by CheckElections and CheckSemaphores.
 func CheckJournal(ops []Op, rows []JournalRow, cells map[string]int64) []string {
-	var v []string
-	type txKey struct {
-		cs  int64
-		seq int
-	}
 	fences := map[txKey]Op{}
 	for _, o := range ops {
-		if o.F == Fence {
+		if o.F == Fence && o.Coord == "" {
 			fences[txKey{o.CS, o.Seq}] = o
 		}
 	}
-	present := map[txKey]bool{}
+	keys := make([]txKey, len(rows))
 	byName := map[string][]JournalRow{}
-	for _, r := range rows {
-		k := txKey{r.OpID, r.Seq}
-		if present[k] {
-			v = append(v, fmt.Sprintf("journal: critical section %d transaction %d has two rows", r.OpID, r.Seq))
-		}
-		present[k] = true
-		o, ok := fences[k]
-		switch {
-		case !ok:
-			v = append(v, fmt.Sprintf("journal: row %+v was written by no recorded operation", r))
-		case o.Status == Fail:
-			v = append(v, fmt.Sprintf("journal: row %+v is present although its transaction failed (%s)", r, o.Err))
-		}
+	for i, r := range rows {
+		keys[i] = txKey{r.OpID, r.Seq}
 		byName[r.Name] = append(byName[r.Name], r)
 	}
-	for k, o := range fences {
-		if o.Status == OK && !present[k] {
-			v = append(v, fmt.Sprintf("journal: acknowledged fenced transaction %d.%d on %q (token %d) is missing", k.cs, k.seq, o.Name, o.Token))
-		}
-	}
+	v := checkWritten("journal", fences, keys, func(i int) string { return fmt.Sprintf("%+v", rows[i]) })
 	names := make([]string, 0, len(byName))
 	for n := range byName {
 		names = append(names, n)
@@ -131,6 +114,42 @@ func checkName(name string, rows []JournalRow, final int64) []string {
 		}
 		if w, ok := byCounter[r.Counter+1]; ok && r.Token > w.Token {
 			v = append(v, fmt.Sprintf("journal %q: shared holder with token %d read counter %d while an exclusive holder with the older token %d held it", name, r.Token, r.Counter, w.Token))
+		}
+	}
+	return v
+}
+
+// txKey names a fenced transaction: its critical section (Op.CS) and its
+// number in it (Op.Seq).
+type txKey struct {
+	cs  int64
+	seq int
+}
+
+// checkWritten checks the rows of a journal table, keys[i] naming the
+// fenced transaction that wrote row i, against the fenced transactions of
+// the history (fences): a transaction writes one row at most, one that
+// failed none, one acknowledged (OK) one, and every row has its
+// operation. row describes row i.
+func checkWritten(table string, fences map[txKey]Op, keys []txKey, row func(i int) string) []string {
+	var v []string
+	present := map[txKey]bool{}
+	for i, k := range keys {
+		if present[k] {
+			v = append(v, fmt.Sprintf("%s: critical section %d transaction %d has two rows", table, k.cs, k.seq))
+		}
+		present[k] = true
+		o, ok := fences[k]
+		switch {
+		case !ok:
+			v = append(v, fmt.Sprintf("%s: row %s was written by no recorded operation", table, row(i)))
+		case o.Status == Fail:
+			v = append(v, fmt.Sprintf("%s: row %s is present although its transaction failed (%s)", table, row(i), o.Err))
+		}
+	}
+	for k, o := range fences {
+		if o.Status == OK && !present[k] {
+			v = append(v, fmt.Sprintf("%s: acknowledged fenced transaction %d.%d on %q (token %d) is missing", table, k.cs, k.seq, o.Name, o.Token))
 		}
 	}
 	return v

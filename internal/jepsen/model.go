@@ -196,12 +196,17 @@ func LockModel() porcupine.Model {
 }
 
 // porcupineOps turns Ops into porcupine operations, one client id per
-// (process, worker).
+// (process, worker). A semaphore's acquire that was not granted names no
+// slot: it is left out (it changes no name's state: step and stepAny keep
+// the state for a failed or unknown acquire).
 func porcupineOps(ops []Op) []porcupine.Operation {
 	type pw struct{ p, w int }
 	ids := map[pw]int{}
 	out := make([]porcupine.Operation, 0, len(ops))
 	for _, o := range ops {
+		if o.Name == "" {
+			continue
+		}
 		id, ok := ids[pw{o.P, o.W}]
 		if !ok {
 			id = len(ids)
@@ -215,6 +220,9 @@ func porcupineOps(ops []Op) []porcupine.Operation {
 			desc += fmt.Sprintf(" #%d cs %d.%d", o.Token, o.CS, o.Seq)
 		default:
 			desc += fmt.Sprintf(" #%d", o.Token)
+		}
+		if o.Coord != "" {
+			desc += fmt.Sprintf(" [%s %s]", o.Coord, o.Group)
 		}
 		if o.Err != "" {
 			desc += " (" + o.Err + ")"

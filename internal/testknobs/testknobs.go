@@ -26,9 +26,13 @@ type Knobs struct {
 	// of the client, when the lease ends (after its locks learned of it,
 	// before logs and hooks run).
 	LeaseEnded func(LeaseEnd)
-	// LeaseOf, set by sqldlm.New, returns the id of the lease a *sqldlm.Lock
-	// of the client belongs to.
-	LeaseOf func(lock any) int64
+	// LeaseOf, set by sqldlm.New, returns the id of the lease a
+	// *sqldlm.Lock, *sqldlm.Leadership, *sqldlm.Permit or
+	// *sqldlm.Membership of the client belongs to.
+	LeaseOf func(handle any) int64
+	// LockOf, set by sqldlm.New, returns the *sqldlm.Lock a
+	// *sqldlm.Leadership or a *sqldlm.Permit of the client stands on.
+	LockOf func(handle any) any
 }
 
 // Carrier is implemented by a Config.Hooks value that carries knobs;

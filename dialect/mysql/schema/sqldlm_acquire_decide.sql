@@ -179,36 +179,44 @@ BEGIN
             SET o_status = 2;
             LEAVE decide;
         END IF;
-        -- Lock every dead lease with a conflicting hold, one at a time in id
-        -- order: its row (without waiting), a re-check with a locking read
-        -- and SYSDATE(6) that it has been dead for the lock delay (a live
-        -- lease is dead since later than the cutoff, so one condition covers
-        -- both), its holds of the name (without waiting). Nothing is changed
-        -- until all of them are locked.
+        -- Lock the lease of every conflicting hold, one at a time in id
+        -- order, each of which must be dead: by the latest committed version
+        -- and v_now, as in (3) (no lock); then its row (without waiting), a
+        -- re-check with a locking read and SYSDATE(6) that it has been dead
+        -- for the lock delay (a live lease is dead since later than the
+        -- cutoff, so one condition covers both), its holds of the name
+        -- (without waiting). Nothing is changed until all of them are
+        -- locked. Every conflicting hold, not only those of leases that this
+        -- loop's read shows dead: a renewal that updated the row before v_now
+        -- and committed after (3) read it is seen here, and blocks.
         takeover: LOOP
-            SELECT MIN(h.lease_id) INTO v_dead
-              FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
-             WHERE h.name = p_name AND h.token <> p_upgrade AND (p_mode = 'X' OR h.mode = 'X')
-               AND (v_last IS NULL OR h.lease_id > v_last)
-               AND (l.id IS NULL OR l.broken_at IS NOT NULL OR l.expires_at <= v_now);
+            SELECT MIN(lease_id) INTO v_dead
+              FROM sqldlm_holders
+             WHERE name = p_name AND token <> p_upgrade AND (p_mode = 'X' OR mode = 'X')
+               AND (v_last IS NULL OR lease_id > v_last);
             IF v_dead IS NULL THEN
                 LEAVE takeover;
             END IF;
             SET v_last = v_dead;
             SET v_ok = FALSE, v_locked = 0;
-            SELECT COUNT(*) INTO v_n FROM sqldlm_leases WHERE id = v_dead;
-            IF v_n > 0 THEN
-                SELECT COUNT(*) INTO v_locked FROM sqldlm_leases WHERE id = v_dead FOR UPDATE SKIP LOCKED;
-            END IF;
-            IF v_locked = v_n THEN
+            SELECT COUNT(*) INTO v_n FROM sqldlm_leases
+             WHERE id = v_dead
+               AND LEAST(expires_at, COALESCE(broken_at, expires_at)) > v_now - INTERVAL p_delay_us MICROSECOND;
+            IF v_n = 0 THEN
+                SELECT COUNT(*) INTO v_n FROM sqldlm_leases WHERE id = v_dead;
                 IF v_n > 0 THEN
-                    SELECT COUNT(*) INTO v_n FROM sqldlm_leases
-                     WHERE id = v_dead
-                       AND LEAST(expires_at, COALESCE(broken_at, expires_at)) > SYSDATE(6) - INTERVAL p_delay_us MICROSECOND
-                       FOR UPDATE;
+                    SELECT COUNT(*) INTO v_locked FROM sqldlm_leases WHERE id = v_dead FOR UPDATE SKIP LOCKED;
                 END IF;
-                IF v_n = 0 THEN
-                    CALL sqldlm_lock_holds(p_name, v_dead, v_ok);
+                IF v_locked = v_n THEN
+                    IF v_n > 0 THEN
+                        SELECT COUNT(*) INTO v_n FROM sqldlm_leases
+                         WHERE id = v_dead
+                           AND LEAST(expires_at, COALESCE(broken_at, expires_at)) > SYSDATE(6) - INTERVAL p_delay_us MICROSECOND
+                           FOR UPDATE;
+                    END IF;
+                    IF v_n = 0 THEN
+                        CALL sqldlm_lock_holds(p_name, v_dead, v_ok);
+                    END IF;
                 END IF;
             END IF;
             IF NOT v_ok THEN
@@ -243,16 +251,16 @@ BEGIN
         VALUES (p_name, p_lease, p_request, p_mode, SYSDATE(6), p_payload);
         SET o_token = LAST_INSERT_ID();
         SELECT COALESCE(MAX(audit), FALSE) INTO v_audit FROM sqldlm_settings WHERE id = 1;
-        -- Take the dead leases over, in id order (the same leases as above:
-        -- no hold of the name can be added, nor one of theirs deleted, while
-        -- their rows and the name's row are locked).
+        -- Take the dead leases over, in id order (the same leases as above,
+        -- all of them dead and locked: no hold of the name can be added, but
+        -- this grant's, nor one of theirs deleted, while their rows and the
+        -- name's row are locked).
         SET v_last = NULL;
         takeover2: LOOP
-            SELECT MIN(h.lease_id) INTO v_dead
-              FROM sqldlm_holders h LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
-             WHERE h.name = p_name AND h.token <> p_upgrade AND (p_mode = 'X' OR h.mode = 'X')
-               AND (v_last IS NULL OR h.lease_id > v_last)
-               AND (l.id IS NULL OR l.broken_at IS NOT NULL OR l.expires_at <= v_now);
+            SELECT MIN(lease_id) INTO v_dead
+              FROM sqldlm_holders
+             WHERE name = p_name AND token <> p_upgrade AND token <> o_token AND (p_mode = 'X' OR mode = 'X')
+               AND (v_last IS NULL OR lease_id > v_last);
             IF v_dead IS NULL THEN
                 LEAVE takeover2;
             END IF;

@@ -16,6 +16,6 @@ CREATE TABLE `sqldlm_audit` (
   PRIMARY KEY (`id`),
   KEY `sqldlm_audit_name` (`name`,`id`),
   KEY `sqldlm_audit_at` (`at`),
-  CONSTRAINT `sqldlm_audit_event` CHECK (`event` in ('grant','upgrade','downgrade','release','takeover','expire','break')),
-  CONSTRAINT `sqldlm_audit_mode` CHECK (`mode` in ('S','X'))
+  CONSTRAINT `sqldlm_audit_mode` CHECK (`mode` in ('S','X')),
+  CONSTRAINT `sqldlm_audit_event` CHECK (`event` in ('grant','upgrade','downgrade','release','takeover','expire','break','join','leave','update'))
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;

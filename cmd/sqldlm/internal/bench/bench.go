@@ -9,7 +9,9 @@
 // Each workload (distinct names or one hot name, exclusive or shared) runs
 // with each worker count for each implementation: a cell. [Run] repeats the
 // cells and reports medians; with Config.Scale it also measures one Client
-// holding many locks and many Clients renewing their leases.
+// holding many locks and many Clients renewing their leases; with
+// Config.Coordination, membership, leader election and semaphores (see
+// [Coordination]).
 //
 // The sqldlm schema must be migrated (sqldlm.Migrate, `sqldlm migrate up`).
 // The floors create their table, sqldlm_bench_floor, and drop it after.
@@ -77,6 +79,16 @@ type Config struct {
 	// Impls to run: ImplSqldlm, ImplTwoCommit, ImplAdvisory. Defaults to
 	// all (ratios need the floors).
 	Impls []string
+	// Peers are lock services to run the exclusive workloads on beside
+	// sqldlm, in the same run: PeerEtcd. Each run of the cells ends with
+	// the peers' cells.
+	Peers []string
+	// EtcdPeerDir is the bench/etcdpeer directory of a checkout, where the
+	// etcd peer is run with `go run .`. Defaults to EtcdPeerDirDefault.
+	EtcdPeerDir string
+	// EtcdPeer, if set, is the command (and its first arguments) that runs
+	// the etcd peer instead: a binary built from bench/etcdpeer.
+	EtcdPeer []string
 	// Runs repeats every cell; the report gives medians. Defaults to 1. The
 	// scale runs run once.
 	Runs int
@@ -98,7 +110,8 @@ type Config struct {
 	// Scale adds the scale runs: one Client holding HeldLocks locks, and
 	// Clients Clients holding a lock each for ClientsDuration.
 	Scale bool
-	// ScaleOnly runs the scale runs alone, without the cells.
+	// ScaleOnly runs the scale runs without the cells (and without the
+	// coordination runs unless Coordination is set).
 	ScaleOnly bool
 	// HeldLocks is how many locks one Client holds. Defaults to 100,000.
 	HeldLocks int
@@ -117,6 +130,37 @@ type Config struct {
 	// default max_connections (100) cannot hold 1,000 of them, so the
 	// Clients wait by polling, which this run does not exercise anyway.
 	ScaleListen bool
+
+	// Coordination adds the coordination runs (see [Coordination]): a
+	// watcher's latency to joins and leaves, leader failover after
+	// SIGKILL, semaphore permit pairs, and the statements of Members
+	// members.
+	Coordination bool
+	// CoordinationOnly runs the coordination runs without the cells (and
+	// without the scale runs unless Scale is set).
+	CoordinationOnly bool
+	// CoordTTL is the lease TTL of the failover run's leader and standby
+	// and of the write-load run's Clients. Defaults to 2s.
+	CoordTTL time.Duration
+	// CoordDuration is the time of the watch run and of each of the
+	// write-load run's two quiet windows. Defaults to 10s.
+	CoordDuration time.Duration
+	// WatchInterval is the watcher's Config.WatchInterval: how often it
+	// polls where no notification wakes it (MySQL, SQLite). Defaults to
+	// sqldlm.WatchIntervalDefault (1s).
+	WatchInterval time.Duration
+	// Failovers is the number of leaders killed. Defaults to 5.
+	Failovers int
+	// Members is the number of members of the write-load run, spread over
+	// MemberClients Clients. Default to 1,000 and 10.
+	Members, MemberClients int
+	// SemaphoreLimit and SemaphoreWorkers: the semaphore run's limit and
+	// workers (spread over min(workers, Procs) Clients). Default to 8 and 32.
+	SemaphoreLimit, SemaphoreWorkers int
+	// Child is the command line that starts a child process of the
+	// benchmark (arguments follow it). Defaults to this executable with
+	// the argument ChildCommand: its main must route that to [ChildMain].
+	Child []string
 
 	// Progress, if set, receives the benchmark's progress: at the start of
 	// every step, about every 250ms during it, and at its end.
@@ -147,11 +191,13 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.Impls) == 0 {
 		c.Impls = Impls
 	}
-	for _, impl := range c.Impls {
-		if !slices.Contains(Impls, impl) {
-			return c, fmt.Errorf("bench: unknown implementation %q: use %s", impl, strings.Join(Impls, ", "))
-		}
+	if err := among("implementation", c.Impls, Impls); err != nil {
+		return c, err
 	}
+	if err := among("peer", c.Peers, Peers); err != nil {
+		return c, err
+	}
+	c.EtcdPeerDir = cmp.Or(c.EtcdPeerDir, EtcdPeerDirDefault)
 	c.Runs = cmp.Or(c.Runs, RunsDefault)
 	c.Procs = cmp.Or(c.Procs, ProcsDefault)
 	c.TTL = cmp.Or(c.TTL, TTLDefault)
@@ -160,14 +206,23 @@ func (c Config) withDefaults() (Config, error) {
 	c.ClientsDuration = cmp.Or(c.ClientsDuration, ClientsDurationDefault)
 	c.ScaleTTL = cmp.Or(c.ScaleTTL, c.TTL)
 	c.ScalePool = cmp.Or(c.ScalePool, ScalePoolDefault)
+	c.CoordTTL = cmp.Or(c.CoordTTL, CoordTTLDefault)
+	c.CoordDuration = cmp.Or(c.CoordDuration, CoordDurationDefault)
+	c.WatchInterval = cmp.Or(c.WatchInterval, sqldlm.WatchIntervalDefault)
+	c.Failovers = cmp.Or(c.Failovers, FailoversDefault)
+	c.Members = cmp.Or(c.Members, MembersDefault)
+	c.MemberClients = cmp.Or(c.MemberClients, MemberClientsDefault)
+	c.SemaphoreLimit = cmp.Or(c.SemaphoreLimit, SemaphoreLimitDefault)
+	c.SemaphoreWorkers = cmp.Or(c.SemaphoreWorkers, SemaphoreWorkersDefault)
 	switch {
 	case c.DSN == "":
 		return c, errors.New("bench: Config.DSN is empty")
-	case c.Duration < 0 || c.Warmup < 0 || c.ClientsDuration < 0:
+	case c.Duration < 0 || c.Warmup < 0 || c.ClientsDuration < 0 || c.CoordDuration < 0 || c.WatchInterval < 0:
 		return c, errors.New("bench: durations must not be negative")
-	case c.Runs < 0 || c.Procs < 0 || c.HeldLocks < 0 || c.Clients < 0 || c.ScalePool < 0:
+	case c.Runs < 0 || c.Procs < 0 || c.HeldLocks < 0 || c.Clients < 0 || c.ScalePool < 0 || c.Failovers < 0 ||
+		c.Members < 0 || c.MemberClients < 0 || c.SemaphoreLimit < 0 || c.SemaphoreWorkers < 0:
 		return c, errors.New("bench: counts must not be negative")
-	case c.TTL < sqldlm.TTLMin || c.ScaleTTL < sqldlm.TTLMin:
+	case c.TTL < sqldlm.TTLMin || c.ScaleTTL < sqldlm.TTLMin || c.CoordTTL < sqldlm.TTLMin:
 		return c, fmt.Errorf("bench: the TTL must be at least %s", sqldlm.TTLMin)
 	}
 	for _, w := range c.Workers {
@@ -299,30 +354,34 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer e.dropFloor()
 
-	type key struct {
-		wl      Workload
-		workers int
-		impl    string
-	}
-	var cells []key
+	var cells []cellKey
+	var peers []string
 	for _, wl := range cfg.Workloads {
-		if cfg.ScaleOnly {
+		if cfg.ScaleOnly || cfg.CoordinationOnly {
 			break
 		}
 		for _, w := range cfg.Workers {
 			for _, impl := range Impls {
 				if slices.Contains(cfg.Impls, impl) && e.supports(impl, wl) {
-					cells = append(cells, key{wl, w, impl})
+					cells = append(cells, cellKey{wl, w, impl})
 				}
 			}
 		}
+		for _, p := range cfg.Peers {
+			if peerSupports(p, wl) && !slices.Contains(peers, p) {
+				peers = append(peers, p)
+			}
+		}
 	}
-	steps := len(cells) * cfg.Runs
+	steps := (len(cells) + len(peers)) * cfg.Runs
 	if cfg.Scale || cfg.ScaleOnly {
 		steps += scaleSteps
 	}
-	results := map[key][]*cellResult{}
-	primitives := map[key]string{}
+	if cfg.Coordination || cfg.CoordinationOnly {
+		steps += coordSteps
+	}
+	results := map[cellKey][]*cellResult{}
+	primitives := map[cellKey]string{}
 	step := 0
 	for run := 1; run <= cfg.Runs; run++ {
 		for _, k := range cells {
@@ -335,9 +394,31 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			results[k] = append(results[k], res)
 			primitives[k] = prim
 		}
+		for _, p := range peers {
+			step++
+			what := fmt.Sprintf("run %d/%d %s: every exclusive cell", run, cfg.Runs, p)
+			e.report(Progress{Step: step, Steps: steps, What: what})
+			res, prim, err := e.runPeer(ctx, p, fmt.Sprintf("r%d", run))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			for k, c := range res {
+				results[k] = append(results[k], c)
+				primitives[k] = prim
+			}
+			e.report(Progress{Step: step, Steps: steps, What: what, Done: true})
+		}
 	}
-	for _, k := range cells {
-		r.Rows = append(r.Rows, buildRow(k.wl, k.workers, k.impl, primitives[k], results[k]))
+	// A row per cell, the peers' after the database's of the same workload
+	// and worker count.
+	for _, wl := range cfg.Workloads {
+		for _, w := range cfg.Workers {
+			for _, impl := range rowOrder {
+				if k := (cellKey{wl, w, impl}); results[k] != nil {
+					r.Rows = append(r.Rows, buildRow(k.wl, k.workers, k.impl, primitives[k], results[k]))
+				}
+			}
+		}
 	}
 	r.fillRatios()
 	if cfg.Scale || cfg.ScaleOnly {
@@ -346,10 +427,37 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		r.Scale = s
+		step += scaleSteps
+	}
+	if cfg.Coordination || cfg.CoordinationOnly {
+		co, err := e.coordination(ctx, step, steps)
+		if err != nil {
+			return nil, err
+		}
+		r.Coordination = co
 	}
 	r.Finished = time.Now().UTC()
 	r.Machine.LoadEnd = loadAverage()
 	return r, nil
+}
+
+// among checks that every name in got is one of valid; what names them in
+// the error.
+func among(what string, got, valid []string) error {
+	for _, g := range got {
+		if !slices.Contains(valid, g) {
+			return fmt.Errorf("bench: unknown %s %q: use %s", what, g, strings.Join(valid, ", "))
+		}
+	}
+	return nil
+}
+
+// cellKey names a cell: a workload, a worker count and an implementation
+// (or a peer).
+type cellKey struct {
+	wl      Workload
+	workers int
+	impl    string
 }
 
 // cellNodes returns the nodes a cell of workers workers spreads over: all

@@ -22,6 +22,7 @@ var implColors = map[string]color.Color{
 	ImplSqldlm:    color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
 	ImplTwoCommit: color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
 	ImplAdvisory:  color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	PeerEtcd:      color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 }
 
 // WritePlot draws the report's pairs/s as a PNG: one panel per workload,
@@ -138,7 +139,7 @@ func (r *Report) panel(wl string) (*plot.Plot, error) {
 		}
 	}
 	slices.Sort(workers)
-	slices.SortFunc(impls, func(a, b string) int { return slices.Index(Impls, a) - slices.Index(Impls, b) })
+	slices.SortFunc(impls, func(a, b string) int { return slices.Index(rowOrder, a) - slices.Index(rowOrder, b) })
 	p := plot.New()
 	p.Title.Text = wl
 	p.Y.Label.Text = "pairs/s"

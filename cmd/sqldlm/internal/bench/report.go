@@ -29,7 +29,8 @@ type Report struct {
 	Pools           string            `json:"pools"`
 	Vacuum          bool              `json:"vacuum"` // sqldlm's tables were vacuumed (PostgreSQL) or analyzed (MySQL) before each cell
 	Rows            []Row             `json:"rows"`
-	Scale           *Scale            `json:"scale"` // null without --scale
+	Scale           *Scale            `json:"scale"`        // null without --scale
+	Coordination    *Coordination     `json:"coordination"` // null without --coordination
 }
 
 // Machine describes where the benchmark ran.
@@ -54,7 +55,7 @@ type Row struct {
 	Names     string `json:"names"`    // distinct, hot
 	Mode      string `json:"mode"`     // exclusive, shared
 	Workers   int    `json:"workers"`
-	Impl      string `json:"impl"`      // sqldlm, two-commit, advisory
+	Impl      string `json:"impl"`      // sqldlm, two-commit, advisory, etcd (a peer)
 	Primitive string `json:"primitive"` // what impl ran, in words
 
 	PairsPerSecond     float64   `json:"pairs_per_second"` // acquire+release pairs completed per second
@@ -90,6 +91,8 @@ type Row struct {
 	// and workers; null when the floor did not run.
 	RatioTwoCommit *float64 `json:"ratio_two_commit"`
 	RatioAdvisory  *float64 `json:"ratio_advisory"`
+	// sqldlm rows: sqldlm's pairs/s divided by etcd's (--peers etcd).
+	RatioEtcd *float64 `json:"ratio_etcd"`
 }
 
 // Scale is the result of the scale runs.
@@ -142,6 +145,92 @@ type ClientsScale struct {
 	RenewalMaxMs              float64  `json:"renewal_max_ms"`
 	DBCPUSeconds              *float64 `json:"db_cpu_seconds"`
 	CloseSeconds              float64  `json:"close_seconds"`
+}
+
+// Coordination is the result of the coordination runs: membership, leader
+// election and semaphores on the locks' lease and heartbeat.
+type Coordination struct {
+	TTLSeconds float64       `json:"ttl_seconds"` // of the failover and write-load runs' Clients
+	Watch      *WatchRun     `json:"watch"`
+	Failover   *FailoverRun  `json:"failover"`
+	Semaphore  *SemaphoreRun `json:"semaphore"`
+	WriteLoad  *WriteLoadRun `json:"write_load"`
+}
+
+// WatchRun: how soon a watcher on one Client (Client.Watch) reports the
+// joins and leaves of members on other Clients. Each latency runs from the
+// Join or Leave call returning to the watcher receiving the event (0 when
+// the event came first).
+type WatchRun struct {
+	Wakeup               string  `json:"wakeup"`                 // LISTEN/NOTIFY (PostgreSQL), or polling
+	WatchIntervalSeconds float64 `json:"watch_interval_seconds"` // the watcher's Config.WatchInterval
+	DurationSeconds      float64 `json:"duration_seconds"`
+	MemberClients        int     `json:"member_clients"` // Clients joining and leaving
+	OpsPerSecond         float64 `json:"ops_per_second"` // joins and leaves asked for, at random times
+	Joins                int     `json:"joins"`          // joins measured
+	Leaves               int     `json:"leaves"`
+	JoinP50Ms            float64 `json:"join_p50_ms"`
+	JoinP99Ms            float64 `json:"join_p99_ms"`
+	JoinMaxMs            float64 `json:"join_max_ms"`
+	LeaveP50Ms           float64 `json:"leave_p50_ms"`
+	LeaveP99Ms           float64 `json:"leave_p99_ms"`
+	LeaveMaxMs           float64 `json:"leave_max_ms"`
+	Missed               int     `json:"missed"`  // joins and leaves the watcher never reported
+	Resyncs              int     `json:"resyncs"` // Resync events after the first (the watcher could not read)
+	Errors               int64   `json:"errors"`  // failed joins (retried)
+	LastError            string  `json:"last_error"`
+}
+
+// FailoverRun: a leader in a child process is killed with SIGKILL while a
+// standby waits in Client.Campaign; each round is the time from the kill
+// to the standby's Campaign returning elected.
+type FailoverRun struct {
+	TTLSeconds    float64   `json:"ttl_seconds"`
+	Rounds        int       `json:"rounds"`
+	Seconds       []float64 `json:"seconds"` // each round's
+	MinSeconds    float64   `json:"min_seconds"`
+	MedianSeconds float64   `json:"median_seconds"`
+	MaxSeconds    float64   `json:"max_seconds"`
+}
+
+// SemaphoreRun: permit Acquire+Release pairs of one semaphore
+// (Client.Semaphore(name, Limit)) by Workers workers on Clients Clients.
+type SemaphoreRun struct {
+	Limit             int     `json:"limit"`
+	Workers           int     `json:"workers"`
+	Clients           int     `json:"clients"`
+	DurationSeconds   float64 `json:"duration_seconds"`
+	PairsPerSecond    float64 `json:"pairs_per_second"`
+	Pairs             int64   `json:"pairs"`
+	P50Ms             float64 `json:"p50_ms"` // from Acquire's call to Release's return
+	P99Ms             float64 `json:"p99_ms"`
+	WaitP99Ms         float64 `json:"wait_p99_ms"` // Acquire alone
+	StatementsPerPair float64 `json:"statements_per_pair"`
+	Errors            int64   `json:"errors"`
+	LastError         string  `json:"last_error"`
+}
+
+// WriteLoadRun: the statements Clients Clients (reapers off) send while
+// quiet, with their leases alone and with Members members of one group
+// spread over them.
+type WriteLoadRun struct {
+	Members                     int     `json:"members"`
+	Clients                     int     `json:"clients"`
+	TTLSeconds                  float64 `json:"ttl_seconds"`
+	RenewIntervalSeconds        float64 `json:"renew_interval_seconds"` // TTL/3: a period
+	WindowSeconds               float64 `json:"window_seconds"`         // each quiet window
+	ExpectedStatementsPerSecond float64 `json:"expected_statements_per_second"`
+	JoinSeconds                 float64 `json:"join_seconds"` // joining all the members
+	// Statements per second, lease renewals per Client per period, and
+	// statements per renewal, with no member and with Members members.
+	StatementsPerSecondNone        float64 `json:"statements_per_second_none"`
+	StatementsPerSecondMembers     float64 `json:"statements_per_second_members"`
+	RenewalsPerClientPeriodNone    float64 `json:"renewals_per_client_period_none"`
+	RenewalsPerClientPeriodMembers float64 `json:"renewals_per_client_period_members"`
+	StatementsPerRenewalNone       float64 `json:"statements_per_renewal_none"`
+	StatementsPerRenewalMembers    float64 `json:"statements_per_renewal_members"`
+	LeasesLost                     int64   `json:"leases_lost"`
+	MembersLost                    int     `json:"members_lost"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -258,6 +347,9 @@ func (r *Report) fillRatios() {
 		if f := find(row.Workload, row.Workers, ImplAdvisory); f != nil && f.PairsPerSecond > 0 {
 			row.RatioAdvisory = ptr(row.PairsPerSecond / f.PairsPerSecond)
 		}
+		if f := find(row.Workload, row.Workers, PeerEtcd); f != nil && f.PairsPerSecond > 0 {
+			row.RatioEtcd = ptr(row.PairsPerSecond / f.PairsPerSecond)
+		}
 	}
 }
 
@@ -287,17 +379,26 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	if len(r.Rows) > 0 {
+		// The etcd column only when etcd ran.
+		etcd := slices.ContainsFunc(r.Rows, func(x Row) bool { return x.Impl == PeerEtcd })
 		t := [][]string{{"WORKLOAD", "W", "IMPL", "PAIRS/S", "P50 ms", "P99 ms", "P99.9 ms", "WAIT P99", "HANDOVER P50/P99",
 			"DB CPU s", "DB ms/1k", "STMT/PAIR", "÷2-COMMIT", "÷ADVISORY"}}
+		if etcd {
+			t[0] = append(t[0], "÷ETCD")
+		}
 		for _, x := range r.Rows {
 			handover := "n/a"
 			if x.HandoverP50Ms != nil {
 				handover = fmt.Sprintf("%.2f/%.2f", *x.HandoverP50Ms, *x.HandoverP99Ms)
 			}
-			t = append(t, []string{x.Workload, strconv.Itoa(x.Workers), x.Impl, thousands(x.PairsPerSecond),
+			row := []string{x.Workload, strconv.Itoa(x.Workers), x.Impl, thousands(x.PairsPerSecond),
 				fmt.Sprintf("%.2f", x.P50Ms), fmt.Sprintf("%.2f", x.P99Ms), fmt.Sprintf("%.2f", x.P999Ms), fmt.Sprintf("%.2f", x.WaitP99Ms),
 				handover, optf(x.DBCPUSeconds, 1, 2), optf(x.DBCPUSecondsPer1000Pairs, 1000, 1), fmt.Sprintf("%.2f", x.StatementsPerPair),
-				optf(x.RatioTwoCommit, 1, 2), optf(x.RatioAdvisory, 1, 2)})
+				optf(x.RatioTwoCommit, 1, 2), optf(x.RatioAdvisory, 1, 2)}
+			if etcd {
+				row = append(row, optf(x.RatioEtcd, 1, 2))
+			}
+			t = append(t, row)
 		}
 		if err := writeColumns(w, t, 3); err != nil {
 			return err
@@ -335,7 +436,60 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "  setup %.1fs, close %.1fs, db cpu %s s\n", c.SetupSeconds, c.CloseSeconds, optf(c.DBCPUSeconds, 1, 2))
 		}
 	}
+	if r.Coordination != nil {
+		if len(r.Rows) > 0 || r.Scale != nil {
+			fmt.Fprintln(w)
+		}
+		r.Coordination.write(w)
+	}
 	return nil
+}
+
+// write writes the coordination section of the table report.
+func (c *Coordination) write(w io.Writer) {
+	fmt.Fprintln(w, "coordination:")
+	if x := c.Watch; x != nil {
+		how := x.Wakeup
+		if how == "polling" {
+			how = "polling every " + secs(x.WatchIntervalSeconds)
+		} else {
+			how += ", polling every " + secs(x.WatchIntervalSeconds) + " as a fallback"
+		}
+		fmt.Fprintf(w, "  watch (%s; %d member Clients, %.0f changes/s for %s), from the call's return to the event:\n",
+			how, x.MemberClients, x.OpsPerSecond, secs(x.DurationSeconds))
+		fmt.Fprintf(w, "    Join  -> MemberJoined p50/p99/max %.1f/%.1f/%.1f ms (%d)\n", x.JoinP50Ms, x.JoinP99Ms, x.JoinMaxMs, x.Joins)
+		fmt.Fprintf(w, "    Leave -> MemberLeft   p50/p99/max %.1f/%.1f/%.1f ms (%d)\n", x.LeaveP50Ms, x.LeaveP99Ms, x.LeaveMaxMs, x.Leaves)
+		if x.Missed > 0 || x.Resyncs > 0 || x.Errors > 0 {
+			fmt.Fprintf(w, "    missed: %d, resyncs: %d, failed joins: %d %s\n", x.Missed, x.Resyncs, x.Errors, x.LastError)
+		}
+	}
+	if x := c.Failover; x != nil {
+		rounds := make([]string, len(x.Seconds))
+		for i, s := range x.Seconds {
+			rounds[i] = fmt.Sprintf("%.2f", s)
+		}
+		fmt.Fprintf(w, "  leader failover, SIGKILL to a waiting standby's election (TTL %s, %d rounds): min/median/max %.2f/%.2f/%.2f s (%s)\n",
+			secs(x.TTLSeconds), x.Rounds, x.MinSeconds, x.MedianSeconds, x.MaxSeconds, strings.Join(rounds, ", "))
+	}
+	if x := c.Semaphore; x != nil {
+		fmt.Fprintf(w, "  semaphore, limit %d, %d workers on %d Clients: %s acquire+release pairs/s, p50/p99 %.2f/%.2f ms, wait p99 %.2f ms, %.2f statements/pair\n",
+			x.Limit, x.Workers, x.Clients, thousands(x.PairsPerSecond), x.P50Ms, x.P99Ms, x.WaitP99Ms, x.StatementsPerPair)
+		if x.Errors > 0 {
+			fmt.Fprintf(w, "    (%d failed calls were retried, the last: %s)\n", x.Errors, x.LastError)
+		}
+	}
+	if x := c.WriteLoad; x != nil {
+		fmt.Fprintf(w, "  write load, %s Clients (TTL %s, renewal every %s, reapers off), %s quiet windows:\n",
+			thousands(float64(x.Clients)), secs(x.TTLSeconds), roundSecs(x.RenewIntervalSeconds), secs(x.WindowSeconds))
+		none, with := "no member:", thousands(float64(x.Members))+" members:"
+		width := max(len(none), len(with))
+		fmt.Fprintf(w, "    %-*s %.2f statements/s, %.2f renewals per Client per period, %.2f statements per renewal\n",
+			width, none, x.StatementsPerSecondNone, x.RenewalsPerClientPeriodNone, x.StatementsPerRenewalNone)
+		fmt.Fprintf(w, "    %-*s %.2f statements/s, %.2f renewals per Client per period, %.2f statements per renewal\n",
+			width, with, x.StatementsPerSecondMembers, x.RenewalsPerClientPeriodMembers, x.StatementsPerRenewalMembers)
+		fmt.Fprintf(w, "    expected %.2f statements/s (one renewal per Client per period); joining the members took %.1fs; leases lost: %d, members lost: %d\n",
+			x.ExpectedStatementsPerSecond, x.JoinSeconds, x.LeasesLost, x.MembersLost)
+	}
 }
 
 // writeColumns writes t as columns two spaces apart: the first left
@@ -371,6 +525,11 @@ func writeColumns(w io.Writer, t [][]string, left int) error {
 }
 
 func secs(s float64) string { return time.Duration(s * float64(time.Second)).String() }
+
+// roundSecs is secs rounded to the millisecond.
+func roundSecs(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
+}
 
 // optf formats *v × scale with prec decimals, or "n/a".
 func optf(v *float64, scale float64, prec int) string {

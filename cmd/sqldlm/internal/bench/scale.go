@@ -277,9 +277,7 @@ func (e *env) scaleClients(ctx context.Context, step, steps int) (*ClientsScale,
 		d = noNotify{d}
 	}
 	hooks := newScaleHooks()
-	what := fmt.Sprintf("scale: start %d clients, one lock each", n)
-	e.report(Progress{Step: step + 1, Steps: steps, What: what})
-	start := time.Now()
+	prog := e.begin(step+1, steps, fmt.Sprintf("scale: start %d clients, one lock each", n))
 	clients := make([]*sqldlm.Client, n)
 	locks := make([]*sqldlm.Lock, n)
 	defer func() {
@@ -296,38 +294,24 @@ func (e *env) scaleClients(ctx context.Context, step, steps int) (*ClientsScale,
 			}
 		})
 	}()
-	var next, done atomic.Int64
-	err = parallel(ctx, 16, func(ctx context.Context) error {
-		for {
-			i := int(next.Add(1)) - 1
-			if i >= n {
-				return nil
-			}
-			c, err := sqldlm.New(db, sqldlm.Config{Dialect: d, TTL: e.cfg.ScaleTTL, Hooks: hooks,
-				Owner: fmt.Sprintf("sqldlm-bench/%s/client-%d", e.runID, i)})
-			if err != nil {
-				return err
-			}
-			clients[i] = c
-			l, err := c.Lock(ctx, fmt.Sprintf("sqldlm-bench/%s/clients/%d", e.runID, i), sqldlm.Exclusive)
-			if err != nil {
-				return err
-			}
-			locks[i] = l
-			if d := done.Add(1); d%50 == 0 {
-				el := time.Since(start)
-				e.report(Progress{Step: step + 1, Steps: steps, What: what, Elapsed: el, Count: d, Rate: float64(d) / el.Seconds()})
-			}
+	err = forEach(ctx, 16, n, func(ctx context.Context, i int) error {
+		c, err := sqldlm.New(db, sqldlm.Config{Dialect: d, TTL: e.cfg.ScaleTTL, Hooks: hooks,
+			Owner: fmt.Sprintf("sqldlm-bench/%s/client-%d", e.runID, i)})
+		if err != nil {
+			return err
 		}
-	})
+		clients[i] = c
+		l, err := c.Lock(ctx, fmt.Sprintf("sqldlm-bench/%s/clients/%d", e.runID, i), sqldlm.Exclusive)
+		locks[i] = l
+		return err
+	}, prog.every(50))
 	if err != nil {
 		return nil, err
 	}
-	out.SetupSeconds = time.Since(start).Seconds()
-	e.report(Progress{Step: step + 1, Steps: steps, What: what, Elapsed: time.Since(start), Count: int64(n),
-		Rate: float64(n) / out.SetupSeconds, Done: true})
+	out.SetupSeconds = time.Since(prog.start).Seconds()
+	prog.at(int64(n), true)
 
-	what = fmt.Sprintf("scale: %d clients renewing for %s", n, e.cfg.ClientsDuration)
+	what := fmt.Sprintf("scale: %d clients renewing for %s", n, e.cfg.ClientsDuration)
 	hooks.mu.Lock()
 	hooks.keep = true
 	hooks.mu.Unlock()
@@ -338,7 +322,7 @@ func (e *env) scaleClients(ctx context.Context, step, steps int) (*ClientsScale,
 		cpu0, err = e.cpu.sample()
 		cpuOK = err == nil
 	}
-	start = time.Now()
+	start := time.Now()
 	end := start.Add(e.cfg.ClientsDuration)
 	tick := time.NewTicker(time.Second)
 	for time.Now().Before(end) {
@@ -395,6 +379,59 @@ func (e *env) scaleClients(ctx context.Context, step, steps int) (*ClientsScale,
 	})
 	out.CloseSeconds = time.Since(closeStart).Seconds()
 	return out, nil
+}
+
+// stepProgress reports the progress of one step: see [env.begin].
+type stepProgress struct {
+	e           *env
+	step, steps int
+	what        string
+	start       time.Time
+}
+
+// begin reports the start of step and returns its reporter.
+func (e *env) begin(step, steps int, what string) *stepProgress {
+	e.report(Progress{Step: step, Steps: steps, What: what})
+	return &stepProgress{e: e, step: step, steps: steps, what: what, start: time.Now()}
+}
+
+// at reports count things done since the step began; done: it ended.
+func (p *stepProgress) at(count int64, done bool) { p.report(time.Since(p.start), count, done) }
+
+// every returns a func that reports its count when it is a multiple of k.
+func (p *stepProgress) every(k int64) func(count int64) {
+	return func(count int64) {
+		if count%k == 0 {
+			p.at(count, false)
+		}
+	}
+}
+
+// report reports count things done in elapsed; done: the step ended.
+func (p *stepProgress) report(elapsed time.Duration, count int64, done bool) {
+	p.e.report(Progress{Step: p.step, Steps: p.steps, What: p.what, Elapsed: elapsed, Count: count,
+		Rate: float64(count) / max(elapsed.Seconds(), 1e-9), Done: done})
+}
+
+// forEach calls fn(ctx, i) for every i from 0 to n-1 in k goroutines and
+// returns the first error (the others' ctx is cancelled then). After each
+// call that succeeded it calls done, if not nil, with the number so far.
+func forEach(ctx context.Context, k, n int, fn func(ctx context.Context, i int) error, done func(d int64)) error {
+	var next, count atomic.Int64
+	return parallel(ctx, k, func(ctx context.Context) error {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return nil
+			}
+			if err := fn(ctx, i); err != nil {
+				return err
+			}
+			if d := count.Add(1); done != nil {
+				done(d)
+			}
+		}
+	})
 }
 
 // parallel runs fn in k goroutines and returns the first error; the

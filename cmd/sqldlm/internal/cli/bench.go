@@ -19,8 +19,8 @@ import (
 	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 )
 
-const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--runs N]
-       [--scale] [--vacuum] [--plot FILE.png] [--cpuprofile FILE] [--output table|json | --json]
+const benchSynopsis = `--dsn URL [--duration 5s] [--workers 1,8,64] [--workloads LIST] [--impls LIST] [--peers etcd] [--runs N]
+       [--scale] [--coordination] [--vacuum] [--plot FILE.png] [--cpuprofile FILE] [--output table|json | --json]
 
 Measures sqldlm's acquire+release next to the floors of the same server, in
 one process and one run: the two-commit floor (an autocommit INSERT of a
@@ -30,8 +30,24 @@ none). Workloads: distinct-exclusive, distinct-shared, hot-exclusive,
 hot-shared (one name for all workers). Each row gives pairs/s, the pair's
 latency p50/p99/p99.9, the acquire's wait p99, the handover latency on a hot
 name, the server's CPU when it runs on this host, statements per pair and
-the ratio sqldlm/floor. --scale adds one Client holding --held locks and
+the ratio sqldlm/floor.
+
+--peers etcd runs the exclusive workloads on etcd too, in the same run:
+concurrency.Mutex on an embedded one-member etcd server (fsync on; on a hot
+name a session per worker, since Mutexes of one session share a key), started
+by the program in bench/etcdpeer of a sqldlm checkout (a module of its own,
+run with go run from --etcd-peer-dir, or the --etcd-peer binary), and adds
+the ratio sqldlm/etcd. --scale adds one Client holding --held locks and
 --clients Clients renewing for --clients-duration.
+
+--coordination adds the coordination runs (--coordination-only: without
+the cells): a watcher's latency to other Clients' joins and leaves
+(LISTEN/NOTIFY on PostgreSQL, polling every --watch-interval elsewhere);
+leader failover, from the SIGKILL of a leader in a child process (TTL
+--coord-ttl) to a waiting standby's election, --failovers rounds; permit
+acquire+release pairs/s of one semaphore (--semaphore-limit 8,
+--semaphore-workers 32, for --duration); and the statements/s of --member-clients Clients while quiet,
+with no member and with --members members.
 
 sqldlm's schema must be migrated (or pass --migrate). The floors create the
 table sqldlm_bench_floor and drop it after; lock names start with
@@ -49,6 +65,9 @@ func runBench(ctx context.Context, args []string, s streams) error {
 	workers := fs.String("workers", "1,8,64", "comma-separated worker counts")
 	workloads := fs.String("workloads", "", "comma-separated workloads: distinct-exclusive, distinct-shared, hot-exclusive, hot-shared, or hot, distinct, exclusive, shared (default all)")
 	impls := fs.String("impls", "", "comma-separated implementations: sqldlm, two-commit, advisory (default all)")
+	peers := fs.String("peers", "", "comma-separated lock services to run the exclusive workloads on too, in the same run: etcd (an embedded server, run by `go run` in --etcd-peer-dir)")
+	etcdPeerDir := fs.String("etcd-peer-dir", bench.EtcdPeerDirDefault, "with --peers etcd: the bench/etcdpeer directory of a sqldlm checkout")
+	etcdPeer := fs.String("etcd-peer", "", "with --peers etcd: a `BINARY` built from bench/etcdpeer, run instead of `go run`")
 	runs := fs.Int("runs", bench.RunsDefault, "repeat every cell N times and report medians (the scale runs run once)")
 	procs := fs.Int("procs", bench.ProcsDefault, "on a hot name, spread the sqldlm workers over up to N Clients (as N processes)")
 	ttl := durationFlag(fs, "ttl", bench.TTLDefault, "lease TTL of the benchmark's Clients")
@@ -61,6 +80,16 @@ func runBench(ctx context.Context, args []string, s streams) error {
 	scaleTTL := durationFlag(fs, "scale-ttl", 0, "with --scale: lease TTL of the scale runs' Clients (default --ttl)")
 	scalePool := fs.Int("scale-pool", bench.ScalePoolDefault, "with --scale: connections the --clients Clients share")
 	scaleListen := fs.Bool("scale-listen", false, "with --scale on PostgreSQL: keep each Client's LISTEN connection (needs --clients more server connections)")
+	coordination := fs.Bool("coordination", false, "add the coordination runs: watch latency, leader failover, semaphore pairs, members' write load")
+	coordinationOnly := fs.Bool("coordination-only", false, "run the coordination runs without the cells")
+	coordDuration := durationFlag(fs, "coord-duration", bench.CoordDurationDefault, "with --coordination: time of the watch run and of each write-load window")
+	coordTTL := durationFlag(fs, "coord-ttl", bench.CoordTTLDefault, "with --coordination: lease TTL of the failover and write-load runs")
+	watchInterval := durationFlag(fs, "watch-interval", sqldlm.WatchIntervalDefault, "with --coordination: the watcher's Config.WatchInterval (its polling interval)")
+	failovers := fs.Int("failovers", bench.FailoversDefault, "with --coordination: leaders killed")
+	members := fs.Int("members", bench.MembersDefault, "with --coordination: members of the write-load run")
+	memberClients := fs.Int("member-clients", bench.MemberClientsDefault, "with --coordination: Clients the members are spread over")
+	semLimit := fs.Int("semaphore-limit", bench.SemaphoreLimitDefault, "with --coordination: the semaphore's limit")
+	semWorkers := fs.Int("semaphore-workers", bench.SemaphoreWorkersDefault, "with --coordination: workers taking and releasing permits (on up to --procs Clients)")
 	migrate := fs.Bool("migrate", false, "apply sqldlm's migrations first")
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile over the whole run to this `FILE` (go tool pprof)")
 	plotFile := fs.String("plot", "", "also draw pairs/s per workload as a PNG to this `FILE`")
@@ -94,15 +123,25 @@ func runBench(ctx context.Context, args []string, s streams) error {
 		return usagef("--ttl and --scale-ttl must be at least %s", sqldlm.TTLMin)
 	case (*scale || *scaleOnly) && (*held < 1 || *clients < 1 || *clientsDuration <= 0 || *scalePool < 1):
 		return usagef("--held, --clients, --clients-duration and --scale-pool must be positive")
+	case (*coordination || *coordinationOnly) && (*coordDuration <= 0 || *failovers < 1 || *members < 1 || *memberClients < 1 ||
+		*semLimit < 1 || *semWorkers < 1):
+		return usagef("--coord-duration, --failovers, --members, --member-clients, --semaphore-limit and --semaphore-workers must be positive")
+	case (*coordination || *coordinationOnly) && *coordTTL < sqldlm.TTLMin:
+		return usagef("--coord-ttl must be at least %s", sqldlm.TTLMin)
+	case (*coordination || *coordinationOnly) && *watchInterval < 10*time.Millisecond:
+		return usagef("--watch-interval must be at least 10ms")
 	}
-	var implList []string
-	for _, f := range strings.Split(*impls, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			if !slices.Contains(bench.Impls, f) {
-				return usagef("--impls: unknown implementation %q: use %s", f, strings.Join(bench.Impls, ", "))
-			}
-			implList = append(implList, f)
-		}
+	implList, err := oneOf("--impls", "implementation", *impls, bench.Impls)
+	if err != nil {
+		return err
+	}
+	peerList, err := oneOf("--peers", "peer", *peers, bench.Peers)
+	if err != nil {
+		return err
+	}
+	var etcdPeerCmd []string
+	if *etcdPeer != "" {
+		etcdPeerCmd = []string{*etcdPeer}
 	}
 	db, err := openDSN(ctx, *dsnURL, true)
 	if err != nil {
@@ -127,9 +166,14 @@ func runBench(ctx context.Context, args []string, s streams) error {
 
 	prog := newProgress(s.err)
 	cfg := bench.Config{
-		DSN: *dsnURL, Nodes: nodes, Duration: *duration, Warmup: *warmup, Workers: ws, Workloads: wls, Impls: implList, Runs: *runs, Procs: *procs, TTL: *ttl, Vacuum: *vacuum,
+		DSN: *dsnURL, Nodes: nodes, Duration: *duration, Warmup: *warmup, Workers: ws, Workloads: wls, Impls: implList, Peers: peerList,
+		EtcdPeerDir: *etcdPeerDir, EtcdPeer: etcdPeerCmd, Runs: *runs, Procs: *procs, TTL: *ttl, Vacuum: *vacuum,
 		Scale: *scale, ScaleOnly: *scaleOnly, HeldLocks: *held, Clients: *clients, ClientsDuration: *clientsDuration, ScaleTTL: *scaleTTL,
-		ScalePool: *scalePool, ScaleListen: *scaleListen, Progress: prog.update,
+		ScalePool: *scalePool, ScaleListen: *scaleListen,
+		Coordination: *coordination, CoordinationOnly: *coordinationOnly, CoordDuration: *coordDuration, CoordTTL: *coordTTL,
+		WatchInterval: *watchInterval, Failovers: *failovers, Members: *members, MemberClients: *memberClients,
+		SemaphoreLimit: *semLimit, SemaphoreWorkers: *semWorkers,
+		Progress: prog.update,
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -174,6 +218,11 @@ func runBench(ctx context.Context, args []string, s streams) error {
 		return enc.Encode(report)
 	}
 	return report.WriteTable(s.out)
+}
+
+// runBenchChild is a child process of the benchmark (a hidden command).
+func runBenchChild(ctx context.Context, args []string, s streams) error {
+	return bench.ChildMain(ctx, args, s.in, s.out)
 }
 
 // parseWorkers parses a comma-separated list of positive worker counts.
@@ -265,4 +314,19 @@ func auditOn(ctx context.Context, db *sql.DB) (bool, error) {
 		return false, nil // not migrated, or an older schema: the benchmark reports it
 	}
 	return st.Enabled, nil
+}
+
+// oneOf splits a comma-separated flag value whose items must be among
+// valid; what names an item in the error.
+func oneOf(flagName, what, value string, valid []string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(value, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			if !slices.Contains(valid, f) {
+				return nil, usagef("%s: unknown %s %q: use %s", flagName, what, f, strings.Join(valid, ", "))
+			}
+			out = append(out, f)
+		}
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
@@ -50,7 +51,9 @@ func TestBench(t *testing.T) {
 			// listening connection) on a machine loaded by the rest of the
 			// suite: with the default (a fifth of 300ms) a cell could end
 			// before its first pair.
-			code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "300ms", "--warmup", "500ms", "--workers", "1,8",
+			// And 600ms windows: with the cluster tests running beside it, a
+			// 300ms window of 8 SQLite workers once counted no pair.
+			code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--duration", "600ms", "--warmup", "500ms", "--workers", "1,8",
 				"--json", "--plot", plot)
 			require.Equal(t, ExitOK, code, errOut)
 			require.Contains(t, errOut, "[1/", "progress lines on stderr")
@@ -110,6 +113,10 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--duration", "0s"}, "--duration must be positive"},
 		{[]string{"bench", "--dsn", ""}, "pass --dsn DSN"},
 		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--json", "--output", "table"}, "--json and --output table contradict"},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--coordination", "--failovers", "0"}, "--failovers, --members, --member-clients, --semaphore-limit and --semaphore-workers must be positive"},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--coordination-only", "--coord-ttl", "500ms"}, "--coord-ttl must be at least 1s"},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--impls", "sqldlm,redlock"}, `--impls: unknown implementation "redlock": use sqldlm, two-commit, advisory`},
+		{[]string{"bench", "--dsn", "sqlite:///tmp/x.db", "--peers", "zookeeper"}, `--peers: unknown peer "zookeeper": use etcd`},
 	} {
 		code, _, errOut := run(t, tt.args...)
 		require.Equal(t, ExitUsage, code, errOut)
@@ -178,4 +185,58 @@ func TestBenchSpreadOverNodes(t *testing.T) {
 	require.Contains(t, impls, "sqldlm")
 	require.Contains(t, impls, "two-commit")
 	require.NotContains(t, impls, "advisory")
+}
+
+// TestBenchCoordination is the smoke test of `sqldlm bench
+// --coordination-only` on SQLite, tiny (a semaphore of 2 permits and 4
+// workers, for 1s: 32 workers on SQLite drain too slowly under -race and
+// the suite's load, and a 300ms window once counted no pair): every run
+// reports, the killed
+// leader (a child process: this test binary as `sqldlm bench-child`) is
+// replaced, and members add no statement to their Clients' renewals. No
+// timing is asserted. The TTL is 3s, not the default 2s (and the windows 2s,
+// so that each holds a renewal of every Client): under -race and
+// the suite's load a renewal on SQLite once came too late while the 50
+// members joined, and the lost lease ended the run.
+func TestBenchCoordination(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t, testdb.SQLite)
+	code, out, errOut := run(t, "bench", "--dsn", db.DSN, "--migrate", "--coordination-only", "--coord-duration", "2s", "--coord-ttl", "3s",
+		"--watch-interval", "100ms", "--failovers", "1", "--members", "50", "--member-clients", "3",
+		"--semaphore-limit", "2", "--semaphore-workers", "4", "--duration", "1s", "--warmup", "500ms", "--json")
+	require.Equal(t, ExitOK, code, errOut)
+	require.Contains(t, errOut, "[6/6] coordination: statements of 3 Clients holding 50 members")
+	var r bench.Report
+	require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+	require.Empty(t, r.Rows, "no cells")
+	require.Nil(t, r.Scale)
+	co := r.Coordination
+	require.NotNil(t, co, out)
+
+	w := co.Watch
+	require.Equal(t, "polling", w.Wakeup)
+	require.Equal(t, 0.1, w.WatchIntervalSeconds)
+	require.Positive(t, w.Joins, "%+v", w)
+	require.Zero(t, w.Missed, "a watcher reports every change it could see: %+v", w)
+	require.GreaterOrEqual(t, w.JoinP99Ms, w.JoinP50Ms)
+
+	f := co.Failover
+	require.Equal(t, 1, f.Rounds)
+	require.Len(t, f.Seconds, 1)
+	require.Positive(t, f.MedianSeconds)
+
+	s := co.Semaphore
+	require.Equal(t, 2, s.Limit)
+	require.Equal(t, 4, s.Workers)
+	require.Positive(t, s.PairsPerSecond, "%+v", s)
+	require.Positive(t, s.StatementsPerPair)
+
+	l := co.WriteLoad
+	require.Equal(t, 50, l.Members)
+	require.Equal(t, 3, l.Clients)
+	require.Zero(t, l.MembersLost)
+	// One statement per renewal, with or without members (within a
+	// window's edges: a renewal in flight as it opens or closes).
+	require.InDelta(t, 1, l.StatementsPerRenewalNone, 0.5, "%+v", l)
+	require.InDelta(t, 1, l.StatementsPerRenewalMembers, 0.5, "%+v", l)
 }

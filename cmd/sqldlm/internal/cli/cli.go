@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sqldlm/sqldlm/cmd/sqldlm/internal/bench"
 	"github.com/sqldlm/sqldlm/internal/dsn"
 )
 
@@ -59,14 +60,17 @@ var commands = map[string]command{
 	"locks":   {"show who holds and who waits for each lock (--watch to follow)", runLocks},
 	"leases":  {"show the clients' leases, live and dead", runLeases},
 	"break":   {"force-release a stuck holder by breaking its lease", runBreak},
-	"run":     {"run a command while holding a lock: a distributed flock(1)", runRun},
+	"run":     {"run a command while holding a lock, or while elected leader: a distributed flock(1)", runRun},
+	"members": {"show the live members of a group (--watch to follow)", runMembers},
+	"leader":  {"show the leader of an election", runLeader},
 	"log":     {"show the audit log (who held what, when), or turn it on or off", runLog},
 	"bench":   {"measure acquire+release against the server's floors (INSERT/DELETE, advisory locks)", runBench},
 }
 
 // hidden commands are not listed in the help.
 var hidden = map[string]command{
-	"demo-worker": {"a worker process of the demo", runDemoWorker},
+	"demo-worker":      {"a worker process of the demo", runDemoWorker},
+	bench.ChildCommand: {"a child process of the benchmark (a leader to kill)", runBenchChild},
 }
 
 // Main runs the command line args and returns the process exit code.

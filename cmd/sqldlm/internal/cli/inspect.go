@@ -194,13 +194,21 @@ func runLocks(ctx context.Context, args []string, s streams) error {
 		if !*watch {
 			return nil
 		}
-		t := time.NewTimer(*interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepOrDone(ctx, *interval) {
 			return nil
-		case <-t.C:
 		}
+	}
+}
+
+// sleepOrDone waits d, or until ctx ends (then it reports false).
+func sleepOrDone(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -215,8 +215,13 @@ func TestRunStopsCommandWhenLockIsLost(t *testing.T) {
 func TestJSONOutputs(t *testing.T) {
 	t.Parallel()
 	db := testdb.OpenMigrated(t, testdb.SQLite)
-	holder := client(t, db, "json-holder")
-	_, err := holder.Lock(context.Background(), "stack/1", sqldlm.Exclusive)
+	// A long TTL and no reaper: the holder must not learn of the break (at
+	// a renewal) and delete its broken lease before reap runs.
+	pool := testdb.Reopen(t, db.Kind, db.DSN)
+	holder, err := sqldlm.New(pool.DB, sqldlm.Config{Owner: "json-holder", TTL: time.Minute, ReapInterval: sqldlm.ReapDisabled})
+	require.NoError(t, err)
+	t.Cleanup(func() { holder.Close() })
+	_, err = holder.Lock(context.Background(), "stack/1", sqldlm.Exclusive)
 	require.NoError(t, err)
 
 	code, out, errOut := run(t, "break", "stack/1", "--dsn", db.DSN, "--output", "json")

@@ -28,13 +28,24 @@ const (
 	ExitLockLost = 76
 )
 
-const runSynopsis = `--dsn URL --lock NAME [--shared] [--ttl 15s] [--wait 30s] [--grace 10s] -- COMMAND [ARGS...]
+const runSynopsis = `--dsn URL (--lock NAME [--shared] | --leader ELECTION [--value V] | --semaphore NAME:N) [--ttl 15s] [--wait 30s] [--grace 10s] -- COMMAND [ARGS...]
 
 A distributed flock(1) for cron jobs and scripts: takes the lock, runs
 COMMAND while holding it, releases it, and exits with COMMAND's exit code
 (128+N if a signal N ended it). COMMAND finds the lock's fencing token in
 SQLDLM_TOKEN and its name in SQLDLM_LOCK: pass the token on to systems that
 can reject stale writers. SIGINT and SIGTERM are passed on to COMMAND.
+
+With --leader ELECTION, run campaigns in ELECTION (the same election as
+Client.Campaign and Client.Lead) and runs COMMAND only while elected: the
+singleton cron. The term is in SQLDLM_TOKEN, the election in
+SQLDLM_ELECTION; --value is proclaimed with the leadership (sqldlm leader
+shows it).
+
+With --semaphore NAME:N, run takes one of the N permits of semaphore NAME
+(the same semaphore as Client.Semaphore(NAME, N); every user must give the
+same N) and runs COMMAND while holding it: at most N commands run at once.
+The permit's token is in SQLDLM_TOKEN, its slot in SQLDLM_SLOT.
 
 If the lock is lost while COMMAND runs (the database unreachable for longer
 than --ttl, or an operator's sqldlm break), COMMAND is sent SIGTERM, then
@@ -51,6 +62,9 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	fs := newFlagSet("run", runSynopsis, s.err)
 	dsnURL := dsnFlag(fs)
 	name := fs.String("lock", "", "name of the lock to hold")
+	election := fs.String("leader", "", "run only while elected leader of this election")
+	value := fs.String("value", "", "with --leader: the value to proclaim")
+	semaphore := fs.String("semaphore", "", "NAME:N: run while holding one of the N permits of semaphore NAME")
 	shared := fs.Bool("shared", false, "take the lock in shared mode (default exclusive)")
 	ttl := durationFlag(fs, "ttl", sqldlm.TTLDefault, "lease time-to-live: how long a crashed run keeps the lock")
 	wait := durationFlag(fs, "wait", -1, "how long to wait for the lock: 0 tries once; default: wait until it is free")
@@ -73,8 +87,16 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	switch {
 	case *ttl != 0 && *ttl < sqldlm.TTLMin:
 		return usagef("--ttl %s: the lease time-to-live must be at least %s (default %s)", *ttl, sqldlm.TTLMin, sqldlm.TTLDefault)
-	case *name == "":
-		return usagef("missing --lock NAME")
+	case btoi(*name != "")+btoi(*election != "")+btoi(*semaphore != "") > 1:
+		return usagef("--lock, --leader and --semaphore exclude each other: give one")
+	case *semaphore != "" && *shared:
+		return usagef("--shared does not apply to --semaphore")
+	case *election != "" && *shared:
+		return usagef("--shared does not apply to --leader: a leader is exclusive")
+	case *value != "" && *election == "":
+		return usagef("--value needs --leader")
+	case *name == "" && *election == "" && *semaphore == "":
+		return usagef("missing --lock NAME (or --leader ELECTION, or --semaphore NAME:N)")
 	case len(command) == 0:
 		return usagef("missing COMMAND: sqldlm run --lock NAME -- COMMAND [ARGS...]")
 	case *grace < 0:
@@ -83,8 +105,29 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	if err := requireDSN(*dsnURL); err != nil {
 		return err
 	}
+	var sem *semSpec
+	if *semaphore != "" {
+		var err error
+		if sem, err = parseSemaphore(*semaphore); err != nil {
+			return err
+		}
+	}
+	env := []string{"SQLDLM_LOCK=" + *name}
+	if sem != nil {
+		*name = sqldlm.SemaphorePrefix + sem.name
+		env = []string{"SQLDLM_SEMAPHORE=" + sem.name}
+	}
+	if *election != "" {
+		// An election is the exclusive lock ElectionPrefix+ELECTION, its
+		// value the hold's payload (as Client.Campaign does).
+		*name = sqldlm.ElectionPrefix + *election
+		env = []string{"SQLDLM_LOCK=" + *name, "SQLDLM_ELECTION=" + *election}
+	}
 	if err := sqldlm.ValidateName(*name); err != nil {
 		return &usageError{err.Error()}
+	}
+	if err := sqldlm.ValidatePayload(*value); err != nil {
+		return usagef("--value: %v", err)
 	}
 	db, err := openDSN(ctx, *dsnURL, false)
 	if err != nil {
@@ -104,7 +147,17 @@ func runRun(ctx context.Context, args []string, s streams) error {
 	// Try once; if that fails and --wait allows, say by whom the lock is
 	// held (when it is), then wait: Lock also waits through a database that
 	// does not answer yet.
-	l, err := c.TryLock(ctx, *name, mode)
+	tryOnce, waitFor := func(ctx context.Context) (held, error) {
+		return c.TryLock(ctx, *name, mode, sqldlm.WithPayload(*value))
+	}, func(ctx context.Context) (held, error) {
+		return c.Lock(ctx, *name, mode, sqldlm.WithPayload(*value))
+	}
+	if sem != nil {
+		sm := c.Semaphore(sem.name, sem.limit)
+		tryOnce = func(ctx context.Context) (held, error) { return sm.TryAcquire(ctx) }
+		waitFor = func(ctx context.Context) (held, error) { return sm.Acquire(ctx) }
+	}
+	l, err := tryOnce(ctx)
 	var locked *sqldlm.LockedError
 	if err != nil && *wait != 0 && ctx.Err() == nil {
 		if errors.As(err, &locked) {
@@ -114,7 +167,7 @@ func runRun(ctx context.Context, args []string, s streams) error {
 		if *wait > 0 {
 			wctx, cancel = context.WithTimeout(ctx, *wait)
 		}
-		l, err = c.Lock(wctx, *name, mode)
+		l, err = waitFor(wctx)
 		cancel()
 	}
 	if err != nil {
@@ -127,6 +180,9 @@ func runRun(ctx context.Context, args []string, s streams) error {
 			return &exitError{code: ExitNotAcquired, msg: fmt.Sprintf("could not get lock %q within --wait %s: %v", *name, *wait, err)}
 		}
 		return err
+	}
+	if p, ok := l.(*sqldlm.Permit); ok {
+		env = append(env, "SQLDLM_SLOT="+strconv.Itoa(p.Slot()))
 	}
 
 	// On lock loss, lost is cancelled: exec sends the command SIGTERM
@@ -157,7 +213,7 @@ func runRun(ctx context.Context, args []string, s streams) error {
 		}
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.in, stdout, stderr
-	cmd.Env = append(os.Environ(), "SQLDLM_TOKEN="+strconv.FormatInt(l.Token(), 10), "SQLDLM_LOCK="+*name)
+	cmd.Env = append(append(os.Environ(), "SQLDLM_TOKEN="+strconv.FormatInt(l.Token(), 10)), env...)
 	startErr := cmd.Start()
 	// The command has its own copies of the write ends (or never will).
 	stderr.Close()
@@ -217,6 +273,40 @@ loop:
 		return waitErr
 	}
 	return nil
+}
+
+// held is what run holds while the command runs: a *sqldlm.Lock (--lock,
+// --leader) or a *sqldlm.Permit (--semaphore).
+type held interface {
+	Token() int64
+	Done() <-chan struct{}
+	Err() error
+	Release(ctx context.Context) error
+}
+
+// semSpec is --semaphore NAME:N.
+type semSpec struct {
+	name  string
+	limit int
+}
+
+func parseSemaphore(v string) (*semSpec, error) {
+	i := strings.LastIndexByte(v, ':')
+	if i <= 0 {
+		return nil, usagef("--semaphore %q: give NAME:N, for example --semaphore ipmi:8", v)
+	}
+	n, err := strconv.Atoi(v[i+1:])
+	if err != nil || n < 1 || n > sqldlm.SemaphoreMaxLimit {
+		return nil, usagef("--semaphore %q: N must be a whole number from 1 to %d", v, sqldlm.SemaphoreMaxLimit)
+	}
+	return &semSpec{name: v[:i], limit: n}, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // pipeTo returns the write end of a pipe whose read end is copied to w

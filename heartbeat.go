@@ -58,7 +58,12 @@ func (l *lease) heartbeat() {
 				return
 			}
 			l.c.hooks.LeaseRenewed(time.Since(sent))
-			timer.Reset(interval)
+			// The next renewal is due an interval after this one's send,
+			// not after its answer: the deadline counts from the send too.
+			// An answer seen late (the process paused while it was on its
+			// way, or slow) would otherwise shorten the next renewal's time
+			// to succeed by as much, to nothing for a pause of 0.57 TTL.
+			timer.Reset(max(time.Until(sent.Add(interval)), 0))
 		}
 	}
 }

@@ -217,6 +217,63 @@ func TestFirstRenewalAfterSlowLeaseCreation(t *testing.T) {
 	})
 }
 
+// lateAnswerDialect hands the answer of the first renewals over only as
+// late after their send as stalls says, whatever the renewal's context
+// says: each renewal ran at once, and its answer reached the process while
+// the process was paused (SIGSTOP, a long GC pause, a stolen VM), so the
+// driver returns it as a success once the process runs again.
+type lateAnswerDialect struct {
+	dialect.Dialect
+	mu     sync.Mutex
+	stalls []time.Duration
+}
+
+func (d *lateAnswerDialect) RenewLease(ctx context.Context, db *sql.DB, leaseID int64) (bool, error) {
+	start := time.Now()
+	renewed, err := d.Dialect.RenewLease(ctx, db, leaseID)
+	d.mu.Lock()
+	var stall time.Duration
+	if len(d.stalls) > 0 {
+		stall, d.stalls = d.stalls[0], d.stalls[1:]
+	}
+	d.mu.Unlock()
+	time.Sleep(stall - time.Since(start)) // the injected pause, not a synchronisation
+	return renewed, err
+}
+
+// A renewal whose success is seen late does not leave the next renewal
+// short of time: the next one is due an interval after the late one's send
+// (which the new deadline counts from), not an interval after its answer.
+// Here the first renewal's answer is seen 0.45 TTL after its send, and the
+// second's 0.2 TTL after its send. (Before: the second was sent at 1.12
+// TTL, 0.12 TTL before the deadline, and its answer came after it: the
+// lock was lost with "no renewal succeeded within the TTL". A holder paused
+// twice, each time right after a renewal committed, lost its lock so in
+// S3.)
+func TestLateRenewalAnswerKeepsLease(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		const ttl = 3 * time.Second
+		d := &lateAnswerDialect{Dialect: b.db.Dialect, stalls: []time.Duration{ttl * 45 / 100, ttl * 20 / 100}}
+		h := &renewHooks{renewed: make(chan struct{}, 1)}
+		c := b.client(t, Config{Dialect: d, TTL: ttl, ReapInterval: ReapDisabled, Hooks: h})
+		ctx := testCtx(t)
+		l, err := c.Lock(ctx, "hb/late-answer", Exclusive)
+		require.NoError(t, err)
+		for k := range 3 { // the two late renewals, then the one after them
+			select {
+			case <-h.renewed:
+			case <-l.Done():
+				t.Fatalf("the lock was lost after %d renewals: %v", k, l.Err())
+			case <-time.After(2 * ttl):
+				t.Fatalf("renewal %d did not come within 2 TTL", k+1)
+			}
+		}
+		require.NoError(t, l.Err())
+		require.NoError(t, l.Release(ctx))
+	})
+}
+
 // exhaust takes every connection db will give and holds them until the
 // test ends; it returns how many it took.
 func exhaust(t *testing.T, db *sql.DB) int {

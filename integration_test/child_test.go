@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -44,7 +45,11 @@ func childMain(role string) int {
 	}
 	defer db.Close()
 	ttl, _ := time.ParseDuration(os.Getenv(childTTLEnv))
-	c, err := sqldlm.New(db, sqldlm.Config{TTL: ttl, Owner: os.Getenv(childOwnerEnv)})
+	cfg := sqldlm.Config{TTL: ttl, Owner: os.Getenv(childOwnerEnv)}
+	if os.Getenv("SQLDLM_TEST_CHILD_DEBUG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	c, err := sqldlm.New(db, cfg)
 	if err != nil {
 		fmt.Println("error", err)
 		return 1

@@ -30,6 +30,9 @@ const (
 	childOwnerEnv = "SQLDLM_TEST_CHILD_OWNER"
 	childModeEnv  = "SQLDLM_TEST_CHILD_MODE"  // "shared" for a shared holder
 	childLimitEnv = "SQLDLM_TEST_CHILD_LIMIT" // the permit role's semaphore limit
+	// Set on the go test command (children inherit it), any value: each
+	// child's client logs at debug level to the test's stderr.
+	childDebugEnv = "SQLDLM_TEST_CHILD_DEBUG"
 	// childPayload is the payload the holder role sets on its lock.
 	childPayload = "resize volume-1, step 2 of 3"
 )
@@ -46,7 +49,7 @@ func childMain(role string) int {
 	defer db.Close()
 	ttl, _ := time.ParseDuration(os.Getenv(childTTLEnv))
 	cfg := sqldlm.Config{TTL: ttl, Owner: os.Getenv(childOwnerEnv)}
-	if os.Getenv("SQLDLM_TEST_CHILD_DEBUG") != "" {
+	if os.Getenv(childDebugEnv) != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	c, err := sqldlm.New(db, cfg)

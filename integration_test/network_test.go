@@ -27,6 +27,22 @@ func throughProxy(t *testing.T, db *testdb.DB) (*testdb.DB, *faultproxy.Proxy) {
 	return testdb.Reopen(t, db.Kind, u.String()), p
 }
 
+// throughTrapProxy is throughProxy for tests that lose one statement's
+// answer (faultproxy.Proxy.LoseAnswer): a trap picks the statement by its
+// text, which PostgreSQL sends with every execution in the simple protocol,
+// and which the proxy shows beside the execution of a MariaDB prepared
+// statement.
+func throughTrapProxy(t *testing.T, db *testdb.DB) (*testdb.DB, *faultproxy.Proxy) {
+	t.Helper()
+	cut, p := throughProxy(t, db)
+	p.ShowPreparedText(db.Kind == testdb.MySQL)
+	dsn := cut.DSN
+	if db.Kind == testdb.Postgres {
+		dsn = withParam(t, dsn, "default_query_exec_mode", "simple_protocol")
+	}
+	return testdb.Reopen(t, db.Kind, dsn), p
+}
+
 // cutOffClient returns a client that reaches db through a fault proxy, with
 // its pool and the proxy. At the test's end the proxy forwards again before
 // the client closes.

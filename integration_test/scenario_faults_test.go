@@ -222,16 +222,7 @@ func TestS10IndeterminateGrant(t *testing.T) {
 			t.Parallel()
 			db := setup(t, kind)
 			const ttl = 2 * time.Second
-			cut, proxy := throughProxy(t, db)
-			// The trap picks the grant's statement by its text: PostgreSQL
-			// sends it with every execution in the simple protocol, MariaDB's
-			// prepared CALL is shown with its text by the proxy.
-			proxy.ShowPreparedText(kind == testdb.MySQL)
-			dsn := cut.DSN
-			if kind == testdb.Postgres {
-				dsn = withParam(t, dsn, "default_query_exec_mode", "simple_protocol")
-			}
-			flaky := testdb.Reopen(t, kind, dsn)
+			flaky, proxy := throughTrapProxy(t, db)
 			c, err := sqldlm.New(flaky.DB, sqldlm.Config{TTL: ttl, Owner: "s10", ReapInterval: sqldlm.ReapDisabled})
 			require.NoError(t, err)
 			defer func() {

@@ -428,14 +428,9 @@ func newUCEnv(t *testing.T, db *testdb.DB, op ucOp, fault string) *ucEnv {
 		pool := testdb.Reopen(t, db.Kind, db.DSN)
 		e.adb = pool.DB
 	default:
-		cut, p := throughProxy(t, db)
+		cut, p := throughTrapProxy(t, db)
 		e.proxy = p
-		p.ShowPreparedText(db.Kind == testdb.MySQL)
-		dsn := cut.DSN
-		if db.Kind == testdb.Postgres {
-			dsn = withParam(t, dsn, "default_query_exec_mode", "simple_protocol")
-		}
-		e.adb = testdb.Reopen(t, db.Kind, dsn).DB
+		e.adb = cut.DB
 	}
 	e.knobs = &testknobs.Knobs{}
 	c, err := sqldlm.New(e.adb, withKnobs(cfg, e.knobs))

@@ -134,16 +134,16 @@ func TestClassifyReadOnlyAsConnection(t *testing.T) {
 	require.Equal(t, "25006", de.Code)
 }
 
-// atVersion7 returns a schema of the test's own migrated to version 7, and
+// atVersion returns a schema of the test's own migrated to version v, and
 // its migration provider.
-func atVersion7(t *testing.T) (context.Context, *testdb.DB, *goose.Provider) {
+func atVersion(t *testing.T, v int64) (context.Context, *testdb.DB, *goose.Provider) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	db := testdb.Open(t, testdb.Postgres)
 	p, err := migrations.NewProvider(db.DB, postgres.Dialect())
 	require.NoError(t, err)
-	_, err = p.UpTo(ctx, 7)
+	_, err = p.UpTo(ctx, v)
 	require.NoError(t, err)
 	return ctx, db, p
 }
@@ -151,7 +151,7 @@ func atVersion7(t *testing.T) (context.Context, *testdb.DB, *goose.Provider) {
 // Down from version 8 restores version 7 exactly.
 func TestMigrationDownRestoresVersion7(t *testing.T) {
 	t.Parallel()
-	ctx, db, p := atVersion7(t)
+	ctx, db, p := atVersion(t, 7)
 	v7 := schemaCatalog(ctx, t, db.DB)
 	_, err := p.UpTo(ctx, 8)
 	require.NoError(t, err)
@@ -180,7 +180,7 @@ func TestMigrationDownRestoresVersion7(t *testing.T) {
 // sqldlm_epoch the grants sqldlm_leases has.
 func TestMigrationToVersion8KeepsRuntimeGrants(t *testing.T) {
 	t.Parallel()
-	ctx, db, p := atVersion7(t)
+	ctx, db, p := atVersion(t, 7)
 
 	role := fmt.Sprintf("sqldlm_rt_%x", rand.Uint64())
 	var schema string

@@ -13,7 +13,8 @@ package postgres
 // audit setting is on, the functions that grant, upgrade, downgrade or
 // delete holds also INSERT their audit rows ([audit] below) in the statement
 // that changes them (a data-modifying CTE joined to the setting's row),
-// except for Acquire's grant row. The functions that free a name wake its
+// except for Acquire's grant row and Release's row, which a statement of
+// their own writes only while the setting is on. The functions that free a name wake its
 // queue with sqldlm_wake, which notifies only the live waiters at its head
 // ("<lease id> <request id> <name>", see Listen). What each operation runs:
 //
@@ -28,15 +29,21 @@ package postgres
 //	             records, DELETE it, sqldlm_wake the names
 //	Acquire      sqldlm_acquire, every lock wait bounded by its
 //	             function-level lock_timeout of 1s (55P03; the client
-//	             retries). First sqldlm_current_epoch, and a read of the own
-//	             lease's epoch: a lease of an older epoch is lost
-//	             (lease_lost); during the freeze after an epoch change,
-//	             blocked by "(failover)" until the freeze ends. Fast path (not an upgrade): if plain reads find no
-//	             hold and no waiter of the name, lock the name's row and the
-//	             own lease, check again with a snapshot and clock taken after
-//	             the locks (and the withdrawal record: withdrawn, return),
-//	             then INSERT hold [audit], UPDATE the name's row; anything
-//	             else falls through. Phase 1, no row locks: SELECT the
+//	             retries). First sqldlm_current_epoch. Fast path (not an
+//	             upgrade, outside the freeze), one statement: lock the own
+//	             lease FOR KEY SHARE where live and of the current epoch,
+//	             UPDATE the name's row's token (from the holds' sequence)
+//	             where the row is the version this statement's snapshot read
+//	             and the snapshot shows no hold or waiter of the name, no
+//	             hold of the request and no withdrawal of it (a row updated
+//	             meanwhile is re-checked by PostgreSQL on its newest version:
+//	             another xmin, nothing granted), INSERT hold; then SELECT the
+//	             own lease live with a clock after the locks (not: DELETE the
+//	             hold, lease_lost) [audit]; if the statement changed nothing,
+//	             on: a read of the own lease's epoch: a lease of an older
+//	             epoch is lost (lease_lost); during the freeze after an epoch
+//	             change, blocked by "(failover)" until the freeze ends.
+//	             Phase 1, no row locks: SELECT the
 //	             request's withdrawal record (withdrawn: return), one SELECT
 //	             (sqldlm_evaluate) of own lease, hold of this request
 //	             (idempotent retry; returned after a transactional WAL
@@ -80,19 +87,24 @@ package postgres
 //	             SELECT it plainly: there (open) or gone (committed)
 //	Abandon      sqldlm_abandon, lock_timeout 1s: lock the name's row FOR
 //	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
-//	             [lease there: INSERT the withdrawal record ON CONFLICT DO
-//	             NOTHING]; DELETE waiter; DELETE hold [audit], or with
+//	             [lease there: UPDATE the name's row (a new version, which a
+//	             fast grant waiting for the row re-checks), INSERT the
+//	             withdrawal record ON CONFLICT DO NOTHING]; DELETE waiter; DELETE hold [audit], or with
 //	             KeepHold SELECT its token; sqldlm_wake the name. The record
 //	             makes the withdrawal final: every statement that inserts a
 //	             hold or a waiter row checks it after the name's row lock
 //	             (which conflicts with Abandon's FOR UPDATE) and the own
-//	             lease's, so a late statement of a withdrawn request grants
-//	             and queues nothing (status withdrawn)
-//	Release      sqldlm_release: DELETE hold [audit]; if anyone waits,
+//	             lease's, or, in Acquire's fast path, on a snapshot that is
+//	             re-checked when Abandon's update of the row came first, so a
+//	             late statement of a withdrawn request grants and queues
+//	             nothing (status withdrawn)
+//	Release      sqldlm_release: DELETE hold RETURNING it and the audit
+//	             setting, [audit: INSERT the row]; if anyone waits,
 //	             sqldlm_wake; nothing deleted: a transactional WAL message (the
 //	             commit waits for a synchronous standby)
-//	ReleaseHandOver sqldlm_release_next: if anyone waits, lock the name's
-//	             row FOR UPDATE first; DELETE hold [audit] (nothing deleted:
+//	ReleaseHandOver sqldlm_release_next: if nobody waits, sqldlm_release;
+//	             otherwise lock the name's row FOR UPDATE first; DELETE
+//	             hold [audit] (nothing deleted:
 //	             a WAL message); sqldlm_current_epoch: during the
 //	             freeze, sqldlm_wake instead of a handover; grant the live
 //	             waiter(s) of the current epoch at the head of the queue that no hold conflicts

@@ -51,6 +51,9 @@ BEGIN
     -- already gone needs no record: a request of it is refused anyway.
     PERFORM 1 FROM sqldlm_leases WHERE id = p_lease FOR KEY SHARE;
     IF FOUND THEN
+        -- An update, not only the lock: a fast grant (sqldlm_acquire) that
+        -- waits for this row then finds it changed, and grants nothing.
+        UPDATE sqldlm_locks SET token = token WHERE name = p_name;
         INSERT INTO sqldlm_withdrawn (lease_id, request_id, name, withdrawn_at)
         VALUES (p_lease, p_request, p_name, clock_timestamp())
         ON CONFLICT (lease_id, request_id) DO NOTHING;

@@ -19,7 +19,6 @@ DECLARE
     v_audit   boolean;
     v_owner   text;
     v_live    boolean;
-    v_busy    boolean;
     v_guarded boolean := false;
     v_epoch   bigint;
     v_freeze  timestamptz;
@@ -39,69 +38,82 @@ BEGIN
     -- expired. The answer is 'blocked' by '(failover)', expiring when the
     -- freeze ends.
     SELECT * INTO v_epoch, v_freeze FROM sqldlm_current_epoch();
+    v_now := clock_timestamp();
+
+    -- Fast path (version 10): one statement grants a request of a name with
+    -- no hold and no waiter (the common, uncontended case), or changes
+    -- nothing. It pins the own lease (FOR KEY SHARE, as before: a
+    -- DeleteLease waits for the grant, or has deleted the lease and nothing
+    -- is granted), then claims the name's row with an UPDATE whose WHERE
+    -- holds only if the row's version is the one this statement's snapshot
+    -- read (n.xmin = s.seen) and that snapshot shows no hold and no waiter
+    -- of the name, no hold of this request and no withdrawal of it. The
+    -- UPDATE takes the row's lock; if another transaction updated the row
+    -- meanwhile, PostgreSQL re-checks the WHERE on the newest version, whose
+    -- xmin differs, and nothing is granted. Every transaction that inserts a
+    -- hold of a name (a grant, a handover) or records a withdrawal of a
+    -- request of it updates the name's row under its lock (the token, or in
+    -- sqldlm_abandon a no-op update), so a fast grant either saw its commit
+    -- or fails; one that only locked the row changed nothing the decision
+    -- depends on. A fast path that changes nothing falls through to the
+    -- general path below, which decides as before. The token comes from the
+    -- holds' identity sequence, drawn by the UPDATE (again when it re-checks
+    -- a changed row), so a name's tokens grow in the order of its grants.
+    -- The lease is checked again with a clock read after every lock (the
+    -- UPDATE may have waited for the row), and a grant to a lease that
+    -- expired meanwhile is deleted again before anyone could see it.
+    IF v_upgrade IS NULL AND v_freeze <= v_now THEN
+        WITH l AS (
+            SELECT l.id FROM sqldlm_leases l
+             WHERE l.id = p_lease AND l.epoch = v_epoch AND l.broken_at IS NULL
+               AND l.expires_at > clock_timestamp()
+               FOR KEY SHARE),
+        g AS (
+            UPDATE sqldlm_locks n
+               SET token = nextval(pg_get_serial_sequence('sqldlm_holders', 'token'))
+              FROM l, (SELECT k.xmin AS seen FROM sqldlm_locks k WHERE k.name = p_name) s
+             WHERE n.name = p_name
+               AND n.xmin = s.seen
+               AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = p_name)
+               AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = p_name)
+               AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request)
+               AND NOT EXISTS (SELECT 1 FROM sqldlm_withdrawn x WHERE x.lease_id = p_lease AND x.request_id = p_request)
+            RETURNING n.token)
+        INSERT INTO sqldlm_holders (token, name, lease_id, request_id, mode, acquired_at, payload)
+        OVERRIDING SYSTEM VALUE
+        SELECT g.token, p_name, p_lease, p_request, p_mode, clock_timestamp(), v_payload FROM g
+        RETURNING token, acquired_at INTO o_token, v_now;
+        IF o_token IS NOT NULL THEN
+            SELECT l.broken_at IS NULL AND l.expires_at > clock_timestamp(), l.owner, coalesce(s.audit, false)
+              INTO v_live, v_owner, v_audit
+              FROM sqldlm_leases l LEFT JOIN sqldlm_settings s ON s.id = 1
+             WHERE l.id = p_lease;
+            IF NOT coalesce(v_live, false) THEN
+                DELETE FROM sqldlm_holders WHERE token = o_token;
+                o_token := NULL;
+                o_status := 'lease_lost';
+                RETURN;
+            END IF;
+            IF v_audit THEN
+                INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+                VALUES (v_now, 'grant', p_name, v_owner, p_lease, o_token, p_mode, v_payload, '');
+            END IF;
+            o_status := 'granted';
+            RETURN;
+        END IF;
+        v_now := clock_timestamp();
+    END IF;
+
     IF NOT EXISTS (SELECT 1 FROM sqldlm_leases WHERE id = p_lease AND epoch = v_epoch) THEN
         o_status := 'lease_lost';
         RETURN;
     END IF;
-    v_now := clock_timestamp();
     IF v_freeze > v_now THEN
         o_status := 'blocked';
         o_owner := '(failover)';
         o_mode := 'X';
         o_expires_us := ceil(extract(epoch FROM v_freeze - v_now) * 1000000)::bigint;
         RETURN;
-    END IF;
-
-    -- Fast path: a name with no hold and no waiter at all (the common,
-    -- uncontended case). Lock the name's row, then the own lease, then look
-    -- again with a snapshot and a clock taken after both locks: a withdrawn
-    -- request is refused; still no hold or waiter of the name, and no hold
-    -- of this request (a repeat), means a plain grant, with nothing to take
-    -- over and no waiter row to delete. Otherwise fall through to the
-    -- general path below, which takes the same locks again (a no-op) and
-    -- decides as before.
-    IF v_upgrade IS NULL
-       AND NOT EXISTS (SELECT 1 FROM sqldlm_holders WHERE name = p_name)
-       AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name) THEN
-        LOOP
-            PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
-            EXIT WHEN FOUND;
-            INSERT INTO sqldlm_locks (name, token, updated_at) VALUES (p_name, 0, clock_timestamp())
-            ON CONFLICT (name) DO NOTHING;
-        END LOOP;
-        PERFORM 1 FROM sqldlm_leases WHERE id = p_lease FOR KEY SHARE;
-        IF NOT FOUND THEN
-            o_status := 'lease_lost';
-            RETURN;
-        END IF;
-        IF EXISTS (SELECT 1 FROM sqldlm_withdrawn WHERE lease_id = p_lease AND request_id = p_request) THEN
-            o_status := 'withdrawn';
-            RETURN;
-        END IF;
-        v_now := clock_timestamp();
-        SELECT l.broken_at IS NULL AND l.expires_at > v_now, l.owner, coalesce(s.audit, false),
-               EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = p_name)
-               OR EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = p_name)
-               OR EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request)
-          INTO v_live, v_owner, v_audit, v_busy
-          FROM sqldlm_leases l LEFT JOIN sqldlm_settings s ON s.id = 1
-         WHERE l.id = p_lease;
-        IF NOT coalesce(v_live, false) THEN
-            o_status := 'lease_lost';
-            RETURN;
-        END IF;
-        IF NOT v_busy THEN
-            INSERT INTO sqldlm_holders (name, lease_id, request_id, mode, acquired_at, payload)
-            VALUES (p_name, p_lease, p_request, p_mode, v_now, v_payload)
-            RETURNING token INTO o_token;
-            IF v_audit THEN
-                INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
-                VALUES (v_now, 'grant', p_name, v_owner, p_lease, o_token, p_mode, v_payload, '');
-            END IF;
-            UPDATE sqldlm_locks SET token = o_token, updated_at = v_now WHERE name = p_name;
-            o_status := 'granted';
-            RETURN;
-        END IF;
     END IF;
 
     -- Phase 1: plain reads. A withdrawn request is refused first, before

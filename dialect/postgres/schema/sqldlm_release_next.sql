@@ -20,9 +20,11 @@ DECLARE
     v_freeze  timestamptz;
 BEGIN
     v_waiting := EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name);
-    IF v_waiting THEN
-        PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
+    IF NOT v_waiting THEN
+        -- Nobody waits (the common case): this is sqldlm_release, inline.
+        RETURN sqldlm_release(p_name, p_lease, p_token);
     END IF;
+    PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
     WITH d AS (
         DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
         RETURNING token, mode, payload),
@@ -36,13 +38,6 @@ BEGIN
     IF v_n = 0 THEN
         PERFORM pg_logical_emit_message(true, 'sqldlm', ''); -- as in sqldlm_release
         RETURN false;
-    ELSIF NOT v_waiting THEN
-        -- Nobody waited: this was sqldlm_release, inline. A waiter that
-        -- queued meanwhile is woken, as sqldlm_release does.
-        IF EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name) THEN
-            PERFORM sqldlm_wake(p_name);
-        END IF;
-        RETURN true;
     END IF;
     -- Hand over only as sqldlm_acquire would grant: not during the freeze
     -- after a failover (the head is woken, and asks), and only to waiters

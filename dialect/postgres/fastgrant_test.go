@@ -1,0 +1,153 @@
+package postgres_test
+
+import (
+	"database/sql"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sqldlm/sqldlm/dialect"
+)
+
+// TestFastGrantWaitsForAnOpenGrant: sqldlm_acquire's fast path (schema
+// version 10) decides on its statement's snapshot, then UPDATEs the name's
+// row. A grant of the same name in a transaction still open when the fast
+// path's snapshot is taken is invisible to it; the fast path's UPDATE then
+// waits for that transaction's lock on the row. Whichever way the other
+// grant was made (the fast path itself, or the general path that creates
+// the name's row), once it commits the waiting request must not be granted
+// too: it answers blocked, and the name has one hold. Once it rolls back,
+// the waiting request is granted. For each pair of modes that conflict, and
+// for a shared request beside a shared grant (both granted).
+func TestFastGrantWaitsForAnOpenGrant(t *testing.T) {
+	t.Parallel()
+	type pair struct{ first, second dialect.Mode }
+	modes := map[string]pair{
+		"XX": {dialect.Exclusive, dialect.Exclusive},
+		"XS": {dialect.Exclusive, dialect.Shared},
+		"SX": {dialect.Shared, dialect.Exclusive},
+		"SS": {dialect.Shared, dialect.Shared},
+	}
+	for modeName, m := range modes {
+		for _, rowExists := range []bool{true, false} {
+			for _, commit := range []bool{true, false} {
+				path, end := "GeneralPath", "Rollback"
+				if rowExists {
+					path = "FastPath"
+				}
+				if commit {
+					end = "Commit"
+				}
+				t.Run(modeName+"/"+path+"/"+end, func(t *testing.T) {
+					t.Parallel()
+					f := newFixture(t)
+					a, b := f.lease("a", time.Minute), f.lease("b", time.Minute)
+					if rowExists {
+						_, err := f.db.ExecContext(f.ctx, `INSERT INTO sqldlm_locks (name, token, updated_at) VALUES ('n', 0, clock_timestamp())`)
+						require.NoError(t, err)
+					}
+					tx := f.begin(f.reopen(), sql.LevelReadCommitted)
+					first := f.acquireTx(tx, dialect.AcquireParams{Name: "n", LeaseID: a, Mode: m.first})
+					require.Equal(t, dialect.Granted, first.Status)
+
+					db, pid := f.onePool()
+					var done atomic.Bool
+					answer := make(chan *dialect.AcquireResult, 1)
+					go func() {
+						res, err := f.d.Acquire(f.ctx, db, &dialect.AcquireParams{Name: "n", LeaseID: b, RequestID: rand.Int64(), Mode: m.second})
+						if !assertNoError(t, err) {
+							res = nil
+						}
+						done.Store(true)
+						answer <- res
+					}()
+					f.waitingOrDone(pid, &done, "the second request")
+					require.False(t, done.Load(), "the second request did not wait for the open grant's transaction")
+
+					if commit {
+						require.NoError(t, tx.Commit())
+					} else {
+						require.NoError(t, tx.Rollback())
+					}
+					res := <-answer
+					require.NotNil(t, res)
+					holds := f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders WHERE name = 'n'`)
+					switch {
+					case !commit:
+						require.Equal(t, dialect.Granted, res.Status, "the open grant rolled back")
+						require.Equal(t, 1, holds)
+					case m.first == dialect.Shared && m.second == dialect.Shared:
+						// The fast path refuses a name that has a hold; the
+						// general path grants the second shared hold.
+						require.Equal(t, dialect.Granted, res.Status)
+						require.Equal(t, 2, holds)
+						require.Greater(t, res.Token, first.Token)
+					default:
+						require.Equal(t, dialect.Blocked, res.Status, "granted beside the committed grant of token %d", first.Token)
+						require.Equal(t, 1, holds)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestFastGrantTokensGrowPerName: the fast path draws its token in the
+// UPDATE of the name's row; the general path's identity default draws from
+// the same sequence. Granting a name alternately by both paths (a held name
+// takes the general path) gives strictly growing tokens, and the name's row
+// shows the last one.
+func TestFastGrantTokensGrowPerName(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a, b := f.lease("a", time.Minute), f.lease("b", time.Minute)
+	var last int64
+	for i := range 20 {
+		tok := f.grant("n", a, dialect.Shared) // fast when the name is free, general otherwise
+		require.Greater(t, tok, last, "grant %d", i)
+		last = tok
+		if i%2 == 0 {
+			tok = f.grant("n", b, dialect.Shared) // a second shared hold: the general path
+			require.Greater(t, tok, last, "grant %d", i)
+			last = tok
+			_, err := f.d.Release(f.ctx, f.db.DB, &dialect.HoldRef{Name: "n", LeaseID: b, Token: tok})
+			require.NoError(t, err)
+		}
+		var rowToken int64
+		require.NoError(t, f.db.QueryRowContext(f.ctx, `SELECT token FROM sqldlm_locks WHERE name = 'n'`).Scan(&rowToken))
+		require.Equal(t, last, rowToken)
+		_, err := f.d.DeleteLease(f.ctx, f.db.DB, a)
+		require.NoError(t, err)
+		a = f.lease("a", time.Minute)
+	}
+}
+
+// Down from version 10 restores version 9 exactly: the four functions it
+// replaced, and nothing else changed.
+func TestMigrationDownRestoresVersion9(t *testing.T) {
+	t.Parallel()
+	ctx, db, p := atVersion(t, 9)
+	v9 := schemaCatalog(ctx, t, db.DB)
+	_, err := p.UpTo(ctx, 10)
+	require.NoError(t, err)
+	v10 := schemaCatalog(ctx, t, db.DB)
+	changed := []string{"sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
+		"sqldlm_abandon(text,bigint,bigint,boolean)", "sqldlm_release(text,bigint,bigint)",
+		"sqldlm_release_next(text,bigint,bigint)"}
+	for _, fn := range changed {
+		require.Contains(t, v9, "function "+fn)
+		require.NotEqual(t, v9["function "+fn], v10["function "+fn], fn)
+		delete(v10, "function "+fn)
+	}
+	for k, v := range v10 {
+		require.Equal(t, v9[k], v, "%s changed", k)
+	}
+	require.Len(t, v10, len(v9)-len(changed))
+
+	_, err = p.DownTo(ctx, 9)
+	require.NoError(t, err)
+	require.Equal(t, v9, schemaCatalog(ctx, t, db.DB))
+}

@@ -2,6 +2,8 @@ package postgres_test
 
 import (
 	"database/sql"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
@@ -150,4 +152,48 @@ func TestMigrationDownRestoresVersion9(t *testing.T) {
 	_, err = p.DownTo(ctx, 9)
 	require.NoError(t, err)
 	require.Equal(t, v9, schemaCatalog(ctx, t, db.DB))
+}
+
+// TestFastGrantChecksTheLeaseAfterTheLocks: the fast path's statement checks
+// the lease when it starts, then may wait for the name's row. A lease that
+// expires during that wait must not be granted the name: the grant is
+// undone and the answer is lease_lost. The name's row is held by a
+// transaction that only locked it (as a request that ended blocked does),
+// so the waiting UPDATE goes on after it without re-checking its WHERE. The
+// wait is bounded by sqldlm_acquire's lock_timeout of 1s, so the lease lives
+// 600ms; a round whose wait timed out first (a loaded machine) proves
+// nothing and is run again.
+func TestFastGrantChecksTheLeaseAfterTheLocks(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for round := range 10 {
+		name := fmt.Sprintf("n%d", round)
+		blocker := f.lockNameRow(name)
+		w := f.lease("w", 600*time.Millisecond)
+		db, pid := f.onePool()
+		var done atomic.Bool
+		type outcome struct {
+			res *dialect.AcquireResult
+			err error
+		}
+		answer := make(chan outcome, 1)
+		go func() {
+			res, err := f.d.Acquire(f.ctx, db, &dialect.AcquireParams{Name: name, LeaseID: w, RequestID: rand.Int64(), Mode: dialect.Exclusive})
+			done.Store(true)
+			answer <- outcome{res, err}
+		}()
+		f.waitingOrDone(pid, &done, "the acquire")
+		f.expire(w)
+		require.NoError(t, blocker.Commit())
+		got := <-answer
+		if errors.Is(got.err, dialect.ErrLockTimeout) {
+			t.Logf("round %d: the acquire's lock wait timed out before the lease expired", round)
+			continue
+		}
+		require.NoError(t, got.err)
+		require.Equal(t, dialect.LeaseLost, got.res.Status, "granted to a lease that expired while the grant waited")
+		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders WHERE name = $1`, name), "the undone grant left a hold")
+		return
+	}
+	t.Fatal("every round's lock wait timed out before the lease expired")
 }

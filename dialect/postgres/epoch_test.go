@@ -216,3 +216,28 @@ func TestMigrationToVersion8KeepsRuntimeGrants(t *testing.T) {
 	require.NoError(t, rt.QueryRowContext(ctx, `SELECT o_epoch FROM sqldlm_current_epoch()`).Scan(&epoch))
 	require.Equal(t, int64(2), epoch)
 }
+
+// After a promotion, the new primary's copy of a lease can be expired
+// while its holder still trusts it (renewals the old primary acknowledged
+// were not shipped to an asynchronous standby). A Reap that is the first
+// statement on the new primary must not shorten the freeze by deleting
+// those leases first: it moves to the new epoch, whose freeze counts them,
+// and only then deletes them. Grants wait for the freeze of the reaped
+// lease's TTL, not of the leases left.
+func TestReapAfterFailoverKeepsTheFreeze(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	old := f.lease("old", 2*time.Second)
+	f.grant("r/held", old, dialect.Exclusive)
+	f.expire(old) // on the new primary; its holder renewed on the old one
+	f.failover()
+
+	res, err := f.d.Reap(f.ctx, f.db.DB, 100, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Leases, "the reap deletes the lease that looks expired")
+	fresh := f.lease("fresh", 500*time.Millisecond)
+	got := f.acquire(dialect.AcquireParams{Name: "r/held", LeaseID: fresh, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Blocked, got.Status, "granted during the freeze, or after a freeze shortened by the reap")
+	require.Equal(t, "(failover)", got.Blocker.Owner)
+	require.Greater(t, got.Blocker.ExpiresIn, time.Second, "the freeze is not the reaped lease's TTL (2s)")
+}

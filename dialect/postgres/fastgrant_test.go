@@ -131,27 +131,41 @@ func TestFastGrantTokensGrowPerName(t *testing.T) {
 // replaced, and nothing else changed.
 func TestMigrationDownRestoresVersion9(t *testing.T) {
 	t.Parallel()
-	ctx, db, p := atVersion(t, 9)
-	v9 := schemaCatalog(ctx, t, db.DB)
-	_, err := p.UpTo(ctx, 10)
-	require.NoError(t, err)
-	v10 := schemaCatalog(ctx, t, db.DB)
-	changed := []string{"sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
+	downRestores(t, 9, "sqldlm_acquire(text,bigint,bigint,text,boolean,bigint,text,bigint)",
 		"sqldlm_abandon(text,bigint,bigint,boolean)", "sqldlm_release(text,bigint,bigint)",
-		"sqldlm_release_next(text,bigint,bigint)"}
-	for _, fn := range changed {
-		require.Contains(t, v9, "function "+fn)
-		require.NotEqual(t, v9["function "+fn], v10["function "+fn], fn)
-		delete(v10, "function "+fn)
-	}
-	for k, v := range v10 {
-		require.Equal(t, v9[k], v, "%s changed", k)
-	}
-	require.Len(t, v10, len(v9)-len(changed))
+		"sqldlm_release_next(text,bigint,bigint)")
+}
 
-	_, err = p.DownTo(ctx, 9)
+// Down from version 11 restores version 10 exactly: only sqldlm_reap
+// changed.
+func TestMigrationDownRestoresVersion10(t *testing.T) {
+	t.Parallel()
+	downRestores(t, 10, "sqldlm_reap(integer,bigint)")
+}
+
+// downRestores migrates a schema to version v, then one version up, checks
+// that exactly the functions changed (their signatures) differ, then
+// migrates down to v and checks that the catalog is v's again.
+func downRestores(t *testing.T, v int64, changed ...string) {
+	t.Helper()
+	ctx, db, p := atVersion(t, v)
+	before := schemaCatalog(ctx, t, db.DB)
+	_, err := p.UpTo(ctx, v+1)
 	require.NoError(t, err)
-	require.Equal(t, v9, schemaCatalog(ctx, t, db.DB))
+	after := schemaCatalog(ctx, t, db.DB)
+	for _, fn := range changed {
+		require.Contains(t, before, "function "+fn)
+		require.NotEqual(t, before["function "+fn], after["function "+fn], fn)
+		delete(after, "function "+fn)
+	}
+	for k, def := range after {
+		require.Equal(t, before[k], def, "%s changed", k)
+	}
+	require.Len(t, after, len(before)-len(changed))
+
+	_, err = p.DownTo(ctx, v)
+	require.NoError(t, err)
+	require.Equal(t, before, schemaCatalog(ctx, t, db.DB))
 }
 
 // TestFastGrantChecksTheLeaseAfterTheLocks: the fast path's statement checks

@@ -129,7 +129,9 @@ package postgres
 //	             lease live through db (autocommit; held and live: a
 //	             serialization error); if yes: SAVEPOINT, SELECT lease FOR
 //	             SHARE, ROLLBACK TO and RELEASE the savepoint, in tx
-//	Reap         sqldlm_reap: lock up to limit dead leases FOR UPDATE SKIP
+//	Reap         sqldlm_reap: sqldlm_current_epoch (an epoch change, and
+//	             its freeze, before anything is deleted); lock up to limit
+//	             dead leases FOR UPDATE SKIP
 //	             LOCKED, re-check, DELETE their holds [audit], waiters,
 //	             leases, and the pending records of leases gone (SKIP
 //	             LOCKED); lock up to limit idle lock rows FOR UPDATE SKIP

@@ -14,6 +14,11 @@ DECLARE
     v_audit     boolean;
     v_retention bigint;
 BEGIN
+    -- The failover epoch first, as every grant and renewal does: on a newly
+    -- promoted primary the epoch change's freeze is the longest TTL of the
+    -- leases it finds, so it must find them before this reap deletes the
+    -- ones that look expired here (see the header of migration 00011).
+    PERFORM sqldlm_current_epoch();
     SELECT array_agg(id) INTO v_ids FROM (
         SELECT id FROM sqldlm_leases
          WHERE broken_at IS NOT NULL OR expires_at <= clock_timestamp()

@@ -377,16 +377,22 @@ func TestMigrationDownRestoresVersion2(t *testing.T) {
 	require.Equal(t, v2, catalog())
 }
 
-// schemaCatalog returns the functions (with their definitions) and relations
-// of db's current schema.
+// schemaCatalog returns the functions (with their definitions), relations
+// (their kind and columns) and triggers of db's current schema.
 func schemaCatalog(ctx context.Context, t *testing.T, db *sql.DB) map[string]string {
 	t.Helper()
 	rows, err := db.QueryContext(ctx, `
 		SELECT 'function ' || p.oid::regprocedure::text, pg_get_functiondef(p.oid)
 		  FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace
 		UNION ALL
-		SELECT 'relation ' || c.relname, c.relkind::text
-		  FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace`)
+		SELECT 'relation ' || c.relname, c.relkind::text || coalesce(': ' || (
+		       SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+		         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+		  FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace
+		UNION ALL
+		SELECT 'trigger ' || t.tgname, pg_get_triggerdef(t.oid)
+		  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+		 WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal`)
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[string]string{}

@@ -241,3 +241,76 @@ func TestReapAfterFailoverKeepsTheFreeze(t *testing.T) {
 	require.Equal(t, "(failover)", got.Blocker.Owner)
 	require.Greater(t, got.Blocker.ExpiresIn, time.Second, "the freeze is not the reaped lease's TTL (2s)")
 }
+
+// The freeze after a promotion lasts the longest TTL the schema has
+// recorded, not only the longest TTL of the leases the new primary still
+// has: a client whose lease (created on the old primary just before the
+// promotion, say after a restart) never reached the new primary still
+// trusts its lock for its TTL. Here the client's earlier lease, with the
+// same 4 s TTL, reached the standby and was deleted (the client stopped);
+// the new primary knows only a 500 ms lease, created after the promotion.
+// Without the record the freeze is nothing and that lease is granted at
+// once.
+func TestFreezeCoversTheRecordedTTL(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	earlier := f.lease("long", 4*time.Second)
+	_, err := f.d.DeleteLease(f.ctx, f.db.DB, earlier)
+	require.NoError(t, err)
+	f.failover()
+
+	fresh := f.lease("fresh", 500*time.Millisecond)
+	got := f.acquire(dialect.AcquireParams{Name: "rec/free", LeaseID: fresh, Mode: dialect.Exclusive})
+	require.Equal(t, dialect.Blocked, got.Status, "granted during a freeze shorter than a TTL in use")
+	require.Equal(t, "(failover)", got.Blocker.Owner)
+	require.Greater(t, got.Blocker.ExpiresIn, 3*time.Second, "the freeze is not the recorded TTL (4s)")
+	require.LessOrEqual(t, got.Blocker.ExpiresIn, 4*time.Second)
+}
+
+// The record grows with the longest TTL of the leases created (by any
+// client: a trigger keeps it), and only grows.
+func TestRecordedTTLGrows(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	recorded := func() time.Duration {
+		var us int64
+		require.NoError(t, f.db.QueryRowContext(f.ctx, `SELECT max_ttl_us FROM sqldlm_epoch`).Scan(&us))
+		return time.Duration(us) * time.Microsecond
+	}
+	f.lease("a", 3*time.Second)
+	require.Equal(t, 3*time.Second, recorded())
+	f.lease("b", time.Second)
+	require.Equal(t, 3*time.Second, recorded())
+	// A lease created by hand (as an older client, or another tool, would).
+	_, err := f.db.ExecContext(f.ctx, `INSERT INTO sqldlm_leases (id, owner, ttl_us, created_at, renewed_at, expires_at)
+		VALUES ($1, 'c', 7000000, clock_timestamp(), clock_timestamp(), clock_timestamp() + interval '7 seconds')`, rand.Int64())
+	require.NoError(t, err)
+	require.Equal(t, 7*time.Second, recorded())
+}
+
+// Up to version 12 records the longest TTL among the leases there are;
+// Down restores version 11 exactly.
+func TestMigrationDownRestoresVersion11(t *testing.T) {
+	t.Parallel()
+	ctx, db, p := atVersion(t, 11)
+	v11 := schemaCatalog(ctx, t, db.DB)
+	d := postgres.Dialect()
+	for i, ttl := range []time.Duration{2 * time.Second, 9 * time.Second, time.Second} {
+		require.NoError(t, d.CreateLease(ctx, db.DB, &dialect.CreateLeaseParams{ID: int64(i + 1), Owner: "m", TTL: ttl}))
+	}
+	_, err := p.UpTo(ctx, 12)
+	require.NoError(t, err)
+	v12 := schemaCatalog(ctx, t, db.DB)
+	require.Contains(t, v12, "trigger sqldlm_record_ttl")
+	require.Contains(t, v12, "function sqldlm_record_ttl()")
+	const change = "function sqldlm_epoch_change(regclass)"
+	require.NotEqual(t, v11[change], v12[change])
+	require.NotEqual(t, v11["relation sqldlm_epoch"], v12["relation sqldlm_epoch"])
+	var us int64
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT max_ttl_us FROM sqldlm_epoch`).Scan(&us))
+	require.Equal(t, (9 * time.Second).Microseconds(), us)
+
+	_, err = p.DownTo(ctx, 11)
+	require.NoError(t, err)
+	require.Equal(t, v11, schemaCatalog(ctx, t, db.DB))
+}

@@ -19,7 +19,9 @@ package postgres
 // ("<lease id> <request id> <name>", see Listen). What each operation runs:
 //
 //	CreateLease  INSERT lease (expiry from clock_timestamp(); its epoch
-//	             column's default is sqldlm_current_epoch's epoch)
+//	             column's default is sqldlm_current_epoch's epoch; the
+//	             trigger sqldlm_record_ttl raises sqldlm_epoch.max_ttl_us
+//	             to its TTL if longer, the freeze after a promotion)
 //	RenewLease   UPDATE lease WHERE live and of the current epoch
 //	             (sqldlm_current_epoch, once per statement); a renewal that
 //	             waited for a row lock re-checks the condition, with a fresh

@@ -11,7 +11,7 @@ import (
 )
 
 // dumpPostgres renders current_schema()'s tables (columns, constraints,
-// indexes), views (pg_get_viewdef) and functions (pg_get_functiondef), with
+// indexes, triggers), views (pg_get_viewdef) and functions (pg_get_functiondef), with
 // the schema's name taken out of the qualified names the catalogue prints.
 func dumpPostgres(ctx context.Context, q *sql.DB) (string, map[string]string, error) {
 	var versionNum, schema string
@@ -70,8 +70,8 @@ func dumpPostgres(ctx context.Context, q *sql.DB) (string, map[string]string, er
 
 // postgresTable renders a table as the catalogue describes it: its columns
 // (type, collation, identity, default, NOT NULL), its constraints
-// (pg_get_constraintdef) and the indexes that back no constraint
-// (pg_get_indexdef).
+// (pg_get_constraintdef), the indexes that back no constraint
+// (pg_get_indexdef) and its triggers (pg_get_triggerdef).
 func postgresTable(ctx context.Context, q *sql.DB, oid, name string) (string, error) {
 	var lines []string
 	cols, err := queryPairs(ctx, q, `
@@ -118,6 +118,17 @@ func postgresTable(ctx context.Context, q *sql.DB, oid, name string) (string, er
 	}
 	for _, ix := range indexes {
 		def += "\n" + ix[1]
+	}
+
+	triggers, err := queryPairs(ctx, q, `
+		SELECT tgname, pg_get_triggerdef(oid, true) || ';' FROM pg_trigger
+		 WHERE tgrelid = $1::oid AND NOT tgisinternal
+		 ORDER BY tgname`, oid)
+	if err != nil {
+		return "", err
+	}
+	for _, tg := range triggers {
+		def += "\n" + tg[1]
 	}
 	return def, nil
 }

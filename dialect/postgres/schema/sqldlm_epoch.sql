@@ -8,6 +8,7 @@ CREATE TABLE sqldlm_epoch (
     epoch bigint NOT NULL,
     changed_at timestamp with time zone NOT NULL,
     freeze_until timestamp with time zone NOT NULL,
+    max_ttl_us bigint DEFAULT 0 NOT NULL,
     CONSTRAINT sqldlm_epoch_pkey PRIMARY KEY (id),
     CONSTRAINT sqldlm_epoch_id_check CHECK (id = 1)
 );

@@ -28,7 +28,8 @@ BEGIN
     v_timeline := ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::integer;
     EXECUTE format('UPDATE %1$I.sqldlm_epoch SET epoch = epoch + 1, timeline = $1, changed_at = clock_timestamp(),
                            freeze_until = clock_timestamp()
-                               + (SELECT coalesce(max(ttl_us), 0) FROM %1$I.sqldlm_leases) * interval ''1 microsecond''
+                               + greatest(max_ttl_us, (SELECT coalesce(max(ttl_us), 0) FROM %1$I.sqldlm_leases))
+                                 * interval ''1 microsecond''
                      WHERE id = 1 AND timeline <> $1
                     RETURNING epoch, freeze_until', v_schema)
        INTO o_epoch, o_freeze_until USING v_timeline;

@@ -16,3 +16,4 @@ CREATE TABLE sqldlm_leases (
     CONSTRAINT sqldlm_leases_ttl_us_check CHECK (ttl_us > 0)
 );
 CREATE INDEX sqldlm_leases_expires_at ON sqldlm_leases USING btree (expires_at);
+CREATE TRIGGER sqldlm_record_ttl AFTER INSERT ON sqldlm_leases FOR EACH ROW EXECUTE FUNCTION sqldlm_record_ttl();

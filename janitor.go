@@ -13,12 +13,16 @@ import (
 // lease the client gave up. Callers never wait for it (Release cannot fail
 // the caller); the lease's expiry is the backstop for all of them.
 type janitor struct {
-	c      *Client
-	mu     sync.Mutex
-	tasks  []*task
-	kick   chan struct{}
-	stop   chan struct{}
-	exited chan struct{}
+	c     *Client
+	mu    sync.Mutex
+	tasks []*task
+	// leaving holds the join requests whose withdrawal (a leave) is left
+	// to the janitor, until it succeeds or their lease ends: a Join that
+	// finds one of them in its way withdraws it at once (leaveNow).
+	leaving map[dialect.MemberRef]struct{}
+	kick    chan struct{}
+	stop    chan struct{}
+	exited  chan struct{}
 	// ctx is the parent of every attempt but the final pass's; halt
 	// cancels it, so that a pass in progress does not delay Close.
 	ctx    context.Context
@@ -36,7 +40,8 @@ type task struct {
 
 func newJanitor(c *Client) *janitor {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &janitor{c: c, kick: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{}), ctx: ctx, cancel: cancel}
+	return &janitor{c: c, leaving: map[dialect.MemberRef]struct{}{},
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{}), ctx: ctx, cancel: cancel}
 }
 
 // halt ends the pass in progress and makes the janitor run its final pass
@@ -88,14 +93,59 @@ func (j *janitor) abandon(l *lease, name string, requestID int64) {
 // leave deletes a membership (and withdraws its request) while its lease
 // lives: once the lease has ended, the membership is gone with it.
 func (j *janitor) leave(l *lease, ref dialect.MemberRef) {
+	j.mu.Lock()
+	j.leaving[ref] = struct{}{}
+	j.mu.Unlock()
 	j.add(&task{
 		what: "leave group",
 		run: func(ctx context.Context) error {
 			_, err := j.c.dialect.Leave(ctx, j.c.db, &ref)
+			if err == nil {
+				j.left(ref)
+			}
 			return err
 		},
-		until: l.live,
+		until: func() bool {
+			if l.live() {
+				return true
+			}
+			j.left(ref)
+			return false
+		},
 	})
+}
+
+// left forgets a join request whose withdrawal is done.
+func (j *janitor) left(ref dialect.MemberRef) {
+	j.mu.Lock()
+	delete(j.leaving, ref)
+	j.mu.Unlock()
+}
+
+// leaveNow withdraws at once, within ctx, the join requests of id in group
+// under lease whose withdrawal was left to the janitor (a Join whose
+// outcome stayed unknown, and whose withdrawal did not reach the database
+// within its bound). It reports whether there was one and every withdrawal
+// succeeded: the caller's Join, refused because of the member row such a
+// request made, may then ask again. A task of the janitor that runs the
+// same withdrawal too finds nothing left to do.
+func (j *janitor) leaveNow(ctx context.Context, lease int64, group, id string) bool {
+	j.mu.Lock()
+	var refs []dialect.MemberRef
+	for ref := range j.leaving {
+		if ref.LeaseID == lease && ref.Group == group && ref.ID == id {
+			refs = append(refs, ref)
+		}
+	}
+	j.mu.Unlock()
+	for _, ref := range refs {
+		if _, err := retryStatement(ctx, func() (bool, error) { return j.c.dialect.Leave(ctx, j.c.db, &ref) }); err != nil {
+			j.c.logger.Debug("sqldlm: withdrawing an earlier join failed", "group", group, "member", id, "error", err)
+			return false
+		}
+		j.left(ref)
+	}
+	return len(refs) > 0
 }
 
 // abandonUpgrade cleans up after an upgrade whose outcome stayed unknown

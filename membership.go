@@ -165,7 +165,10 @@ type Membership struct {
 // If the database cannot be reached Join fails (an error matching
 // dialect.ErrConnection, or ctx's error); a membership its statement may
 // have made all the same is withdrawn before Join returns, or in the
-// background if the database does not answer the withdrawal at once.
+// background if the database does not answer the withdrawal at once. A
+// Join of the same id tried again while that withdrawal is still pending
+// runs it first, so the client's own abandoned request is never the member
+// it is refused for.
 func (c *Client) Join(ctx context.Context, group, id string, opts ...JoinOption) (*Membership, error) {
 	o := joinOptions{weight: 1}
 	for _, opt := range opts {
@@ -185,7 +188,10 @@ func (c *Client) Join(ctx context.Context, group, id string, opts ...JoinOption)
 	}
 	g := c.dialect
 	// A lease found dead by the database is replaced once: the client
-	// learns of it here before its heartbeat does.
+	// learns of it here before its heartbeat does. The client's own earlier
+	// join request, in the way because its withdrawal was left to the
+	// background, is withdrawn at once, and the join asked again, once.
+	ownWithdrawn := false
 	for attempt := 0; ; attempt++ {
 		l, err := c.currentLease(ctx)
 		if err != nil {
@@ -218,6 +224,11 @@ func (c *Client) Join(ctx context.Context, group, id string, opts ...JoinOption)
 			return m, nil
 		case dialect.MemberTaken:
 			h := res.Holder
+			if h.LeaseID == l.id && !ownWithdrawn && c.janitor.leaveNow(ctx, l.id, group, id) {
+				ownWithdrawn = true
+				attempt--
+				continue
+			}
 			return nil, &MemberExistsError{Group: group, ID: id, Owner: h.Owner, Incarnation: h.Incarnation, ExpiresIn: h.ExpiresIn}
 		case dialect.JoinLeaseNotLive:
 			l.end(ErrLost, "the database found the lease dead at a join")

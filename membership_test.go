@@ -2,14 +2,17 @@ package sqldlm
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
@@ -258,4 +261,69 @@ func TestWatchNotifiedOnPostgres(t *testing.T) {
 	require.Equal(t, MemberJoined, e.Kind)
 	require.NoError(t, m.Leave(ctx))
 	require.Equal(t, MemberLeft, (<-w.Events()).Kind)
+}
+
+// joinFaultDialect loses the answer of the next Join after running it
+// (lostJoin), and fails every Leave without running it while failLeave is
+// set, unless the caller's ctx carries leaveAllowed.
+type joinFaultDialect struct {
+	dialect.Dialect
+	mu        sync.Mutex
+	lostJoin  bool
+	failLeave bool
+}
+
+type leaveAllowed struct{}
+
+func (d *joinFaultDialect) Join(ctx context.Context, db *sql.DB, p *dialect.JoinParams) (*dialect.JoinResult, error) {
+	d.mu.Lock()
+	lost := d.lostJoin
+	d.lostJoin = false
+	d.mu.Unlock()
+	res, err := d.Dialect.Join(ctx, db, p)
+	if lost && err == nil {
+		return nil, errConnLost
+	}
+	return res, err
+}
+
+func (d *joinFaultDialect) Leave(ctx context.Context, db *sql.DB, m *dialect.MemberRef) (bool, error) {
+	d.mu.Lock()
+	fail := d.failLeave && ctx.Value(leaveAllowed{}) == nil
+	d.mu.Unlock()
+	if fail {
+		return false, errConnLost
+	}
+	return d.Dialect.Leave(ctx, db, m)
+}
+
+// A Join whose answer was lost withdraws its request before it returns; if
+// that withdrawal does not get through, it is left to the janitor. A Join
+// of the same id tried again meanwhile must not be refused because of the
+// client's own abandoned request (ErrMemberExists naming the client
+// itself): it withdraws that request at once and joins. A second
+// membership of an id the client holds is still refused.
+func TestJoinAgainWhileItsWithdrawalIsPending(t *testing.T) {
+	t.Parallel()
+	forEachKind(t, func(t *testing.T, b *lockBundle) {
+		ctx := testCtx(t)
+		d := &joinFaultDialect{Dialect: b.db.Dialect, lostJoin: true, failLeave: true}
+		c := b.client(t, Config{Owner: "host-a", Dialect: d, ReapInterval: ReapDisabled})
+		_, err := c.Join(ctx, "g", "m")
+		require.ErrorIs(t, err, dialect.ErrConnection)
+		v, err := c.Members(ctx, "g")
+		require.NoError(t, err)
+		require.Len(t, v.Members, 1, "the lost join's membership, its withdrawal pending")
+
+		m, err := c.Join(context.WithValue(ctx, leaveAllowed{}, true), "g", "m")
+		require.NoError(t, err, "refused because of the client's own withdrawn request")
+		v, err = c.Members(ctx, "g")
+		require.NoError(t, err)
+		require.Len(t, v.Members, 1)
+		require.Equal(t, m.Incarnation(), v.Members[0].Incarnation, "the member is the new join's")
+
+		_, err = c.Join(context.WithValue(ctx, leaveAllowed{}, true), "g", "m")
+		require.ErrorIs(t, err, ErrMemberExists, "a second membership of the client's own id")
+		require.NoError(t, m.Err())
+	})
 }

@@ -120,6 +120,26 @@ BEGIN
     COMMIT;
     SELECT v_n;
 END`
+	// sqldlm_release's DELETE alone in a procedure, committing only where
+	// the session's autocommit is off (then the DELETE opened a
+	// transaction): no SET TRANSACTION, no START TRANSACTION.
+	leanReleaseProc = `CREATE PROCEDURE p_release_lean(IN p_name VARBINARY(1024), IN p_lease BIGINT, IN p_token BIGINT)
+BEGIN
+    DECLARE v_n INT;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        ROLLBACK;
+        RESIGNAL;
+    END;
+    DELETE FROM sqldlm_holders
+     WHERE token = p_token AND lease_id = p_lease AND name = p_name
+       AND NOT EXISTS (SELECT 1 FROM sqldlm_settings WHERE id = 1 AND audit);
+    SET v_n = ROW_COUNT();
+    IF NOT @@session.autocommit THEN
+        COMMIT;
+    END IF;
+    SELECT v_n AS released;
+END`
 	floorTable = `CREATE TABLE IF NOT EXISTS floor (name VARCHAR(255) NOT NULL PRIMARY KEY, owner VARCHAR(255) NOT NULL)`
 	// The release every sqldlm variant uses but v8: sqldlm_release's
 	// DELETE without the procedure around it.
@@ -182,7 +202,7 @@ func main() {
 	dsn := flag.String("dsn", "root@tcp(127.0.0.1:3306)/stepbench", "go-sql-driver DSN of a migrated database")
 	n := flag.Int("n", 3000, "pairs")
 	pid := flag.Int("pid", 0, "mariadbd's pid")
-	variant := flag.String("v", "v8", "floor, v8, v8del, no1, light, lean, bare, plain, clienttx, onerow, onerowlease or onerowproc")
+	variant := flag.String("v", "v8", "floor, v8, v8lean, v8del, no1, light, lean, bare, plain, clienttx, onerow, onerowlease or onerowproc")
 	flag.Parse()
 	db, err := sql.Open("mysql", *dsn)
 	if err != nil {
@@ -202,7 +222,7 @@ func main() {
 		must(conn.ExecContext(ctx, ddl))
 	}
 	for name, ddl := range map[string]string{"p_lean": leanProc, "p_bare": bareProc, "p_no1": fromAcquire("p_no1"), "p_light": fromAcquire("p_light"),
-		"p_onerow": oneRowProc, "p_onerow_release": oneRowReleaseProc} {
+		"p_onerow": oneRowProc, "p_onerow_release": oneRowReleaseProc, "p_release_lean": leanReleaseProc} {
 		must(conn.ExecContext(ctx, "DROP PROCEDURE IF EXISTS "+name))
 		must(conn.ExecContext(ctx, ddl))
 	}
@@ -230,13 +250,16 @@ func main() {
 			_, err := r.Exec(name, "o")
 			return err
 		}
-	case "v8", "v8del", "no1", "light", "lean", "bare":
+	case "v8", "v8lean", "v8del", "no1", "light", "lean", "bare":
 		aq := map[string]string{
-			"v8": `CALL sqldlm_acquire(?, ?, ?, 'X', FALSE, 0, '', 0)`, "v8del": `CALL sqldlm_acquire(?, ?, ?, 'X', FALSE, 0, '', 0)`,
+			"v8": `CALL sqldlm_acquire(?, ?, ?, 'X', FALSE, 0, '', 0)`, "v8lean": `CALL sqldlm_acquire(?, ?, ?, 'X', FALSE, 0, '', 0)`, "v8del": `CALL sqldlm_acquire(?, ?, ?, 'X', FALSE, 0, '', 0)`,
 			"no1": `CALL p_no1(?, ?, ?, 'X', FALSE, 0, '', 0)`, "light": `CALL p_light(?, ?, ?, 'X', FALSE, 0, '', 0)`, "lean": `CALL p_lean(?, ?, ?, 'X', '')`, "bare": `CALL p_bare(?, ?, ?, 'X', '')`,
 		}[*variant]
 		a := prep(aq)
 		r := prep(`CALL sqldlm_release(?, ?, ?)`)
+		if *variant == "v8lean" {
+			r = prep(`CALL p_release_lean(?, ?, ?)`)
+		}
 		d := prep(plainRelease)
 		pair = func() error {
 			var st, ah, took int
@@ -257,7 +280,7 @@ func main() {
 			if st != 1 {
 				return fmt.Errorf("status %d", st)
 			}
-			if *variant == "v8" {
+			if *variant == "v8" || *variant == "v8lean" {
 				rows, err = r.Query(name, lease, tok.Int64)
 				if err != nil {
 					return err

@@ -271,6 +271,8 @@ type joinFaultDialect struct {
 	mu        sync.Mutex
 	lostJoin  bool
 	failLeave bool
+	lostReq   int64 // the request of the Join whose answer was lost
+	lateLeave int   // Leaves of lostReq run without leaveAllowed (the janitor's)
 }
 
 type leaveAllowed struct{}
@@ -282,19 +284,29 @@ func (d *joinFaultDialect) Join(ctx context.Context, db *sql.DB, p *dialect.Join
 	d.mu.Unlock()
 	res, err := d.Dialect.Join(ctx, db, p)
 	if lost && err == nil {
+		d.mu.Lock()
+		d.lostReq = p.RequestID
+		d.mu.Unlock()
 		return nil, errConnLost
 	}
 	return res, err
 }
 
 func (d *joinFaultDialect) Leave(ctx context.Context, db *sql.DB, m *dialect.MemberRef) (bool, error) {
+	background := ctx.Value(leaveAllowed{}) == nil
 	d.mu.Lock()
-	fail := d.failLeave && ctx.Value(leaveAllowed{}) == nil
+	fail := d.failLeave && background
 	d.mu.Unlock()
 	if fail {
 		return false, errConnLost
 	}
-	return d.Dialect.Leave(ctx, db, m)
+	left, err := d.Dialect.Leave(ctx, db, m)
+	d.mu.Lock()
+	if background && m.RequestID == d.lostReq && err == nil {
+		d.lateLeave++
+	}
+	d.mu.Unlock()
+	return left, err
 }
 
 // A Join whose answer was lost withdraws its request before it returns; if
@@ -302,7 +314,9 @@ func (d *joinFaultDialect) Leave(ctx context.Context, db *sql.DB, m *dialect.Mem
 // of the same id tried again meanwhile must not be refused because of the
 // client's own abandoned request (ErrMemberExists naming the client
 // itself): it withdraws that request at once and joins. A second
-// membership of an id the client holds is still refused.
+// membership of an id the client holds is still refused, and the janitor's
+// own attempt at the old request, when it finally gets through, leaves the
+// new membership alone.
 func TestJoinAgainWhileItsWithdrawalIsPending(t *testing.T) {
 	t.Parallel()
 	forEachKind(t, func(t *testing.T, b *lockBundle) {
@@ -324,6 +338,24 @@ func TestJoinAgainWhileItsWithdrawalIsPending(t *testing.T) {
 
 		_, err = c.Join(context.WithValue(ctx, leaveAllowed{}, true), "g", "m")
 		require.ErrorIs(t, err, ErrMemberExists, "a second membership of the client's own id")
+		require.NoError(t, m.Err())
+
+		d.mu.Lock()
+		d.failLeave = false
+		d.mu.Unlock()
+		select {
+		case c.janitor.kick <- struct{}{}:
+		default:
+		}
+		require.Eventually(t, func() bool {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			return d.lateLeave > 0
+		}, 10*time.Second, 10*time.Millisecond, "the janitor's withdrawal of the lost join never ran")
+		v, err = c.Members(ctx, "g")
+		require.NoError(t, err)
+		require.Len(t, v.Members, 1, "the janitor's late withdrawal of the old request removed the new membership")
+		require.Equal(t, m.Incarnation(), v.Members[0].Incarnation)
 		require.NoError(t, m.Err())
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sqldlm/sqldlm/dialect"
 	"github.com/sqldlm/sqldlm/dialect/postgres"
+	"github.com/sqldlm/sqldlm/internal/schemadump"
 	"github.com/sqldlm/sqldlm/internal/testdb"
 	"github.com/sqldlm/sqldlm/migrations"
 )
@@ -377,22 +379,15 @@ func TestMigrationDownRestoresVersion2(t *testing.T) {
 	require.Equal(t, v2, catalog())
 }
 
-// schemaCatalog returns the functions (with their definitions), relations
-// (their kind and columns) and triggers of db's current schema.
+// schemaCatalog returns the functions of db's current schema by signature
+// ("function name(types)", with pg_get_functiondef's text) and its tables
+// and views by name ("relation name"), as schemadump renders them: columns,
+// constraints, indexes and triggers.
 func schemaCatalog(ctx context.Context, t *testing.T, db *sql.DB) map[string]string {
 	t.Helper()
 	rows, err := db.QueryContext(ctx, `
 		SELECT 'function ' || p.oid::regprocedure::text, pg_get_functiondef(p.oid)
-		  FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace
-		UNION ALL
-		SELECT 'relation ' || c.relname, c.relkind::text || coalesce(': ' || (
-		       SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
-		         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
-		  FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace
-		UNION ALL
-		SELECT 'trigger ' || t.tgname, pg_get_triggerdef(t.oid)
-		  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-		 WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal`)
+		  FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace`)
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[string]string{}
@@ -402,6 +397,13 @@ func schemaCatalog(ctx context.Context, t *testing.T, db *sql.DB) map[string]str
 		out[k] = v
 	}
 	require.NoError(t, rows.Err())
+	objects, err := schemadump.PostgresObjects(ctx, db)
+	require.NoError(t, err)
+	for name, def := range objects {
+		if !strings.HasPrefix(def, "CREATE OR REPLACE FUNCTION") {
+			out["relation "+name] = def
+		}
+	}
 	return out
 }
 

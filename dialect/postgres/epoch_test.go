@@ -301,7 +301,7 @@ func TestMigrationDownRestoresVersion11(t *testing.T) {
 	_, err := p.UpTo(ctx, 12)
 	require.NoError(t, err)
 	v12 := schemaCatalog(ctx, t, db.DB)
-	require.Contains(t, v12, "trigger sqldlm_record_ttl")
+	require.Contains(t, v12["relation sqldlm_leases"], "CREATE TRIGGER sqldlm_record_ttl AFTER INSERT ON sqldlm_leases")
 	require.Contains(t, v12, "function sqldlm_record_ttl()")
 	const change = "function sqldlm_epoch_change(regclass)"
 	require.NotEqual(t, v11[change], v12[change])

@@ -10,6 +10,15 @@ import (
 	"github.com/sqldlm/sqldlm/migrations"
 )
 
+// PostgresObjects returns what Dump renders for q's current schema, without
+// the files' headers: each table (columns, constraints, indexes, triggers)
+// and view by its name, and each function's overloads by the function's
+// name.
+func PostgresObjects(ctx context.Context, q *sql.DB) (map[string]string, error) {
+	_, objects, err := dumpPostgres(ctx, q)
+	return objects, err
+}
+
 // dumpPostgres renders current_schema()'s tables (columns, constraints,
 // indexes, triggers), views (pg_get_viewdef) and functions (pg_get_functiondef), with
 // the schema's name taken out of the qualified names the catalogue prints.

@@ -218,7 +218,7 @@ func (d *faultDialect) set(f func(d *faultDialect)) {
 // holds returns the tokens and modes of the holds of name.
 func (b *lockBundle) holds(t *testing.T, name string) map[int64]string {
 	t.Helper()
-	rows, err := b.db.QueryContext(context.Background(), fmt.Sprintf(`SELECT token, mode FROM sqldlm_holders WHERE name = '%s'`, name))
+	rows, err := b.db.QueryContext(context.Background(), fmt.Sprintf(`SELECT token, mode FROM %s WHERE name = '%s'`, b.holdsTable(), name))
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[int64]string{}

@@ -182,7 +182,7 @@ func TestPatroniFailover(t *testing.T) {
 		// Nothing of the old leader's came back: no hold on the leader,
 		// and both clients take volume/1 within a freeze.
 		var holds int
-		require.NoError(t, setup.QueryRowContext(ctx, `SELECT count(*) FROM sqldlm_holders`).Scan(&holds))
+		require.NoError(t, setup.QueryRowContext(ctx, `SELECT count(*) FROM sqldlm_holds`).Scan(&holds))
 		require.Zero(t, holds, "holds came back with the old leader")
 		for _, c := range []*sqldlm.Client{holder, waiter} {
 			tctx, tcancel := context.WithTimeout(ctx, 2*ttl+5*time.Second)

@@ -31,6 +31,19 @@ type Harness struct {
 	// ("Locker/FencePinsTheHold"), each with the reason its skip reports
 	// (e.g. a Galera cluster whose second pool is on another node).
 	Skip map[string]string
+	// Holds is the relation the suite counts holds in: every hold, of
+	// every kind, with the columns of sqldlm_holders. Empty means
+	// sqldlm_holders itself; a dialect that keeps some holds elsewhere
+	// names a view of them all (PostgreSQL: sqldlm_holds).
+	Holds string
+}
+
+// holds returns h.Holds, or sqldlm_holders.
+func (h Harness) holds() string {
+	if h.Holds == "" {
+		return "sqldlm_holders"
+	}
+	return h.Holds
 }
 
 // skipListed skips t if h.Skip lists it.

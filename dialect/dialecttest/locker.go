@@ -23,13 +23,14 @@ type lockerBundle struct {
 	d      dialect.Testable
 	db     *sql.DB
 	reopen func(testing.TB) *sql.DB
+	holds  string // Harness.Holds
 }
 
 func setupLocker(t *testing.T, h Harness) *lockerBundle {
 	t.Helper()
 	db, reopen := migrated(t, h)
 	require.NoError(t, h.Dialect.CreateLease(ctxFor(t), db, &dialect.CreateLeaseParams{ID: rand.Int64(), Owner: "probe", TTL: time.Second}))
-	return &lockerBundle{t: t, ctx: ctxFor(t), d: h.Dialect.(dialect.Testable), db: db, reopen: reopen}
+	return &lockerBundle{t: t, ctx: ctxFor(t), d: h.Dialect.(dialect.Testable), db: db, reopen: reopen, holds: h.holds()}
 }
 
 // lease creates a lease of owner with ttl and returns its id.
@@ -226,7 +227,7 @@ func testIdempotentRequest(t *testing.T, b *lockerBundle) {
 	again := b.acquire(p)
 	require.Equal(t, dialect.Granted, again.Status)
 	require.Equal(t, first.Token, again.Token)
-	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM `+b.holds))
 }
 
 func testTakeover(t *testing.T, b *lockerBundle) {
@@ -279,7 +280,7 @@ func testLeaseLost(t *testing.T, b *lockerBundle) {
 	require.Equal(t, dialect.LeaseLost, res.Status)
 	res = b.acquire(dialect.AcquireParams{Name: "n", LeaseID: rand.Int64(), Mode: dialect.Exclusive})
 	require.Equal(t, dialect.LeaseLost, res.Status)
-	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+	require.Zero(t, b.count(`SELECT COUNT(*) FROM `+b.holds))
 }
 
 func testFIFO(t *testing.T, b *lockerBundle) {
@@ -343,7 +344,7 @@ func testUpgrade(t *testing.T, b *lockerBundle) {
 	require.Equal(t, dialect.Granted, res.Status)
 	require.Greater(t, res.Token, tc, "an upgrade gets a new token")
 	require.False(t, b.release("n", a, ta), "the shared hold was replaced")
-	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM sqldlm_holders WHERE mode = 'X'`))
+	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM `+b.holds+` WHERE mode = 'X'`))
 	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_waiters`))
 
 	gone := b.acquire(dialect.AcquireParams{Name: "n", LeaseID: a, Mode: dialect.Exclusive, UpgradeToken: ta})
@@ -472,7 +473,7 @@ func testDeleteLease(t *testing.T, b *lockerBundle) {
 	require.Equal(t, []string{"x", "y"}, names)
 	require.Equal(t, 2, b.count(`SELECT COUNT(*) FROM sqldlm_leases`), "the probe lease and c remain")
 	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_waiters`))
-	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+	require.Equal(t, 1, b.count(`SELECT COUNT(*) FROM `+b.holds))
 }
 
 func testReap(t *testing.T, b *lockerBundle) {
@@ -497,7 +498,7 @@ func testReap(t *testing.T, b *lockerBundle) {
 	sort.Strings(res.Freed)
 	require.Equal(t, []string{"held-by-dead", "shared"}, res.Freed)
 	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_waiters`))
-	require.Equal(t, 2, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+	require.Equal(t, 2, b.count(`SELECT COUNT(*) FROM `+b.holds))
 
 	res, err = b.d.Reap(b.ctx, b.db, 100, 0)
 	require.NoError(t, err)
@@ -540,7 +541,7 @@ func testConcurrentGrants(t *testing.T, b *lockerBundle) {
 				}
 				// While we hold it, ours must be the only hold of the name.
 				var n int
-				if err := db.QueryRowContext(b.ctx, `SELECT COUNT(*) FROM sqldlm_holders WHERE name = 'hot'`).Scan(&n); err != nil {
+				if err := db.QueryRowContext(b.ctx, `SELECT COUNT(*) FROM `+b.holds+` WHERE name = 'hot'`).Scan(&n); err != nil {
 					errs <- err
 					return
 				}
@@ -560,7 +561,7 @@ func testConcurrentGrants(t *testing.T, b *lockerBundle) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	require.Zero(t, b.count(`SELECT COUNT(*) FROM sqldlm_holders`))
+	require.Zero(t, b.count(`SELECT COUNT(*) FROM `+b.holds))
 }
 
 // testReleaseTx: a release in the caller's transaction takes effect when it

@@ -87,7 +87,7 @@ func testAcquireTxCommit(t *testing.T, b *lockerBundle) {
 	require.Equal(t, dialect.Granted, res.Status)
 	require.Positive(t, res.Token)
 	require.Equal(t, dialect.TxOpen, b.outcome(a, req))
-	require.Zero(t, b.countArgs(`SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`, "job/1"), "not visible before the commit")
+	require.Zero(t, b.countArgs(`SELECT COUNT(*) FROM `+b.holds+` WHERE name = ?`, "job/1"), "not visible before the commit")
 
 	require.NoError(t, tx.Commit())
 	require.Equal(t, dialect.TxCommitted, b.outcome(a, req))
@@ -114,7 +114,7 @@ func testAcquireTxRollback(t *testing.T, b *lockerBundle) {
 	require.NoError(t, tx.Rollback())
 	require.Equal(t, dialect.TxNotCommitted, b.outcome(a, req))
 	require.Zero(t, b.pendingRecords(), "the record is deleted")
-	require.Zero(t, b.countArgs(`SELECT COUNT(*) FROM sqldlm_holders WHERE name = ?`, "job/2"))
+	require.Zero(t, b.countArgs(`SELECT COUNT(*) FROM `+b.holds+` WHERE name = ?`, "job/2"))
 	tok := b.grant("job/2", c, dialect.Exclusive)
 	if b.d.Name() == "sqlite" {
 		// SQLite's AUTOINCREMENT counter rolls back with the transaction:

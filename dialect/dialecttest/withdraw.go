@@ -31,7 +31,7 @@ func ExerciseWithdraw(t *testing.T, h Harness) {
 func (b *lockerBundle) requestRows(leaseID, id int64) (waiters, holds int) {
 	b.t.Helper()
 	return b.countArgs(`SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ? AND request_id = ?`, leaseID, id),
-		b.countArgs(`SELECT COUNT(*) FROM sqldlm_holders WHERE lease_id = ? AND request_id = ?`, leaseID, id)
+		b.countArgs(`SELECT COUNT(*) FROM `+b.holds+` WHERE lease_id = ? AND request_id = ?`, leaseID, id)
 }
 
 func (b *lockerBundle) withdraw(p dialect.AbandonParams) *dialect.AbandonResult {

@@ -27,7 +27,10 @@ import (
 //     and then wake the queued request.
 //
 // Until schema version 7 both orders left the request queued at a name
-// that let it in, for as long as its poll interval (up to 2 s).
+// that let it in, for as long as its poll interval (up to 2 s). Each case
+// runs with the holder's hold as a row of sqldlm_holders and, where the
+// holder's grant is uncontended, kept in the name's row (Inline, schema
+// version 13).
 func TestEnqueueNeverMissesARemoval(t *testing.T) {
 	t.Parallel()
 	type removal struct {
@@ -62,105 +65,123 @@ func TestEnqueueNeverMissesARemoval(t *testing.T) {
 		}},
 	}
 	for rname, rm := range removals {
-		if !rm.upgrade {
-			t.Run(rname+"/RemovalFirst", func(t *testing.T) {
+		for _, inline := range []bool{false, true} {
+			if inline && rm.upgrade {
+				continue // the holder's shared hold is not alone
+			}
+			kind := "Row"
+			if inline {
+				kind = "Inline"
+			}
+			holderGrant := func(f *fixture, name string, o int64, mode dialect.Mode) int64 {
+				if inline {
+					f.row(name)
+				}
+				token := f.grant(name, o, mode)
+				lease, _ := f.inline(name)
+				require.Equal(f.t, inline, lease == o, "the holder's hold is inline: %v", inline)
+				return token
+			}
+			if !rm.upgrade {
+				t.Run(rname+"/"+kind+"/RemovalFirst", func(t *testing.T) {
+					t.Parallel()
+					f := newFixture(t)
+					const name = "n"
+					o := f.lease("holder", time.Minute)
+					token := holderGrant(f, name, o, dialect.Exclusive)
+					w := f.lease("waiter", time.Minute)
+					p := dialect.AcquireParams{Name: name, LeaseID: w, RequestID: rand.Int64(), Mode: rm.mode, Enqueue: true}
+
+					// Hold up the enqueue after its plain reads: its first lock on
+					// the own lease waits for this transaction.
+					pin := f.begin(f.reopen(), sql.LevelReadCommitted)
+					_, err := pin.ExecContext(f.ctx, `SELECT 1 FROM sqldlm_leases WHERE id = $1 FOR UPDATE`, w)
+					require.NoError(t, err)
+
+					acquired := f.heldUpAcquire(p, "the enqueue did not wait for its own lease's row")
+
+					require.NoError(t, rm.remove(f, f.db.DB, name, o, token))
+					require.NoError(t, pin.Commit())
+					res := <-acquired
+					require.NotNil(t, res)
+					require.Equal(t, dialect.Blocked, res.Status, "the enqueue decided before the removal")
+					require.Zero(t, f.requestRows(w, p.RequestID),
+						"the request was queued after the removal committed, where nothing will wake it")
+					require.Equal(t, dialect.Granted, f.acquire(p).Status, "asked again, the request is let in")
+				})
+			}
+
+			t.Run(rname+"/"+kind+"/EnqueueFirst", func(t *testing.T) {
 				t.Parallel()
 				f := newFixture(t)
 				const name = "n"
 				o := f.lease("holder", time.Minute)
-				token := f.grant(name, o, dialect.Exclusive)
 				w := f.lease("waiter", time.Minute)
 				p := dialect.AcquireParams{Name: name, LeaseID: w, RequestID: rand.Int64(), Mode: rm.mode, Enqueue: true}
+				holderMode := dialect.Exclusive
+				if rm.upgrade {
+					holderMode = dialect.Shared
+				}
+				token := holderGrant(f, name, o, holderMode)
+				if rm.upgrade {
+					p.UpgradeToken = f.grant(name, w, dialect.Shared)
+				}
 
-				// Hold up the enqueue after its plain reads: its first lock on
-				// the own lease waits for this transaction.
+				wakes := make(chan dialect.Wakeup, 16)
+				lctx, stop := context.WithCancel(f.ctx)
+				ready := make(chan struct{})
+				listening := make(chan error, 1)
+				go func() {
+					listening <- f.d.(dialect.Notifier).Listen(lctx, f.reopen(), func() { close(ready) }, func(v dialect.Wakeup) { wakes <- v })
+				}()
+				t.Cleanup(func() { stop(); <-listening })
+				select {
+				case <-ready:
+				case err := <-listening:
+					t.Fatalf("listen: %v", err)
+				}
+
+				// Hold up the enqueue just before its waiter row: an
+				// uncommitted row with the same key makes its INSERT wait.
 				pin := f.begin(f.reopen(), sql.LevelReadCommitted)
-				_, err := pin.ExecContext(f.ctx, `SELECT 1 FROM sqldlm_leases WHERE id = $1 FOR UPDATE`, w)
+				_, err := pin.ExecContext(f.ctx, `INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, since, payload)
+				VALUES ($1, $2, $3, 'X', clock_timestamp(), '')`, "elsewhere", w, p.RequestID)
 				require.NoError(t, err)
 
-				acquired := f.heldUpAcquire(p, "the enqueue did not wait for its own lease's row")
+				acquired := f.heldUpAcquire(p, "the enqueue did not wait for the pinned waiter key")
 
-				require.NoError(t, rm.remove(f, f.db.DB, name, o, token))
-				require.NoError(t, pin.Commit())
+				rmDB, rmPid := f.onePool()
+				var rmDone atomic.Bool
+				removed := make(chan error, 1)
+				go func() {
+					err := rm.remove(f, rmDB, name, o, token)
+					rmDone.Store(true)
+					removed <- err
+				}()
+				f.waitingOrDone(rmPid, &rmDone, "the removal")
+				require.False(t, rmDone.Load(), "the removal did not wait for the enqueue in progress: it cannot see the waiter it must wake")
+
+				require.NoError(t, pin.Rollback())
 				res := <-acquired
 				require.NotNil(t, res)
-				require.Equal(t, dialect.Blocked, res.Status, "the enqueue decided before the removal")
-				require.Zero(t, f.requestRows(w, p.RequestID),
-					"the request was queued after the removal committed, where nothing will wake it")
-				require.Equal(t, dialect.Granted, f.acquire(p).Status, "asked again, the request is let in")
+				require.Equal(t, dialect.Blocked, res.Status)
+				require.NoError(t, <-removed)
+				// The removal saw the queued request: it woke it, or handed
+				// the name over to it.
+				deadline := time.After(10 * time.Second)
+				for {
+					select {
+					case v := <-wakes:
+						if v.Name == name && v.RequestID == p.RequestID {
+							require.Equal(t, dialect.Granted, f.acquire(p).Status)
+							return
+						}
+					case <-deadline:
+						t.Fatal("the queued request was never woken")
+					}
+				}
 			})
 		}
-
-		t.Run(rname+"/EnqueueFirst", func(t *testing.T) {
-			t.Parallel()
-			f := newFixture(t)
-			const name = "n"
-			o := f.lease("holder", time.Minute)
-			w := f.lease("waiter", time.Minute)
-			p := dialect.AcquireParams{Name: name, LeaseID: w, RequestID: rand.Int64(), Mode: rm.mode, Enqueue: true}
-			holderMode := dialect.Exclusive
-			if rm.upgrade {
-				holderMode = dialect.Shared
-			}
-			token := f.grant(name, o, holderMode)
-			if rm.upgrade {
-				p.UpgradeToken = f.grant(name, w, dialect.Shared)
-			}
-
-			wakes := make(chan dialect.Wakeup, 16)
-			lctx, stop := context.WithCancel(f.ctx)
-			ready := make(chan struct{})
-			listening := make(chan error, 1)
-			go func() {
-				listening <- f.d.(dialect.Notifier).Listen(lctx, f.reopen(), func() { close(ready) }, func(v dialect.Wakeup) { wakes <- v })
-			}()
-			t.Cleanup(func() { stop(); <-listening })
-			select {
-			case <-ready:
-			case err := <-listening:
-				t.Fatalf("listen: %v", err)
-			}
-
-			// Hold up the enqueue just before its waiter row: an
-			// uncommitted row with the same key makes its INSERT wait.
-			pin := f.begin(f.reopen(), sql.LevelReadCommitted)
-			_, err := pin.ExecContext(f.ctx, `INSERT INTO sqldlm_waiters (name, lease_id, request_id, mode, since, payload)
-				VALUES ($1, $2, $3, 'X', clock_timestamp(), '')`, "elsewhere", w, p.RequestID)
-			require.NoError(t, err)
-
-			acquired := f.heldUpAcquire(p, "the enqueue did not wait for the pinned waiter key")
-
-			rmDB, rmPid := f.onePool()
-			var rmDone atomic.Bool
-			removed := make(chan error, 1)
-			go func() {
-				err := rm.remove(f, rmDB, name, o, token)
-				rmDone.Store(true)
-				removed <- err
-			}()
-			f.waitingOrDone(rmPid, &rmDone, "the removal")
-			require.False(t, rmDone.Load(), "the removal did not wait for the enqueue in progress: it cannot see the waiter it must wake")
-
-			require.NoError(t, pin.Rollback())
-			res := <-acquired
-			require.NotNil(t, res)
-			require.Equal(t, dialect.Blocked, res.Status)
-			require.NoError(t, <-removed)
-			// The removal saw the queued request: it woke it, or handed
-			// the name over to it.
-			deadline := time.After(10 * time.Second)
-			for {
-				select {
-				case v := <-wakes:
-					if v.Name == name && v.RequestID == p.RequestID {
-						require.Equal(t, dialect.Granted, f.acquire(p).Status)
-						return
-					}
-				case <-deadline:
-					t.Fatal("the queued request was never woken")
-				}
-			}
-		})
 	}
 }
 

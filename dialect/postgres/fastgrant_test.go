@@ -76,7 +76,7 @@ func TestFastGrantWaitsForAnOpenGrant(t *testing.T) {
 					}
 					res := <-answer
 					require.NotNil(t, res)
-					holds := f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders WHERE name = 'n'`)
+					holds := f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holds WHERE name = 'n'`)
 					switch {
 					case !commit:
 						require.Equal(t, dialect.Granted, res.Status, "the open grant rolled back")
@@ -206,7 +206,7 @@ func TestFastGrantChecksTheLeaseAfterTheLocks(t *testing.T) {
 		}
 		require.NoError(t, got.err)
 		require.Equal(t, dialect.LeaseLost, got.res.Status, "granted to a lease that expired while the grant waited")
-		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders WHERE name = $1`, name), "the undone grant left a hold")
+		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holds WHERE name = $1`, name), "the undone grant left a hold")
 		return
 	}
 	t.Fatal("every round's lock wait timed out before the lease expired")

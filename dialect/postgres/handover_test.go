@@ -44,7 +44,7 @@ func TestReleaseHandOver(t *testing.T) {
 	}
 	holds := func(name string) map[int64]string { // lease -> payload
 		t.Helper()
-		rows, err := db.QueryContext(ctx, `SELECT lease_id, payload FROM sqldlm_holders WHERE name = $1`, name)
+		rows, err := db.QueryContext(ctx, `SELECT lease_id, payload FROM sqldlm_holds WHERE name = $1`, name)
 		require.NoError(t, err)
 		defer rows.Close()
 		out := map[int64]string{}

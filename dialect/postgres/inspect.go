@@ -21,7 +21,8 @@ import (
 var _ dialect.Inspector = postgresDialect{}
 
 // locksQuery returns the holds of names (those of dead leases too, flagged
-// by live) and their live waiters, holds first and waiters in line order,
+// by live; rows of sqldlm_holders and holds in the names' rows) and their
+// live waiters, holds first and waiters in line order,
 // name by name (byte order: names are COLLATE "C"). $1 is a prefix of the
 // names (empty for all), compared with = on left(), never LIKE, so that _,
 // % and \ are plain characters; $2 keeps the names the owner holds or waits
@@ -33,6 +34,12 @@ x AS (
            coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live, h.payload
       FROM sqldlm_holders h CROSS JOIN c LEFT JOIN sqldlm_leases l ON l.id = h.lease_id
      WHERE ($1::text = '' OR left(h.name, char_length($1::text)) = $1::text)
+    UNION ALL
+    SELECT k.name, false, false, k.token, k.x_lease, k.x_mode::text, k.x_since, l.owner, l.expires_at,
+           coalesce(l.broken_at IS NULL AND l.expires_at > c.now, false), coalesce(k.x_payload, '')
+      FROM sqldlm_locks k CROSS JOIN c LEFT JOIN sqldlm_leases l ON l.id = k.x_lease
+     WHERE k.x_lease IS NOT NULL
+       AND ($1::text = '' OR left(k.name, char_length($1::text)) = $1::text)
     UNION ALL
     SELECT w.name, true, w.upgrade_token IS NOT NULL, w.id, w.lease_id, w.mode::text,
            w.since, l.owner, l.expires_at, true, ''
@@ -121,10 +128,12 @@ func textHead(s string) string {
 func (d postgresDialect) Leases(ctx context.Context, db *sql.DB) ([]dialect.LeaseState, error) {
 	return d.leaseStates(ctx, db, `WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
 		SELECT l.id, l.owner, l.created_at, l.renewed_at, l.expires_at,
-		       (SELECT count(*) FROM sqldlm_holders h WHERE h.lease_id = l.id),
+		       (SELECT count(*) FROM sqldlm_holders h WHERE h.lease_id = l.id) + coalesce(x.n, 0),
 		       (SELECT count(*) FROM sqldlm_waiters w WHERE w.lease_id = l.id),
 		       c.now, l.broken_at IS NOT NULL
 		  FROM sqldlm_leases l CROSS JOIN c
+		  LEFT JOIN (SELECT k.x_lease, count(*) AS n FROM sqldlm_locks k
+		              WHERE k.x_lease IS NOT NULL GROUP BY k.x_lease) x ON x.x_lease = l.id
 		 ORDER BY l.owner COLLATE "C", l.id`)
 }
 

@@ -16,7 +16,14 @@ package postgres
 // except for Acquire's grant row and Release's row, which a statement of
 // their own writes only while the setting is on. The functions that free a name wake its
 // queue with sqldlm_wake, which notifies only the live waiters at its head
-// ("<lease id> <request id> <name>", see Listen). What each operation runs:
+// ("<lease id> <request id> <name>", see Listen).
+//
+// Since schema version 13 a name's only hold, when the fast path granted
+// it, is kept in the name's row of sqldlm_locks (x_lease, x_request,
+// x_mode, x_since, x_payload; its token is the row's), not in a row of
+// sqldlm_holders: "hold" below means either, and sqldlm_spill moves an
+// inline hold to sqldlm_holders (docs/one-row-design.md). What each
+// operation runs:
 //
 //	CreateLease  INSERT lease (expiry from clock_timestamp(); its epoch
 //	             column's default is sqldlm_current_epoch's epoch; the
@@ -26,22 +33,25 @@ package postgres
 //	             (sqldlm_current_epoch, once per statement); a renewal that
 //	             waited for a row lock re-checks the condition, with a fresh
 //	             clock, on the row's newest version
-//	DeleteLease  sqldlm_delete_lease: lock the lease FOR UPDATE, DELETE its
-//	             holds [audit], waiters, pending records and withdrawal
-//	             records, DELETE it, sqldlm_wake the names
+//	DeleteLease  sqldlm_delete_lease: lock the names' rows that hold an
+//	             inline hold of the lease FOR NO KEY UPDATE (a scan), then
+//	             the lease FOR UPDATE, DELETE its holds and clear its
+//	             inline ones [audit], DELETE its waiters, pending records
+//	             and withdrawal records, DELETE it, sqldlm_wake the names
 //	Acquire      sqldlm_acquire, every lock wait bounded by its
 //	             function-level lock_timeout of 1s (55P03; the client
 //	             retries). First sqldlm_current_epoch. Fast path (not an
 //	             upgrade, outside the freeze), one statement: lock the own
 //	             lease FOR KEY SHARE where live and of the current epoch,
 //	             UPDATE the name's row's token (from the holds' sequence)
-//	             where the row is the version this statement's snapshot read
-//	             and the snapshot shows no hold or waiter of the name, no
-//	             hold of the request and no withdrawal of it (a row updated
-//	             meanwhile is re-checked by PostgreSQL on its newest version:
-//	             another xmin, nothing granted), INSERT hold; then SELECT the
-//	             own lease live with a clock after the locks (not: DELETE the
-//	             hold, lease_lost) [audit]; if the statement changed nothing,
+//	             and inline hold where the row is the version this
+//	             statement's snapshot read, has no inline hold, and the
+//	             snapshot shows no hold or waiter of the name, no hold of
+//	             the request and no withdrawal of it (a row updated
+//	             meanwhile is re-checked by PostgreSQL on its newest
+//	             version: another xmin, nothing granted); then SELECT the
+//	             own lease live with a clock after the locks (not: clear
+//	             the inline hold, lease_lost) [audit]; if the statement changed nothing,
 //	             on: a read of the own lease's epoch: a lease of an older
 //	             epoch is lost (lease_lost); during the freeze after an epoch
 //	             change, blocked by "(failover)" until the freeze ends.
@@ -56,13 +66,15 @@ package postgres
 //	             if blocked: [first enqueue, not an upgrade: lock the name's
 //	             row FOR KEY SHARE (phase 2 if it is gone), own lease FOR KEY
 //	             SHARE, SELECT the withdrawal record again (withdrawn:
-//	             return), lock the name's holds and waiter rows FOR SHARE
+//	             return), lock the name's row FOR SHARE if it holds an
+//	             inline hold, its holds and waiter rows FOR SHARE
 //	             (sqldlm_enqueue_guard: a removal that comes later waits for
 //	             this commit, so it sees the waiter it must wake) and
 //	             evaluate again (no longer blocked: return blocked with no
 //	             holder, so the client asks again at once), INSERT waiter],
 //	             return. Phase 2: lock the name's
-//	             row FOR UPDATE (INSERT it if missing), own lease FOR KEY
+//	             row FOR UPDATE (INSERT it if missing) and move its inline
+//	             hold to sqldlm_holders (sqldlm_spill), own lease FOR KEY
 //	             SHARE; SELECT the withdrawal record again (withdrawn: return,
 //	             nothing written); evaluate again; lock the leases of
 //	             conflicting holds dead for the lock delay FOR NO KEY UPDATE
@@ -80,8 +92,9 @@ package postgres
 //	             sqldlm_enqueue_guard's locks, evaluate again, INSERT waiter]
 //	AcquireTx    sqldlm_acquire_tx, in the caller's tx: refuse any isolation
 //	             but READ COMMITTED (SQLSTATE SQD01); Acquire's statements
-//	             (without enqueue or upgrade); if granted, DELETE the pending
-//	             record. It runs sqldlm_acquire, whose lock_timeout of 1s ends
+//	             (without enqueue or upgrade); if granted, move a fast
+//	             grant's inline hold to sqldlm_holders (the row is locked
+//	             already) and DELETE the pending record. It runs sqldlm_acquire, whose lock_timeout of 1s ends
 //	             with it: the caller's own setting is back on return
 //	CreatePending  INSERT pending record (created_at from clock_timestamp())
 //	PendingOutcome sqldlm_pending_outcome: DELETE the record if it can be
@@ -91,8 +104,9 @@ package postgres
 //	             UPDATE (INSERT it if missing), own lease FOR KEY SHARE;
 //	             [lease there: UPDATE the name's row (a new version, which a
 //	             fast grant waiting for the row re-checks), INSERT the
-//	             withdrawal record ON CONFLICT DO NOTHING]; DELETE waiter; DELETE hold [audit], or with
-//	             KeepHold SELECT its token; sqldlm_wake the name. The record
+//	             withdrawal record ON CONFLICT DO NOTHING]; DELETE waiter;
+//	             clear the request's inline hold or DELETE its hold [audit],
+//	             or with KeepHold SELECT its token; sqldlm_wake the name. The record
 //	             makes the withdrawal final: every statement that inserts a
 //	             hold or a waiter row checks it after the name's row lock
 //	             (which conflicts with Abandon's FOR UPDATE) and the own
@@ -100,13 +114,14 @@ package postgres
 //	             re-checked when Abandon's update of the row came first, so a
 //	             late statement of a withdrawn request grants and queues
 //	             nothing (status withdrawn)
-//	Release      sqldlm_release: DELETE hold RETURNING it and the audit
+//	Release      sqldlm_release: clear the inline hold (UPDATE the name's
+//	             row), or else DELETE the hold, RETURNING it and the audit
 //	             setting, [audit: INSERT the row]; if anyone waits,
 //	             sqldlm_wake; nothing deleted: a transactional WAL message (the
 //	             commit waits for a synchronous standby)
 //	ReleaseHandOver sqldlm_release_next: if nobody waits, sqldlm_release;
-//	             otherwise lock the name's row FOR UPDATE first; DELETE
-//	             hold [audit] (nothing deleted:
+//	             otherwise lock the name's row FOR UPDATE first; clear the
+//	             inline hold or DELETE the hold [audit] (nothing deleted:
 //	             a WAL message); sqldlm_current_epoch: during the
 //	             freeze, sqldlm_wake instead of a handover; grant the live
 //	             waiter(s) of the current epoch at the head of the queue that no hold conflicts
@@ -121,10 +136,14 @@ package postgres
 //	ReleaseTx    sqldlm_release, in the caller's tx; at REPEATABLE READ and
 //	             SERIALIZABLE, if no hold was deleted: SELECT hold and lease
 //	             live through db (live: serialization error)
-//	Downgrade    sqldlm_downgrade: UPDATE hold WHERE lease live [audit],
+//	Downgrade    sqldlm_downgrade: move the hold, if inline, to
+//	             sqldlm_holders (sqldlm_spill: UPDATE the name's row,
+//	             INSERT hold); UPDATE hold WHERE lease live [audit],
 //	             sqldlm_wake
-//	SetPayload   sqldlm_set_payload: UPDATE hold WHERE lease live
-//	Fence        sqldlm_fence, in the caller's tx: SET LOCAL
+//	SetPayload   sqldlm_set_payload: UPDATE the inline hold, or else the
+//	             hold, WHERE lease live
+//	Fence        through db first, if the hold is inline: sqldlm_spill (a
+//	             transaction of its own); then sqldlm_fence, in the caller's tx: SET LOCAL
 //	             idle_in_transaction_session_timeout; lock lease, then hold,
 //	             FOR KEY SHARE; SELECT lease live. At REPEATABLE READ and
 //	             SERIALIZABLE, if sqldlm_fence says no: SELECT hold and
@@ -134,9 +153,11 @@ package postgres
 //	Reap         sqldlm_reap: sqldlm_current_epoch (an epoch change, and
 //	             its freeze, before anything is deleted); lock up to limit
 //	             dead leases FOR UPDATE SKIP
-//	             LOCKED, re-check, DELETE their holds [audit], waiters,
-//	             leases, and the pending records of leases gone (SKIP
-//	             LOCKED); lock up to limit idle lock rows FOR UPDATE SKIP
+//	             LOCKED, re-check, clear their inline holds (a scan of
+//	             sqldlm_locks, rows FOR NO KEY UPDATE SKIP LOCKED: a lease
+//	             whose hold was skipped is kept for a later pass), DELETE
+//	             their holds [audit], waiters, leases, and the pending
+//	             records of leases gone (SKIP LOCKED); lock up to limit idle lock rows FOR UPDATE SKIP
 //	             LOCKED, DELETE those still idle; DELETE up to limit audit
 //	             rows past the retention (SKIP LOCKED); DELETE the withdrawal
 //	             records of the leases it deleted, and up to limit older than
@@ -428,9 +449,10 @@ func (d postgresDialect) ReleaseIn(ctx context.Context, db *sql.DB, tx dialect.T
 // dialect.ErrSerialization (retry the transaction); otherwise nil.
 func (d postgresDialect) stale(ctx context.Context, db *sql.DB, p *dialect.HoldRef, op string) error {
 	var held bool
-	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
-		WHERE h.token = $1 AND h.lease_id = $2 AND h.name = $3
-		  AND l.broken_at IS NULL AND l.expires_at > clock_timestamp())`,
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sqldlm_leases l
+		WHERE l.id = $2 AND l.broken_at IS NULL AND l.expires_at > clock_timestamp()
+		  AND (EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.token = $1 AND h.lease_id = $2 AND h.name = $3)
+		       OR EXISTS (SELECT 1 FROM sqldlm_locks k WHERE k.name = $3 AND k.x_lease = $2 AND k.token = $1)))`,
 		p.Token, p.LeaseID, p.Name).Scan(&held)
 	if err != nil {
 		return fmt.Errorf("%s: the transaction's snapshot does not show the hold; reading the latest state: %w", op, d.ClassifyError(err))
@@ -454,7 +476,8 @@ func (d postgresDialect) SetPayload(ctx context.Context, db *sql.DB, p *dialect.
 	return ok, d.ClassifyError(err)
 }
 
-// Fence locks the hold FOR KEY SHARE in tx: a release deletes the hold's row
+// Fence moves a hold kept in its name's row to sqldlm_holders (through db,
+// committed at once), then locks the hold FOR KEY SHARE in tx: a release deletes the hold's row
 // and so waits until tx ends, a takeover (which would delete it too) is
 // answered Blocked until then, and renewals of the lease go on. It also sets idle_in_transaction_session_timeout for the rest of tx, so
 // that the server ends tx (and its connection) if the holder pauses inside it.
@@ -478,6 +501,16 @@ func (d postgresDialect) Fence(ctx context.Context, db *sql.DB, tx *sql.Tx, p *d
 
 // FenceIn is Fence in a transaction of another driver (pgx).
 func (d postgresDialect) FenceIn(ctx context.Context, db *sql.DB, tx dialect.Tx, p *dialect.HoldRef, idleTimeout time.Duration) (bool, error) {
+	// A hold in its name's row (the fast grant's, schema version 13) moves
+	// to sqldlm_holders first, in a transaction of its own, so that tx pins
+	// a row of sqldlm_holders as before. The condition is read before any
+	// lock: a hold that is not inline (the common case after the first
+	// fence) costs a read, and a name's row locked by tx itself (a hold of
+	// TryLockTx, not yet committed) is not waited for.
+	if _, err := db.ExecContext(ctx, `SELECT sqldlm_spill(k.name, k.x_lease, k.token) FROM sqldlm_locks k
+		WHERE k.name = $1 AND k.x_lease = $2 AND k.token = $3`, p.Name, p.LeaseID, p.Token); err != nil {
+		return false, d.ClassifyError(err)
+	}
 	var ok, readCommitted bool
 	err := tx.QueryRow(ctx, `SELECT sqldlm_fence($1, $2, $3, $4), current_setting('transaction_isolation') = 'read committed'`,
 		p.Name, p.LeaseID, p.Token, idleMillis(idleTimeout)).Scan(&ok, &readCommitted)

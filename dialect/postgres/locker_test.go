@@ -86,7 +86,7 @@ func TestRandomizedMutualExclusion(t *testing.T) {
 		for run.Err() == nil {
 			var bad sql.NullString
 			err := checker.QueryRowContext(ctx, `SELECT string_agg(name, ',') FROM (
-				SELECT h.name FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
+				SELECT h.name FROM sqldlm_holds h JOIN sqldlm_leases l ON l.id = h.lease_id
 				WHERE l.broken_at IS NULL AND l.expires_at > clock_timestamp()
 				GROUP BY h.name
 				HAVING count(*) FILTER (WHERE h.mode = 'X') > 1

@@ -12,6 +12,7 @@ import (
 func harness() dialecttest.Harness {
 	return dialecttest.Harness{
 		Dialect: postgres.Dialect(),
+		Holds:   "sqldlm_holds",
 		Open: func(t testing.TB) (*sql.DB, func(testing.TB) *sql.DB) {
 			db := testdb.Open(t, testdb.Postgres)
 			return db.DB, func(t testing.TB) *sql.DB { return testdb.Reopen(t, db.Kind, db.DSN).DB }

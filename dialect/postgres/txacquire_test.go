@@ -141,7 +141,7 @@ func TestAcquireTxRefusesOtherIsolationLevels(t *testing.T) {
 		require.Error(t, err, "PostgreSQL aborts the transaction")
 		require.NoError(t, tx.Rollback())
 
-		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders`), "nothing granted")
+		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holds`), "nothing granted")
 		require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_locks`), "nothing written")
 		require.Equal(t, 1, f.pending(a, req), "the record is left alone")
 		require.Equal(t, dialect.TxNotCommitted, f.outcome(a, req))
@@ -193,8 +193,8 @@ func TestAcquireTxGrantIsVisibleOnlyAfterCommit(t *testing.T) {
 		req := rand.Int64()
 		res := f.acquireTx(tx, dialect.AcquireParams{Name: name, LeaseID: a, RequestID: req, Mode: dialect.Exclusive, Payload: "in tx"})
 		require.Equal(t, dialect.Granted, res.Status)
-		require.Equal(t, 1, f.count(tx, `SELECT count(*) FROM sqldlm_holders WHERE name = $1`, name), "visible in tx")
-		require.Zero(t, f.count(other, `SELECT count(*) FROM sqldlm_holders WHERE name = $1`, name), "invisible elsewhere")
+		require.Equal(t, 1, f.count(tx, `SELECT count(*) FROM sqldlm_holds WHERE name = $1`, name), "visible in tx")
+		require.Zero(t, f.count(other, `SELECT count(*) FROM sqldlm_holds WHERE name = $1`, name), "invisible elsewhere")
 		locks, err := f.d.Locks(f.ctx, other, &dialect.LocksFilter{Prefix: name})
 		require.NoError(t, err)
 		require.Empty(t, locks)
@@ -232,7 +232,7 @@ func TestAcquireTxGrantIsVisibleOnlyAfterCommit(t *testing.T) {
 			wg.Wait()
 			require.Equal(t, dialect.Granted, got.Status)
 			require.Greater(t, got.Token, res.Token)
-			require.Zero(t, f.count(other, `SELECT count(*) FROM sqldlm_holders WHERE name = $1 AND lease_id = $2`, name, a),
+			require.Zero(t, f.count(other, `SELECT count(*) FROM sqldlm_holds WHERE name = $1 AND lease_id = $2`, name, a),
 				"the rolled-back grant is gone")
 			require.Equal(t, 1, f.pending(a, req), "the record is back, unlocked")
 		}
@@ -412,7 +412,7 @@ func TestAcquireTxUnderLoad(t *testing.T) {
 		for ctx.Err() == nil {
 			var bad sql.NullString
 			err := checker.QueryRowContext(f.ctx, `SELECT string_agg(name, ',') FROM (
-				SELECT h.name FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
+				SELECT h.name FROM sqldlm_holds h JOIN sqldlm_leases l ON l.id = h.lease_id
 				WHERE l.broken_at IS NULL AND l.expires_at > clock_timestamp()
 				GROUP BY h.name
 				HAVING count(*) FILTER (WHERE h.mode = 'X') > 0 AND count(*) > 1) s`).Scan(&bad)

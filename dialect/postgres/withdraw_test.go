@@ -62,7 +62,7 @@ func (f *fixture) lockNameRow(name string) *sql.Tx {
 func (f *fixture) requestRows(lease, id int64) int {
 	f.t.Helper()
 	return f.count(f.db.DB, `SELECT (SELECT count(*) FROM sqldlm_waiters WHERE lease_id = $1 AND request_id = $2)
-		+ (SELECT count(*) FROM sqldlm_holders WHERE lease_id = $1 AND request_id = $2)`, lease, id)
+		+ (SELECT count(*) FROM sqldlm_holds WHERE lease_id = $1 AND request_id = $2)`, lease, id)
 }
 
 // TestLateAcquireAfterWithdrawal: a request's acquire statement waits in
@@ -254,7 +254,7 @@ func TestFenceAndReleaseTxWithOldSnapshot(t *testing.T) {
 			// snapshot begins a transaction at level and takes its snapshot.
 			snapshot := func() *sql.Tx {
 				tx := f.begin(pool, level)
-				f.count(tx, `SELECT count(*) FROM sqldlm_holders`)
+				f.count(tx, `SELECT count(*) FROM sqldlm_holds`)
 				return tx
 			}
 			fence := func(tx *sql.Tx, ref *dialect.HoldRef) (bool, error) {
@@ -290,7 +290,7 @@ func TestFenceAndReleaseTxWithOldSnapshot(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.NoError(t, txR.Commit())
-			require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holders WHERE token = $1`, ref.Token))
+			require.Zero(t, f.count(f.db.DB, `SELECT count(*) FROM sqldlm_holds WHERE token = $1`, ref.Token))
 
 			t.Log("snapshot older than the lease's last renewal")
 			ref = &dialect.HoldRef{Name: "r", LeaseID: a, Token: f.grant("r", a, dialect.Exclusive)}

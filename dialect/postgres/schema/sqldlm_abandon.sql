@@ -9,6 +9,7 @@ AS $function$
 DECLARE
     v_waiting text[];
     v_held    text[];
+    v_inline  text[];
 BEGIN
     WITH d AS (DELETE FROM sqldlm_waiters WHERE lease_id = p_lease AND request_id = p_request RETURNING name)
     SELECT array_agg(name) INTO v_waiting FROM d;
@@ -22,6 +23,19 @@ BEGIN
           LEFT JOIN sqldlm_leases l ON l.id = p_lease
          ORDER BY d.token)
     SELECT array_agg(DISTINCT name) INTO v_held FROM d;
+    -- A hold in a name's row (version 13): found by a scan, as the request's
+    -- name is not known here.
+    WITH d AS (
+        UPDATE sqldlm_locks SET x_lease = NULL
+         WHERE x_lease = p_lease AND x_request = p_request
+        RETURNING name, token, x_mode, x_payload),
+    a AS (
+        INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+        SELECT clock_timestamp(), 'release', d.name, coalesce(l.owner, ''), p_lease, d.token, d.x_mode, d.x_payload, 'abandoned'
+          FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
+          LEFT JOIN sqldlm_leases l ON l.id = p_lease)
+    SELECT array_agg(name) INTO v_inline FROM d;
+    v_held := v_held || v_inline;
     -- A withdrawn waiter may have kept later ones out: wake them too.
     PERFORM sqldlm_wake(n) FROM (SELECT DISTINCT unnest(v_held || v_waiting) AS n) s;
     RETURN coalesce(v_held, '{}');
@@ -35,6 +49,7 @@ CREATE OR REPLACE FUNCTION sqldlm_abandon(p_name text, p_lease bigint, p_request
 AS $function$
 DECLARE
     v_waiting text[];
+    v_inline  text[];
 BEGIN
     -- (1) The name's row, created if missing (as sqldlm_acquire does): every
     -- statement that grants or queues a request of the name holds it FOR
@@ -65,7 +80,22 @@ BEGIN
          WHERE lease_id = p_lease AND request_id = p_request
          ORDER BY token DESC
          LIMIT 1;
+        IF o_kept IS NULL THEN
+            SELECT token INTO o_kept FROM sqldlm_locks
+             WHERE name = p_name AND x_lease = p_lease AND x_request = p_request;
+        END IF;
     ELSE
+        -- A hold in the name's row (version 13).
+        WITH d AS (
+            UPDATE sqldlm_locks SET x_lease = NULL
+             WHERE name = p_name AND x_lease = p_lease AND x_request = p_request
+            RETURNING name, token, x_mode, x_payload),
+        a AS (
+            INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+            SELECT clock_timestamp(), 'release', d.name, coalesce(l.owner, ''), p_lease, d.token, d.x_mode, d.x_payload, 'abandoned'
+              FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
+              LEFT JOIN sqldlm_leases l ON l.id = p_lease)
+        SELECT array_agg(name) INTO v_inline FROM d;
         WITH d AS (
             DELETE FROM sqldlm_holders WHERE lease_id = p_lease AND request_id = p_request
             RETURNING name, token, mode, payload),
@@ -76,6 +106,7 @@ BEGIN
               LEFT JOIN sqldlm_leases l ON l.id = p_lease
              ORDER BY d.token)
         SELECT array_agg(DISTINCT name) INTO o_freed FROM d;
+        o_freed := o_freed || v_inline;
     END IF;
     -- A withdrawn waiter may have kept later ones out: wake them too.
     PERFORM sqldlm_wake(n) FROM (SELECT DISTINCT unnest(o_freed || v_waiting) AS n) s;

@@ -40,56 +40,58 @@ BEGIN
     SELECT * INTO v_epoch, v_freeze FROM sqldlm_current_epoch();
     v_now := clock_timestamp();
 
-    -- Fast path (version 10): one statement grants a request of a name with
+    -- Fast path (version 13): one statement grants a request of a name with
     -- no hold and no waiter (the common, uncontended case), or changes
-    -- nothing. It pins the own lease (FOR KEY SHARE, as before: a
-    -- DeleteLease waits for the grant, or has deleted the lease and nothing
-    -- is granted), then claims the name's row with an UPDATE whose WHERE
-    -- holds only if the row's version is the one this statement's snapshot
-    -- read (n.xmin = s.seen) and that snapshot shows no hold and no waiter
-    -- of the name, no hold of this request and no withdrawal of it. The
-    -- UPDATE takes the row's lock; if another transaction updated the row
-    -- meanwhile, PostgreSQL re-checks the WHERE on the newest version, whose
-    -- xmin differs, and nothing is granted. Every transaction that inserts a
-    -- hold of a name (a grant, a handover) or records a withdrawal of a
-    -- request of it updates the name's row under its lock (the token, or in
-    -- sqldlm_abandon a no-op update), so a fast grant either saw its commit
-    -- or fails; one that only locked the row changed nothing the decision
-    -- depends on. A fast path that changes nothing falls through to the
-    -- general path below, which decides as before. The token comes from the
-    -- holds' identity sequence, drawn by the UPDATE (again when it re-checks
-    -- a changed row), so a name's tokens grow in the order of its grants.
+    -- nothing. The hold goes into the name's row (x_lease, x_request,
+    -- x_mode, x_since, x_payload; its token is the row's), an update that
+    -- changes no indexed column. The statement pins the own lease (FOR KEY SHARE,
+    -- as before: a DeleteLease waits for the grant, or has deleted the
+    -- lease and nothing is granted), then claims the name's row with an
+    -- UPDATE whose WHERE holds only if the row's version is the one this
+    -- statement's snapshot read (n.xmin = s.seen), that version has no
+    -- inline hold, and that snapshot shows no hold and no waiter of the
+    -- name, no hold of this request and no withdrawal of it. The UPDATE
+    -- takes the row's lock; if another transaction updated the row
+    -- meanwhile, PostgreSQL re-checks the WHERE on the newest version,
+    -- whose xmin differs, and nothing is granted. Every transaction that
+    -- writes a hold of a name (a grant of either kind, a handover, a spill)
+    -- or records a withdrawal of a request of it updates the name's row
+    -- under its lock (the token, the inline hold, or in sqldlm_abandon a
+    -- no-op update), so a fast grant either saw its commit or fails; one
+    -- that only locked the row changed nothing the decision depends on. A
+    -- fast path that changes nothing falls through to the general path
+    -- below, which decides as before. The token comes from the holds'
+    -- identity sequence, drawn by the UPDATE (again when it re-checks a
+    -- changed row), so a name's tokens grow in the order of its grants.
     -- The lease is checked again with a clock read after every lock (the
     -- UPDATE may have waited for the row), and a grant to a lease that
-    -- expired meanwhile is deleted again before anyone could see it.
+    -- expired meanwhile is cleared again before anyone could see it.
     IF v_upgrade IS NULL AND v_freeze <= v_now THEN
         WITH l AS (
             SELECT l.id FROM sqldlm_leases l
              WHERE l.id = p_lease AND l.epoch = v_epoch AND l.broken_at IS NULL
                AND l.expires_at > clock_timestamp()
-               FOR KEY SHARE),
-        g AS (
-            UPDATE sqldlm_locks n
-               SET token = nextval(pg_get_serial_sequence('sqldlm_holders', 'token'))
-              FROM l, (SELECT k.xmin AS seen FROM sqldlm_locks k WHERE k.name = p_name) s
-             WHERE n.name = p_name
-               AND n.xmin = s.seen
-               AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = p_name)
-               AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = p_name)
-               AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request)
-               AND NOT EXISTS (SELECT 1 FROM sqldlm_withdrawn x WHERE x.lease_id = p_lease AND x.request_id = p_request)
-            RETURNING n.token)
-        INSERT INTO sqldlm_holders (token, name, lease_id, request_id, mode, acquired_at, payload)
-        OVERRIDING SYSTEM VALUE
-        SELECT g.token, p_name, p_lease, p_request, p_mode, clock_timestamp(), v_payload FROM g
-        RETURNING token, acquired_at INTO o_token, v_now;
+               FOR KEY SHARE)
+        UPDATE sqldlm_locks n
+           SET token = nextval(pg_get_serial_sequence('sqldlm_holders', 'token')),
+               x_lease = p_lease, x_request = p_request, x_mode = p_mode, x_since = clock_timestamp(),
+               x_payload = v_payload
+          FROM l, (SELECT k.xmin AS seen FROM sqldlm_locks k WHERE k.name = p_name) s
+         WHERE n.name = p_name
+           AND n.xmin = s.seen
+           AND n.x_lease IS NULL
+           AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = p_name)
+           AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = p_name)
+           AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request)
+           AND NOT EXISTS (SELECT 1 FROM sqldlm_withdrawn x WHERE x.lease_id = p_lease AND x.request_id = p_request)
+        RETURNING n.token, n.x_since INTO o_token, v_now;
         IF o_token IS NOT NULL THEN
             SELECT l.broken_at IS NULL AND l.expires_at > clock_timestamp(), l.owner, coalesce(s.audit, false)
               INTO v_live, v_owner, v_audit
               FROM sqldlm_leases l LEFT JOIN sqldlm_settings s ON s.id = 1
              WHERE l.id = p_lease;
             IF NOT coalesce(v_live, false) THEN
-                DELETE FROM sqldlm_holders WHERE token = o_token;
+                UPDATE sqldlm_locks SET x_lease = NULL WHERE name = p_name;
                 o_token := NULL;
                 o_status := 'lease_lost';
                 RETURN;
@@ -202,13 +204,14 @@ BEGIN
         -- queued and the other refused.
     END IF;
 
-    -- Phase 2. (1) The name's row, created if missing. INSERT waits for a
-    -- concurrent insert of the name, then does nothing; the next SELECT (a
-    -- new snapshot) finds whichever row won. The loop repeats only if Reap
-    -- deleted that row in between.
+    -- Phase 2. (1) The name's row, locked FOR UPDATE and created if
+    -- missing, with its inline hold, if any, moved to sqldlm_holders
+    -- (sqldlm_spill), so that everything below sees every hold as a row of
+    -- sqldlm_holders. INSERT waits for a concurrent insert of the name, then
+    -- does nothing; the next SELECT (a new snapshot) finds whichever row
+    -- won. The loop repeats only if Reap deleted that row in between.
     LOOP
-        PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
-        EXIT WHEN FOUND;
+        EXIT WHEN sqldlm_spill(p_name, NULL, NULL);
         INSERT INTO sqldlm_locks (name, token, updated_at) VALUES (p_name, 0, clock_timestamp())
         ON CONFLICT (name) DO NOTHING;
     END LOOP;

@@ -20,6 +20,19 @@ BEGIN
            o_took_broken, o_took_payloads
       FROM sqldlm_acquire(p_name, p_lease, p_request, p_mode, false, NULL, p_payload, p_delay_us) a;
     IF o_status = 'granted' THEN
+        -- A hold pending in the caller's transaction is a row of
+        -- sqldlm_holders (version 13), as before: the fast grant's hold
+        -- moves there from the name's row, which the grant's update has
+        -- locked already (sqldlm_spill's FOR UPDATE would also keep the
+        -- name's waiters from queuing until the caller's transaction ends).
+        INSERT INTO sqldlm_holders (token, name, lease_id, request_id, mode, acquired_at, payload)
+        OVERRIDING SYSTEM VALUE
+        SELECT k.token, k.name, k.x_lease, k.x_request, k.x_mode, k.x_since, coalesce(k.x_payload, '')
+          FROM sqldlm_locks k
+         WHERE k.name = p_name AND k.x_lease = p_lease AND k.token = o_token;
+        IF FOUND THEN
+            UPDATE sqldlm_locks SET x_lease = NULL WHERE name = p_name;
+        END IF;
         DELETE FROM sqldlm_pending WHERE lease_id = p_lease AND request_id = p_request;
     END IF;
 END

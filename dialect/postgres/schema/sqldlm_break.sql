@@ -12,7 +12,9 @@ DECLARE
 BEGIN
     SELECT array_agg(s.id) INTO v_ids FROM (
         SELECT l.id FROM sqldlm_leases l
-         WHERE l.id IN (SELECT h.lease_id FROM sqldlm_holders h WHERE h.name = p_name)
+         WHERE l.id IN (SELECT h.lease_id FROM sqldlm_holders h WHERE h.name = p_name
+                        UNION ALL
+                        SELECT k.x_lease FROM sqldlm_locks k WHERE k.name = p_name AND k.x_lease IS NOT NULL)
            AND (p_owner = '' OR l.owner = p_owner)
            AND l.broken_at IS NULL AND l.expires_at > clock_timestamp()
          ORDER BY l.id
@@ -25,7 +27,9 @@ BEGIN
         UPDATE sqldlm_leases l SET broken_at = v_now, expires_at = least(l.expires_at, v_now)
          WHERE l.id = ANY (v_ids)
            AND l.broken_at IS NULL AND l.expires_at > v_now
-           AND EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.lease_id = l.id AND h.name = p_name)
+           AND l.id IN (SELECT h.lease_id FROM sqldlm_holders h WHERE h.name = p_name
+                          UNION ALL
+                          SELECT k.x_lease FROM sqldlm_locks k WHERE k.name = p_name AND k.x_lease IS NOT NULL)
         RETURNING l.id)
     SELECT array_agg(b.id) INTO v_ids FROM b;
     IF v_ids IS NULL THEN
@@ -34,20 +38,29 @@ BEGIN
     INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
     SELECT v_now, 'break', h.name, l.owner, h.lease_id, h.token, h.mode, h.payload,
            CASE WHEN h.name = p_name THEN '' ELSE 'with ' || p_name END
-      FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
+      FROM (SELECT h.name, h.lease_id, h.token, h.mode, h.payload FROM sqldlm_holders h
+            UNION ALL
+            SELECT k.name, k.x_lease, k.token, k.x_mode, k.x_payload FROM sqldlm_locks k
+             WHERE k.x_lease = ANY (v_ids)) h
+      JOIN sqldlm_leases l ON l.id = h.lease_id
       JOIN sqldlm_settings s ON s.id = 1 AND s.audit
      WHERE h.lease_id = ANY (v_ids)
      ORDER BY h.name <> p_name, l.owner COLLATE "C", h.lease_id, h.token;
     PERFORM sqldlm_wake(s.name) FROM (
         SELECT h.name FROM sqldlm_holders h WHERE h.lease_id = ANY (v_ids)
         UNION
+        SELECT k.name FROM sqldlm_locks k WHERE k.x_lease = ANY (v_ids)
+        UNION
         SELECT w.name FROM sqldlm_waiters w WHERE w.lease_id = ANY (v_ids)) s;
     RETURN QUERY
     SELECT l.id, l.owner, l.created_at, l.renewed_at, l.expires_at,
-           (SELECT count(*) FROM sqldlm_holders h WHERE h.lease_id = l.id),
+           (SELECT count(*) FROM sqldlm_holders h WHERE h.lease_id = l.id)
+           + coalesce(x.n, 0),
            (SELECT count(*) FROM sqldlm_waiters w WHERE w.lease_id = l.id),
            v_now
       FROM sqldlm_leases l
+      LEFT JOIN (SELECT k.x_lease, count(*) AS n FROM sqldlm_locks k
+                  WHERE k.x_lease = ANY (v_ids) GROUP BY k.x_lease) x ON x.x_lease = l.id
      WHERE l.id = ANY (v_ids)
      ORDER BY l.owner COLLATE "C", l.id;
 END

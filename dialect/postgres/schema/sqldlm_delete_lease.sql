@@ -9,9 +9,13 @@ AS $function$
 DECLARE
     v_held    text[];
     v_waiting text[];
+    v_inline  text[];
 BEGIN
-    -- Lock the lease first: grants, takeovers and fences of it lock it before
-    -- its holds too, and wait for, or are refused after, this deletion.
+    -- The rows of the names that hold a hold of the lease in them (version
+    -- 13) first, in the order grants lock: a name's row, then a lease.
+    PERFORM 1 FROM sqldlm_locks WHERE x_lease = p_lease ORDER BY name FOR NO KEY UPDATE;
+    -- Then the lease: grants, takeovers and fences of it lock it before its
+    -- holds too, and wait for, or are refused after, this deletion.
     PERFORM 1 FROM sqldlm_leases WHERE id = p_lease FOR UPDATE;
     WITH d AS (DELETE FROM sqldlm_holders WHERE lease_id = p_lease RETURNING name, token, mode, payload),
     a AS (
@@ -21,6 +25,17 @@ BEGIN
           LEFT JOIN sqldlm_leases l ON l.id = p_lease
          ORDER BY d.token)
     SELECT array_agg(DISTINCT name) INTO v_held FROM d;
+    -- Its holds in names' rows (version 13): a scan of sqldlm_locks, which
+    -- has no index on x_lease.
+    WITH d AS (UPDATE sqldlm_locks SET x_lease = NULL WHERE x_lease = p_lease RETURNING name, token, x_mode, x_payload),
+    a AS (
+        INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+        SELECT clock_timestamp(), 'release', d.name, coalesce(l.owner, ''), p_lease, d.token, d.x_mode, d.x_payload, 'lease closed'
+          FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
+          LEFT JOIN sqldlm_leases l ON l.id = p_lease
+         ORDER BY d.token)
+    SELECT array_agg(name) INTO v_inline FROM d;
+    v_held := v_held || v_inline;
     WITH d AS (DELETE FROM sqldlm_waiters WHERE lease_id = p_lease RETURNING name)
     SELECT array_agg(DISTINCT name) INTO v_waiting FROM d;
     DELETE FROM sqldlm_pending WHERE lease_id = p_lease;

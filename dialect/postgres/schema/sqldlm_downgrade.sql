@@ -9,6 +9,8 @@ AS $function$
 DECLARE
     v_n integer;
 BEGIN
+    -- A hold in the name's row (version 13) moves to sqldlm_holders first.
+    PERFORM sqldlm_spill(p_name, p_lease, p_token);
     -- The lease check reads the statement's snapshot: a renewal committed
     -- meanwhile can only make it fail near expiry (safe), and a takeover only
     -- breaks a lease that has already expired by the clock.

@@ -7,6 +7,7 @@ CREATE OR REPLACE FUNCTION sqldlm_enqueue_guard(p_name text)
  LANGUAGE plpgsql
 AS $function$
 BEGIN
+    PERFORM 1 FROM sqldlm_locks WHERE name = p_name AND x_lease IS NOT NULL FOR SHARE;
     PERFORM 1 FROM sqldlm_holders WHERE name = p_name ORDER BY token FOR SHARE;
     PERFORM 1 FROM sqldlm_waiters WHERE name = p_name ORDER BY id FOR SHARE;
 END

@@ -7,12 +7,17 @@ CREATE OR REPLACE FUNCTION sqldlm_evaluate(p_name text, p_lease bigint, p_reques
  LANGUAGE sql
  STABLE
 AS $function$
+WITH hs AS (
+    SELECT h.token, h.lease_id, h.mode FROM sqldlm_holders h WHERE h.name = p_name
+    UNION ALL
+    SELECT k.token, k.x_lease, k.x_mode FROM sqldlm_locks k WHERE k.name = p_name AND k.x_lease IS NOT NULL)
 SELECT
     coalesce((SELECT l.broken_at IS NULL AND l.expires_at > p_now FROM sqldlm_leases l WHERE l.id = p_lease), false),
-    (SELECT h.token FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request LIMIT 1),
+    coalesce((SELECT h.token FROM sqldlm_holders h WHERE h.lease_id = p_lease AND h.request_id = p_request LIMIT 1),
+             (SELECT k.token FROM sqldlm_locks k
+               WHERE k.name = p_name AND k.x_lease = p_lease AND k.x_request = p_request)),
     own.id,
-    p_upgrade IS NULL OR EXISTS (SELECT 1 FROM sqldlm_holders h
-                                  WHERE h.token = p_upgrade AND h.lease_id = p_lease AND h.name = p_name),
+    p_upgrade IS NULL OR EXISTS (SELECT 1 FROM hs h WHERE h.token = p_upgrade AND h.lease_id = p_lease),
     p_upgrade IS NOT NULL AND EXISTS (
         SELECT 1 FROM sqldlm_waiters w JOIN sqldlm_leases l ON l.id = w.lease_id
          WHERE w.name = p_name AND w.upgrade_token IS NOT NULL AND w.upgrade_token <> p_upgrade
@@ -28,9 +33,8 @@ SELECT
            AND (w.upgrade_token IS NOT NULL
                 OR ((p_mode = 'X' OR w.mode = 'X') AND w.id < coalesce(own.id, 9223372036854775807)))) END,
     (SELECT array_agg(DISTINCT h.lease_id ORDER BY h.lease_id)
-       FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
-      WHERE h.name = p_name
-        AND h.token IS DISTINCT FROM p_upgrade
+       FROM hs h JOIN sqldlm_leases l ON l.id = h.lease_id
+      WHERE h.token IS DISTINCT FROM p_upgrade
         AND (p_mode = 'X' OR h.mode = 'X')
         AND NOT (l.broken_at IS NULL AND l.expires_at > p_now)
         AND least(l.expires_at, coalesce(l.broken_at, l.expires_at)) + p_delay <= p_now)
@@ -41,9 +45,8 @@ LEFT JOIN LATERAL (
       FROM (SELECT l.owner, h.mode::text AS mode,
                    CASE WHEN l.broken_at IS NULL AND l.expires_at > p_now THEN l.expires_at
                         ELSE least(l.expires_at, coalesce(l.broken_at, l.expires_at)) + p_delay END AS until
-              FROM sqldlm_holders h JOIN sqldlm_leases l ON l.id = h.lease_id
-             WHERE h.name = p_name
-               AND h.token IS DISTINCT FROM p_upgrade
+              FROM hs h JOIN sqldlm_leases l ON l.id = h.lease_id
+             WHERE h.token IS DISTINCT FROM p_upgrade
                AND (p_mode = 'X' OR h.mode = 'X')) t
      WHERE t.until > p_now
      ORDER BY t.until DESC

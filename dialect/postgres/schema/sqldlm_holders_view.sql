@@ -19,6 +19,6 @@ CREATE VIEW sqldlm_holders_view AS
     round(EXTRACT(epoch FROM l.expires_at - c.now), 3) AS expires_in_seconds,
     COALESCE(l.broken_at IS NULL AND l.expires_at > c.now, false) AS live,
     h.payload
-   FROM sqldlm_holders h
+   FROM sqldlm_holds h
      CROSS JOIN c
      LEFT JOIN sqldlm_leases l ON l.id = h.lease_id;

@@ -14,11 +14,13 @@ CREATE VIEW sqldlm_leases_view AS
     round(EXTRACT(epoch FROM l.expires_at - c.now), 3) AS expires_in_seconds,
     l.broken_at IS NOT NULL AS broken,
     l.broken_at IS NULL AND l.expires_at > c.now AS live,
-    ( SELECT count(*) AS count
-           FROM sqldlm_holders h
-          WHERE h.lease_id = l.id) AS holds,
+    COALESCE(h.n, 0::bigint) AS holds,
     ( SELECT count(*) AS count
            FROM sqldlm_waiters w
           WHERE w.lease_id = l.id) AS waits
    FROM sqldlm_leases l
-     CROSS JOIN c;
+     CROSS JOIN c
+     LEFT JOIN ( SELECT sqldlm_holds.lease_id,
+            count(*) AS n
+           FROM sqldlm_holds
+          GROUP BY sqldlm_holds.lease_id) h ON h.lease_id = l.id;

@@ -6,7 +6,14 @@ CREATE TABLE sqldlm_locks (
     name text COLLATE "C" NOT NULL,
     token bigint DEFAULT 0 NOT NULL,
     updated_at timestamp with time zone NOT NULL,
+    x_lease bigint,
+    x_request bigint,
+    x_mode character(1),
+    x_since timestamp with time zone,
+    x_payload text,
     CONSTRAINT sqldlm_locks_pkey PRIMARY KEY (name),
-    CONSTRAINT sqldlm_locks_name_check CHECK (octet_length(name) >= 1 AND octet_length(name) <= 255)
+    CONSTRAINT sqldlm_locks_name_check CHECK (octet_length(name) >= 1 AND octet_length(name) <= 255),
+    CONSTRAINT sqldlm_locks_x_mode_check CHECK (x_mode = ANY (ARRAY['S'::bpchar, 'X'::bpchar])),
+    CONSTRAINT sqldlm_locks_x_payload_check CHECK (octet_length(x_payload) <= 1024)
 );
 CREATE INDEX sqldlm_locks_updated_at ON sqldlm_locks USING btree (updated_at);

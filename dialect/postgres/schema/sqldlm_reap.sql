@@ -13,6 +13,8 @@ DECLARE
     v_now       timestamptz;
     v_audit     boolean;
     v_retention bigint;
+    v_inline    integer;
+    v_inline_names text[];
 BEGIN
     -- The failover epoch first, as every grant and renewal does: on a newly
     -- promoted primary the epoch change's freeze is the longest TTL of the
@@ -30,6 +32,31 @@ BEGIN
     SELECT array_agg(id) INTO v_ids FROM sqldlm_leases
      WHERE id = ANY (v_ids) AND (broken_at IS NOT NULL OR expires_at <= v_now);
     SELECT audit, audit_retention_us INTO v_audit, v_retention FROM sqldlm_settings WHERE id = 1;
+    -- Their holds in names' rows (version 13), first: a scan of
+    -- sqldlm_locks, which has no index on x_lease, so only when there are
+    -- dead leases. A name's row locked by another transaction (a grant or a
+    -- release of the name in progress) is skipped, and its hold's lease is
+    -- kept for a later pass (below): waiting here, with the leases locked,
+    -- could deadlock with a grant that holds the name's row and waits for
+    -- one of them.
+    IF v_ids IS NOT NULL THEN
+        WITH o AS (
+            SELECT k.name, k.x_lease FROM sqldlm_locks k
+             WHERE k.x_lease = ANY (v_ids)
+               FOR NO KEY UPDATE SKIP LOCKED),
+        d AS (
+            UPDATE sqldlm_locks k SET x_lease = NULL
+              FROM o
+             WHERE k.name = o.name AND k.x_lease = o.x_lease
+            RETURNING k.name, o.x_lease AS lease_id, k.token, k.x_mode, k.x_payload),
+        a AS (
+            INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+            SELECT v_now, 'expire', d.name, coalesce(l.owner, ''), d.lease_id, d.token, d.x_mode, d.x_payload, ''
+              FROM d LEFT JOIN sqldlm_leases l ON l.id = d.lease_id
+             WHERE coalesce(v_audit, false)
+             ORDER BY d.token)
+        SELECT count(*), array_agg(name) INTO v_inline, v_inline_names FROM d;
+    END IF;
     WITH d AS (DELETE FROM sqldlm_holders WHERE lease_id = ANY (v_ids) RETURNING name, lease_id, token, mode, payload),
     a AS (
         INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
@@ -37,9 +64,13 @@ BEGIN
           FROM d LEFT JOIN sqldlm_leases l ON l.id = d.lease_id
          WHERE coalesce(v_audit, false)
          ORDER BY d.token)
-    SELECT count(*), array_agg(DISTINCT name) INTO o_holds, o_freed FROM d;
+    SELECT count(*) + coalesce(v_inline, 0), array_agg(DISTINCT name) || v_inline_names INTO o_holds, o_freed FROM d;
     WITH d AS (DELETE FROM sqldlm_waiters WHERE lease_id = ANY (v_ids) RETURNING name)
     SELECT count(*), array_agg(DISTINCT name) INTO o_waiters, v_waiting FROM d;
+    IF v_inline IS NOT NULL THEN
+        SELECT array_agg(id) INTO v_ids FROM unnest(v_ids) AS id
+         WHERE id <> ALL (coalesce((SELECT array_agg(k.x_lease) FROM sqldlm_locks k WHERE k.x_lease = ANY (v_ids)), '{}'));
+    END IF;
     DELETE FROM sqldlm_leases WHERE id = ANY (v_ids);
     GET DIAGNOSTICS o_leases = ROW_COUNT;
     -- Pending records of leases now gone: those just deleted, and any left
@@ -64,11 +95,12 @@ BEGIN
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED);
 
-    -- Idle lock rows. Holds of a name are only inserted under its row's
+    -- Idle lock rows. Holds of a name are only written under its row's
     -- lock, so once we hold it a fresh snapshot shows them all.
     SELECT array_agg(name) INTO v_names FROM (
         SELECT k.name FROM sqldlm_locks k
          WHERE k.updated_at < v_now - p_idle_us * interval '1 microsecond'
+           AND k.x_lease IS NULL
            AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = k.name)
            AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = k.name)
          ORDER BY k.updated_at
@@ -77,6 +109,7 @@ BEGIN
     DELETE FROM sqldlm_locks k
      WHERE k.name = ANY (v_names)
        AND k.updated_at < v_now - p_idle_us * interval '1 microsecond'
+       AND k.x_lease IS NULL
        AND NOT EXISTS (SELECT 1 FROM sqldlm_holders h WHERE h.name = k.name)
        AND NOT EXISTS (SELECT 1 FROM sqldlm_waiters w WHERE w.name = k.name);
     GET DIAGNOSTICS o_idle_locks = ROW_COUNT;

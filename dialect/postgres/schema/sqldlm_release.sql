@@ -11,11 +11,19 @@ DECLARE
     v_payload text;
     v_audit   boolean;
 BEGIN
-    -- The audit row, when the setting is on, in a statement of its own:
-    -- a data-modifying CTE costs its INSERT's set-up on every call.
-    DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
-    RETURNING mode, payload, coalesce((SELECT s.audit FROM sqldlm_settings s WHERE s.id = 1), false)
+    -- The hold in the name's row (version 13), else its row of
+    -- sqldlm_holders. The audit row, when the setting is on, in a statement
+    -- of its own: a data-modifying CTE costs its INSERT's set-up on every
+    -- call.
+    UPDATE sqldlm_locks SET x_lease = NULL
+     WHERE name = p_name AND x_lease = p_lease AND token = p_token
+    RETURNING x_mode, x_payload, coalesce((SELECT s.audit FROM sqldlm_settings s WHERE s.id = 1), false)
       INTO v_mode, v_payload, v_audit;
+    IF NOT FOUND THEN
+        DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
+        RETURNING mode, payload, coalesce((SELECT s.audit FROM sqldlm_settings s WHERE s.id = 1), false)
+          INTO v_mode, v_payload, v_audit;
+    END IF;
     IF NOT FOUND THEN
         -- Nothing deleted, so nothing written: a transactional WAL message
         -- makes the commit write a record, which a synchronous standby must

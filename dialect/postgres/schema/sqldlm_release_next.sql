@@ -18,6 +18,8 @@ DECLARE
     v_waiting boolean;
     v_epoch   bigint;
     v_freeze  timestamptz;
+    v_mode    text;
+    v_payload text;
 BEGIN
     v_waiting := EXISTS (SELECT 1 FROM sqldlm_waiters WHERE name = p_name);
     IF NOT v_waiting THEN
@@ -25,16 +27,32 @@ BEGIN
         RETURN sqldlm_release(p_name, p_lease, p_token);
     END IF;
     PERFORM 1 FROM sqldlm_locks WHERE name = p_name FOR UPDATE;
-    WITH d AS (
-        DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
-        RETURNING token, mode, payload),
-    a AS (
-        INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
-        SELECT clock_timestamp(), 'release', p_name, coalesce(l.owner, ''), p_lease, d.token, d.mode, d.payload, ''
-          FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
-          LEFT JOIN sqldlm_leases l ON l.id = p_lease)
-    SELECT count(*), coalesce(bool_or(s.audit), false) INTO v_n, v_audit
-      FROM d LEFT JOIN sqldlm_settings s ON s.id = 1;
+    -- The hold in the name's row (version 13), else its row of
+    -- sqldlm_holders.
+    UPDATE sqldlm_locks SET x_lease = NULL
+     WHERE name = p_name AND x_lease = p_lease AND token = p_token
+    RETURNING x_mode, x_payload, coalesce((SELECT s.audit FROM sqldlm_settings s WHERE s.id = 1), false)
+      INTO v_mode, v_payload, v_audit;
+    IF FOUND THEN
+        v_n := 1;
+        IF v_audit THEN
+            INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+            VALUES (clock_timestamp(), 'release', p_name,
+                    coalesce((SELECT l.owner FROM sqldlm_leases l WHERE l.id = p_lease), ''),
+                    p_lease, p_token, v_mode, v_payload, '');
+        END IF;
+    ELSE
+        WITH d AS (
+            DELETE FROM sqldlm_holders WHERE token = p_token AND lease_id = p_lease AND name = p_name
+            RETURNING token, mode, payload),
+        a AS (
+            INSERT INTO sqldlm_audit (at, event, name, owner, lease_id, token, mode, payload, detail)
+            SELECT clock_timestamp(), 'release', p_name, coalesce(l.owner, ''), p_lease, d.token, d.mode, d.payload, ''
+              FROM d JOIN sqldlm_settings s ON s.id = 1 AND s.audit
+              LEFT JOIN sqldlm_leases l ON l.id = p_lease)
+        SELECT count(*), coalesce(bool_or(s.audit), false) INTO v_n, v_audit
+          FROM d LEFT JOIN sqldlm_settings s ON s.id = 1;
+    END IF;
     IF v_n = 0 THEN
         PERFORM pg_logical_emit_message(true, 'sqldlm', ''); -- as in sqldlm_release
         RETURN false;

@@ -8,6 +8,15 @@ CREATE OR REPLACE FUNCTION sqldlm_set_payload(p_name text, p_lease bigint, p_tok
 AS $function$
 BEGIN
     -- The lease check reads the statement's snapshot, as in sqldlm_downgrade.
+    -- The hold in the name's row (version 13), else its row of
+    -- sqldlm_holders.
+    UPDATE sqldlm_locks SET x_payload = p_payload
+     WHERE name = p_name AND x_lease = p_lease AND token = p_token
+       AND EXISTS (SELECT 1 FROM sqldlm_leases
+                    WHERE id = p_lease AND broken_at IS NULL AND expires_at > clock_timestamp());
+    IF FOUND THEN
+        RETURN true;
+    END IF;
     UPDATE sqldlm_holders SET payload = p_payload
      WHERE token = p_token AND lease_id = p_lease AND name = p_name
        AND EXISTS (SELECT 1 FROM sqldlm_leases

@@ -172,6 +172,7 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 	var enqueuedOn *lease    // the lease a waiter row or an unseen grant of this request may exist under
 	connFailures := 0        // TryLock: attempts that failed on the connection
 	var blocked *LockedError // what the last attempt found in the way
+	cleaned := false         // the client's own pending cleanups of the name were run
 	abandon := func(cause error) (int64, *lease, []dialect.TakenHold, error) {
 		if blocked != nil && ctx.Err() != nil && errors.Is(cause, ctx.Err()) {
 			cause = &WaitError{Err: cause, Blocker: blocked}
@@ -273,6 +274,14 @@ func (r *request) run(ctx context.Context) (int64, *lease, []dialect.TakenHold, 
 		}
 		b := res.Blocker
 		blocked = &LockedError{Name: r.name, Owner: b.Owner, Mode: modeOf(b.Mode), ExpiresIn: b.ExpiresIn, WaitersAhead: b.WaitersAhead}
+		if !cleaned && r.upgradeToken == 0 && c.janitor.cleanNow(ctx, l.id, r.name) {
+			// What is in the way may be the client's own: a hold whose
+			// release, or a request whose withdrawal, was left to the
+			// janitor (the database could not be reached when it was due).
+			// It has just run: ask again, once.
+			cleaned = true
+			continue
+		}
 		if !r.wait {
 			// An earlier attempt whose answer was lost (enqueuedOn is set)
 			// may still be waiting in the server and grant later: withdraw

@@ -3,6 +3,7 @@ package sqldlm
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqldlm/sqldlm/dialect"
@@ -16,6 +17,9 @@ type janitor struct {
 	c     *Client
 	mu    sync.Mutex
 	tasks []*task
+	// running holds the tasks of the pass in progress (taken out of
+	// tasks), so that cleanNow finds them too.
+	running []*task
 	// leaving holds the join requests whose withdrawal (a leave) is left
 	// to the janitor, until it succeeds or their lease ends: a Join that
 	// finds one of them in its way withdraws it at once (leaveNow).
@@ -36,6 +40,13 @@ type task struct {
 	until func() bool
 	// notBefore delays the first attempt.
 	notBefore time.Time
+	// lease and name, for a task that frees a hold or a request of name
+	// under lease (a release, a withdrawal): a request of the client's own
+	// that finds the name held runs it at once (cleanNow).
+	lease int64
+	name  string
+	// done is set once cleanNow has run the task: the janitor drops it.
+	done atomic.Bool
 }
 
 func newJanitor(c *Client) *janitor {
@@ -74,6 +85,8 @@ func (j *janitor) release(l *lease, ref *dialect.HoldRef) {
 			return err
 		},
 		until: l.live,
+		lease: l.id,
+		name:  ref.Name,
 	})
 }
 
@@ -87,6 +100,8 @@ func (j *janitor) abandon(l *lease, name string, requestID int64) {
 			return j.c.withdraw(ctx, l, name, requestID)
 		},
 		until: l.live,
+		lease: l.id,
+		name:  name,
 	})
 }
 
@@ -167,7 +182,39 @@ func (j *janitor) abandonUpgrade(l *lease, name string, requestID, sharedToken i
 			return nil
 		},
 		until: l.live,
+		lease: l.id,
+		name:  name,
 	})
+}
+
+// cleanNow runs at once, within ctx, the tasks that free a hold or a
+// request of name under lease (a release or a withdrawal that did not
+// reach the database when it was due). It reports whether there was one
+// and every one succeeded: the caller's request, refused because name is
+// held, may be refused by the client's own hold, and may then ask again.
+// The janitor drops the tasks cleanNow ran; one that a pass in progress
+// is running too runs twice, which a release and a withdrawal allow (the
+// second finds nothing to do).
+func (j *janitor) cleanNow(ctx context.Context, lease int64, name string) bool {
+	j.mu.Lock()
+	var due []*task
+	for _, t := range append(j.tasks[:len(j.tasks):len(j.tasks)], j.running...) {
+		if t.lease == lease && t.name == name && !t.done.Load() {
+			due = append(due, t)
+		}
+	}
+	j.mu.Unlock()
+	for _, t := range due {
+		tctx, cancel := context.WithTimeout(ctx, j.c.cfg.cleanupTimeout())
+		err := t.run(tctx)
+		cancel()
+		if err != nil {
+			j.c.logger.Debug("sqldlm: running a pending cleanup at once failed", "task", t.what, "lock_name", name, "error", err)
+			return false
+		}
+		t.done.Store(true)
+	}
+	return len(due) > 0
 }
 
 // deleteLease deletes a lease the client gave up, until deadline: after it
@@ -221,7 +268,13 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	j.mu.Lock()
 	tasks := j.tasks
 	j.tasks = nil
+	j.running = tasks
 	j.mu.Unlock()
+	defer func() {
+		j.mu.Lock()
+		j.running = nil
+		j.mu.Unlock()
+	}()
 	next = time.Hour
 	parent := j.ctx
 	if final {
@@ -231,7 +284,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	}
 	var failed []*task
 	for _, t := range tasks {
-		if !t.until() {
+		if t.done.Load() || !t.until() {
 			continue
 		}
 		if wait := time.Until(t.notBefore); wait > 0 && !final {
@@ -257,6 +310,7 @@ func (j *janitor) pass(final bool) (failedAny bool, next time.Duration) {
 	}
 	j.mu.Lock()
 	j.tasks = append(failed, j.tasks...)
+	j.running = nil
 	j.mu.Unlock()
 	return failedAny, next
 }

@@ -278,6 +278,16 @@ func (s *Semaphore) pick(ctx context.Context, q *Lock) (*Permit, slots, error) {
 	if st.mismatch != nil {
 		return nil, st, st.mismatch
 	}
+	if len(st.free) == 0 && s.cleanOwn(ctx, q.lease.id) {
+		// A slot may have been held by one of this client's own permits
+		// whose release was left to the janitor: it has just run.
+		if st, err = s.read(ctx); err != nil {
+			return nil, st, err
+		}
+		if st.mismatch != nil {
+			return nil, st, st.mismatch
+		}
+	}
 	for _, k := range st.free {
 		l, err := s.c.acquire(ctx, s.slot(k), Exclusive, false, []LockOption{WithPayload(s.payload)})
 		switch {
@@ -304,6 +314,20 @@ func (s *Semaphore) pick(ctx context.Context, q *Lock) (*Permit, slots, error) {
 		return nil, st, errQueueLost
 	}
 	return nil, st, nil
+}
+
+// cleanOwn runs at once the cleanups of the semaphore's slots under lease
+// that were left to the janitor (a permit's release, a slot's request
+// withdrawn, when the database could not be reached), and reports whether
+// there were any and all succeeded.
+func (s *Semaphore) cleanOwn(ctx context.Context, lease int64) bool {
+	ran := false
+	for k := range s.limit {
+		if s.c.janitor.cleanNow(ctx, lease, s.slot(k)) {
+			ran = true
+		}
+	}
+	return ran
 }
 
 // await picks a slot, holding the queue lock q, waiting for one to be

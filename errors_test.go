@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
 // injectDialect wraps a real dialect and makes the nth call (counting from
@@ -285,12 +286,12 @@ func TestIndeterminateGrant(t *testing.T) {
 			}
 			require.NoError(t, err, "the retry finds the grant the lost answer carried")
 			require.Equal(t, 2, d.count("acquire"))
-			require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()+` WHERE name = 'node/10'`), "one hold")
+			require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)+` WHERE name = 'node/10'`), "one hold")
 			require.Equal(t, l.Token(), lockToken(t, b, "node/10"), "the handle has the grant's token")
-			require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()+` h JOIN sqldlm_locks k ON k.name = h.name AND k.token = h.token`),
+			require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)+` h JOIN sqldlm_locks k ON k.name = h.name AND k.token = h.token`),
 				"the hold is the name's latest grant")
 			require.NoError(t, l.Release(ctx))
-			require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()+` WHERE name = 'node/10'`))
+			require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)+` WHERE name = 'node/10'`))
 		}
 
 		// The context ends as the answer is lost: the committed grant is withdrawn.
@@ -301,7 +302,7 @@ func TestIndeterminateGrant(t *testing.T) {
 		_, err := c.Lock(cctx, "node/11", Exclusive)
 		require.ErrorIs(t, err, context.Canceled)
 		require.Eventually(t, func() bool {
-			return b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()+` WHERE name = 'node/11'`) == 0
+			return b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)+` WHERE name = 'node/11'`) == 0
 		}, 5*time.Second, 10*time.Millisecond, "no orphan hold kept alive by the live lease")
 		o, err := b.client(t, Config{}).TryLock(ctx, "node/11", Exclusive)
 		require.NoError(t, err)

@@ -226,7 +226,7 @@ func TestHostileStringsAreData(t *testing.T) {
 		}
 		counts := tableRows(t, b.db.DB)
 		require.Zero(t, counts["sqldlm_holders"], "every table is still there and every hold released")
-		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()), "every hold released, in the names' rows too")
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)), "every hold released, in the names' rows too")
 		require.Equal(t, len(hostileStrings), counts["sqldlm_locks"], "one name row per distinct name")
 	})
 }

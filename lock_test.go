@@ -67,16 +67,6 @@ type lockBundle struct {
 	kind string
 }
 
-// holdsTable is the relation of every hold in b's database, with the columns of
-// sqldlm_holders: on PostgreSQL a view that adds the holds kept in their
-// names' rows (schema version 13).
-func (b *lockBundle) holdsTable() string {
-	if b.kind == testdb.Postgres {
-		return "sqldlm_holds"
-	}
-	return "sqldlm_holders"
-}
-
 // forEachKind runs test on every dialect.
 func forEachKind(t *testing.T, test func(t *testing.T, b *lockBundle)) {
 	t.Helper()
@@ -177,7 +167,7 @@ func TestMutualExclusion(t *testing.T) {
 			require.NoError(t, err)
 		}
 		require.EqualValues(t, 3*3*12, grants.Load())
-		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()))
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)))
 		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM sqldlm_waiters`))
 	})
 }
@@ -513,7 +503,7 @@ func TestDo(t *testing.T) {
 			return nil
 		}))
 		require.True(t, ran)
-		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()), "released after fn")
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)), "released after fn")
 
 		boom := errors.New("boom")
 		require.ErrorIs(t, c.Do(ctx, "job", Exclusive, func(context.Context) error { return boom }), boom)

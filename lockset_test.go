@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sqldlm/sqldlm/internal/testdb"
 	"github.com/stretchr/testify/require"
 )
 
@@ -75,7 +76,7 @@ func TestLockAllNoDeadlock(t *testing.T) {
 		for err := range errs {
 			require.NoError(t, err)
 		}
-		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()))
+		require.Zero(t, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)))
 	})
 }
 
@@ -93,7 +94,7 @@ func TestLockAllAllOrNothing(t *testing.T) {
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.Contains(t, err.Error(), `"port/2"`)
 		require.Nil(t, locks)
-		require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+b.holdsTable()), "only a's hold remains")
+		require.Equal(t, 1, b.count(t, `SELECT COUNT(*) FROM `+testdb.Holds(b.kind)), "only a's hold remains")
 
 		_, err = c.LockAll(ctx, []Request{{Name: "x", Mode: Exclusive}, {Name: "x", Mode: Shared}})
 		require.ErrorIs(t, err, ErrInvalidName)

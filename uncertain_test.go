@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sqldlm/sqldlm/dialect"
+	"github.com/sqldlm/sqldlm/internal/testdb"
 )
 
 // Uncertain outcomes: a statement whose answer the client never saw, or
@@ -218,7 +219,7 @@ func (d *faultDialect) set(f func(d *faultDialect)) {
 // holds returns the tokens and modes of the holds of name.
 func (b *lockBundle) holds(t *testing.T, name string) map[int64]string {
 	t.Helper()
-	rows, err := b.db.QueryContext(context.Background(), fmt.Sprintf(`SELECT token, mode FROM %s WHERE name = '%s'`, b.holdsTable(), name))
+	rows, err := b.db.QueryContext(context.Background(), fmt.Sprintf(`SELECT token, mode FROM %s WHERE name = '%s'`, testdb.Holds(b.kind), name))
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[int64]string{}

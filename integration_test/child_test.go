@@ -311,16 +311,6 @@ func fencedWrite(ctx context.Context, db *sql.DB, kind string, l *sqldlm.Lock, w
 }
 
 // q rewrites ? placeholders into PostgreSQL's $n.
-// holdsOf is the relation of every hold in db, with the columns of
-// sqldlm_holders: on PostgreSQL a view that adds the holds kept in their
-// names' rows (schema version 13).
-func holdsOf(kind string) string {
-	if kind == "postgres" {
-		return "sqldlm_holds"
-	}
-	return "sqldlm_holders"
-}
-
 func q(kind, query string) string {
 	if kind != "postgres" {
 		return query

@@ -17,6 +17,7 @@ import (
 	"github.com/sqldlm/sqldlm/dialect/postgres"
 	"github.com/sqldlm/sqldlm/internal/dbinstance"
 	"github.com/sqldlm/sqldlm/internal/dsn"
+	"github.com/sqldlm/sqldlm/internal/testdb"
 	"github.com/sqldlm/sqldlm/migrations"
 )
 
@@ -182,7 +183,7 @@ func TestPatroniFailover(t *testing.T) {
 		// Nothing of the old leader's came back: no hold on the leader,
 		// and both clients take volume/1 within a freeze.
 		var holds int
-		require.NoError(t, setup.QueryRowContext(ctx, `SELECT count(*) FROM sqldlm_holds`).Scan(&holds))
+		require.NoError(t, setup.QueryRowContext(ctx, `SELECT count(*) FROM `+testdb.Holds(testdb.Postgres)).Scan(&holds))
 		require.Zero(t, holds, "holds came back with the old leader")
 		for _, c := range []*sqldlm.Client{holder, waiter} {
 			tctx, tcancel := context.WithTimeout(ctx, 2*ttl+5*time.Second)

@@ -194,7 +194,7 @@ func TestS7WaiterLeaseDies(t *testing.T) {
 				require.NoError(t, fencedWrite(ctx, db.DB, kind, r.l, "w"))
 				require.NoError(t, r.l.Release(ctx))
 			}
-			require.Zero(t, count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE lease_id = ?`, deadLease))
+			require.Zero(t, count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE lease_id = ?`, deadLease))
 			require.Eventually(t, func() bool {
 				return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters WHERE lease_id = ?`, deadLease) == 0
 			}, 2*ttl, 10*time.Millisecond, "no waiter row of the dead lease is left")
@@ -263,9 +263,9 @@ func TestS10IndeterminateGrant(t *testing.T) {
 				proxy.Disarm()
 				if !giveUp {
 					require.NoError(t, err, "the retry returns the grant that committed")
-					require.Equal(t, 1, count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE name = ?`, name), "one hold")
+					require.Equal(t, 1, count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE name = ?`, name), "one hold")
 					var token int64
-					require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM `+holdsOf(kind)+` WHERE name = ?`), name).Scan(&token))
+					require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM `+testdb.Holds(kind)+` WHERE name = ?`), name).Scan(&token))
 					require.Equal(t, token, l.Token(), "the handle is that grant's")
 					var high int64
 					require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM sqldlm_locks WHERE name = ?`), name).Scan(&high))

@@ -122,7 +122,7 @@ func TestS11CancellationStorm(t *testing.T) {
 			wg.Wait()
 			close(stop)
 			cycler.Wait()
-			holdsNow := count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE name LIKE 's11/%'`)
+			holdsNow := count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE name LIKE 's11/%'`)
 			t.Logf("%s: %d granted, %d cancelled; holds right after the storm: %d", kind, granted.Load(), cancelled.Load(), holdsNow)
 			require.Positive(t, cancelled.Load(), "the storm cancelled calls")
 			// Every hold and waiter row of a cancelled call goes: withdrawn
@@ -147,9 +147,9 @@ func TestS11CancellationStorm(t *testing.T) {
 				excused = dead
 				return bad == 0
 			}
-			if !assert.Eventually(t, func() bool { return settled(holdsOf(db.Kind)) },
+			if !assert.Eventually(t, func() bool { return settled(testdb.Holds(db.Kind)) },
 				settleWithin, 10*time.Millisecond, "no hold of a cancelled call is left on a live lease") {
-				logRows(ctx, t, db, holdsOf(db.Kind))
+				logRows(ctx, t, db, testdb.Holds(db.Kind))
 				stormState(ctx, t, clients[0], logs)
 				t.FailNow()
 			}
@@ -219,7 +219,7 @@ func logRows(ctx context.Context, t *testing.T, db *testdb.DB, table string) {
 	}
 }
 
-// stormRows counts the rows of table (holdsOf or sqldlm_waiters)
+// stormRows counts the rows of table (testdb.Holds or sqldlm_waiters)
 // left on names of S11 whose lease is live, or has no row, or is dead
 // without its client having logged its loss; it lists the others (on a
 // lease the client lost).
@@ -378,7 +378,7 @@ func TestS21ManyLocksOneRenewal(t *testing.T) {
 			wg.Wait()
 			require.False(t, t.Failed())
 			t.Logf("%s: %d locks taken in %s", kind, n, time.Since(start).Round(time.Millisecond))
-			require.Equal(t, n, count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)))
+			require.Equal(t, n, count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)))
 
 			stat := func() (leaseUpd, holderUpd int64) {
 				if kind != testdb.Postgres {

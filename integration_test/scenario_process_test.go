@@ -126,7 +126,7 @@ func TestS3ShortPauseNoFalseLoss(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var lease int64
-			require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT lease_id FROM `+holdsOf(kind)+` WHERE name = ?`), "vol/3").Scan(&lease))
+			require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT lease_id FROM `+testdb.Holds(kind)+` WHERE name = ?`), "vol/3").Scan(&lease))
 			expiry := func() string {
 				var at string
 				require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT CAST(expires_at AS CHAR(40)) FROM sqldlm_leases WHERE id = ?`), lease).Scan(&at))
@@ -184,7 +184,7 @@ func TestS8HolderCrash(t *testing.T) {
 			require.Equal(t, childPayload, locks[0].Holders[0].Payload)
 
 			require.Eventually(t, func() bool {
-				return count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE name = ?`, "node/8") == 0
+				return count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE name = ?`, "node/8") == 0
 			}, childTTL+reap+10*time.Second, 10*time.Millisecond, "the reaper frees the dead holder's lock")
 			freed := time.Since(killed)
 			t.Logf("%s: SIGKILL to reaped: %s (TTL %s, reap interval %s)", kind, freed.Round(time.Millisecond), childTTL, reap)

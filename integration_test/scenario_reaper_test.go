@@ -133,7 +133,7 @@ func TestS19ReaperRaces(t *testing.T) {
 				time.Sleep(ttl + 100*time.Millisecond)
 				stopReapers()
 				exists := count(t, db, `SELECT COUNT(*) FROM sqldlm_leases WHERE id = ?`, holder) == 1
-				holds := count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE lease_id = ?`, holder)
+				holds := count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE lease_id = ?`, holder)
 				require.False(t, exists, "round %d: the lease was never reaped", round)
 				require.Zero(t, holds, "round %d: a hold outlived its reaped lease", round)
 				require.False(t, reapedAt.IsZero())
@@ -163,7 +163,7 @@ func TestS19ReaperRaces(t *testing.T) {
 					require.True(t, dialect.IsRetryable(err), "acquire: %v", err)
 				}
 				require.Equal(t, dialect.Granted, res.Status, "%s is free: granted at once", name)
-				require.Equal(t, 1, count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)+` WHERE name = ?`, name), "no double grant")
+				require.Equal(t, 1, count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)+` WHERE name = ?`, name), "no double grant")
 				require.Greater(t, res.Token, last[name], "%s: tokens strictly increase, also after its row was collected", name)
 				last[name] = res.Token
 				for {

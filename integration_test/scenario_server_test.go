@@ -157,7 +157,7 @@ func TestS9ServerKillsSessions(t *testing.T) {
 			require.NoError(t, other.Release(ctx))
 			require.Eventually(t, func() bool { return count(t, db, `SELECT COUNT(*) FROM sqldlm_waiters`) == 0 },
 				2*ttl, 10*time.Millisecond, "no waiter row is left")
-			require.Zero(t, count(t, db, `SELECT COUNT(*) FROM `+holdsOf(db.Kind)))
+			require.Zero(t, count(t, db, `SELECT COUNT(*) FROM `+testdb.Holds(db.Kind)))
 
 			// (c) The user's fenced transaction.
 			l, err = holder.Lock(ctx, "s9", sqldlm.Exclusive)
@@ -179,7 +179,7 @@ func TestS9ServerKillsSessions(t *testing.T) {
 			require.Zero(t, count(t, db, `SELECT COUNT(*) FROM test_journal WHERE writer = 'killed-tx'`))
 			require.NoError(t, l.Err(), "the lock is unchanged")
 			var token int64
-			require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM `+holdsOf(kind)+` WHERE name = ?`), "s9").Scan(&token))
+			require.NoError(t, db.QueryRowContext(ctx, q(kind, `SELECT token FROM `+testdb.Holds(kind)+` WHERE name = ?`), "s9").Scan(&token))
 			require.Equal(t, l.Token(), token)
 			require.NoError(t, fencedWrite(ctx, hp.DB, kind, l, "after"))
 			require.NoError(t, l.Release(ctx))

@@ -690,7 +690,7 @@ type dbHold struct {
 }
 
 func (e *ucEnv) holds(name string) []dbHold {
-	rows, err := e.db.QueryContext(context.Background(), q(e.kind, `SELECT lease_id, token, mode FROM `+holdsOf(e.kind)+` WHERE name = ? ORDER BY token`), name)
+	rows, err := e.db.QueryContext(context.Background(), q(e.kind, `SELECT lease_id, token, mode FROM `+testdb.Holds(e.kind)+` WHERE name = ? ORDER BY token`), name)
 	require.NoError(e.t, err)
 	defer rows.Close()
 	var out []dbHold

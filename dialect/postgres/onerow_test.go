@@ -36,7 +36,6 @@ func TestFastGrantIsInline(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	a, b := f.lease("a", time.Minute), f.lease("b", time.Minute)
-	_ = b
 	for _, m := range []dialect.Mode{dialect.Exclusive, dialect.Shared} {
 		name := "inline/" + string(m)
 		f.row(name)

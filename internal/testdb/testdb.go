@@ -50,6 +50,17 @@ const (
 // Kinds lists every kind, in the order tests usually run them.
 var Kinds = []string{Postgres, MySQL, SQLite}
 
+// Holds names the relation of every hold in a database of kind, with the
+// columns of sqldlm_holders: on PostgreSQL the view sqldlm_holds, which adds
+// the holds kept in their names' rows (schema version 13); elsewhere the
+// table itself.
+func Holds(kind string) string {
+	if kind == Postgres {
+		return "sqldlm_holds"
+	}
+	return "sqldlm_holders"
+}
+
 // DB is one test's isolated database.
 type DB struct {
 	*sql.DB
